@@ -1,0 +1,1 @@
+"""predictd daemon: DICOM networking, the queue, the pipeline stages."""

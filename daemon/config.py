@@ -1,0 +1,175 @@
+"""One typed Settings object: a TOML file plus PREDICTD_ environment overrides.
+
+Loaded once by the CLI and passed down; no module reads configuration on its own.
+Environment variables use a double underscore for nesting, e.g. ``PREDICTD_DATABASE__URL``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class ReceiveSettings(BaseModel):
+    """The DICOM Storage SCP that modalities and the PACS send to."""
+
+    ae_title: str = "PREDICTD"
+    host: str = "127.0.0.1"
+    port: int = 11112
+    allowed_calling_aets: list[str] = Field(default_factory=list)
+    """Calling AE titles allowed to associate; empty allows every caller (a warning is logged at start-up)."""
+    unsupported_sop_classes: Literal["refuse", "ignore"] = "refuse"
+    """Other SOP classes (SR, PR, CT ...): refused at negotiation, or accepted and discarded."""
+    min_free_bytes: int = 1_000_000_000
+    """Below this much free space in the spool, C-STORE answers 0xA700 (out of resources)."""
+    max_pdu_size: int = 0
+    network_timeout_seconds: float = 60.0
+
+
+class SpoolSettings(BaseModel):
+    """Where received images and built documents live on disk."""
+
+    dir: Path = Path("var/spool")
+    retention_days: float = 30.0
+    """Files of studies that ended (done, skipped, cancelled) longer ago than this are purged."""
+
+
+class DatabaseSettings(BaseModel):
+    url: str = "sqlite:///var/predictd.db"
+    sqlite_busy_timeout_ms: int = 30_000
+
+
+class QueueSettings(BaseModel):
+    """When a study is ready, how long a claim lasts, how failures retry."""
+
+    quiet_seconds: float = 10.0
+    quiet_seconds_by_modality: dict[str, float] = Field(default_factory=dict)
+    lease_seconds: float = 120.0
+    heartbeat_seconds: float = 20.0
+    max_attempts: int = 5
+    backoff_base_seconds: float = 5.0
+    backoff_cap_seconds: float = 600.0
+    sweep_seconds: float = 1.0
+    """How often the readiness sweep and the lease reaper run."""
+    purge_hours: float = 6.0
+
+
+class WorkerSettings(BaseModel):
+    count: int = 1
+    poll_seconds: float = 0.5
+    name: str | None = None
+    """Prefix of the claim owner written into the queue; defaults to host:pid."""
+
+
+class ModelSettings(BaseModel):
+    dir: Path = Path("var/models")
+    enabled: list[str] = Field(default_factory=list)
+    """Model directories under ``dir`` to load; empty loads every card found there."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = 16
+
+
+class DicomDestination(BaseModel):
+    """A PACS (or any Storage SCP) that receives the SRs."""
+
+    name: str
+    ae_title: str
+    host: str
+    port: int
+    calling_ae_title: str | None = None
+    """AE title predictd presents; defaults to receive.ae_title."""
+    timeout_seconds: float = 30.0
+
+
+class SendSettings(BaseModel):
+    destinations: list[DicomDestination] = Field(default_factory=list)
+    outbox_dir: Path = Path("var/outbox")
+    """With no destination configured, documents are written here instead."""
+    max_attempts: int = 20
+    backoff_base_seconds: float = 5.0
+    backoff_cap_seconds: float = 900.0
+
+    @field_validator("destinations")
+    @classmethod
+    def _unique_names(cls, value: list[DicomDestination]) -> list[DicomDestination]:
+        names = [d.name for d in value]
+        if len(names) != len(set(names)):
+            raise ValueError("destination names must be unique")
+        return value
+
+
+class ReportSettings(BaseModel):
+    manufacturer: str = "predictd"
+    institution_name: str | None = None
+    series_description: str = "predictd AI result (unverified)"
+
+
+class LogSettings(BaseModel):
+    level: str = "INFO"
+    json_output: bool = True
+
+
+class Settings(BaseSettings):
+    """Every setting of a predictd process. See deploy/predictd.example.toml for documentation."""
+
+    model_config = SettingsConfigDict(env_prefix="PREDICTD_", env_nested_delimiter="__", extra="forbid")
+
+    receive: ReceiveSettings = Field(default_factory=ReceiveSettings)
+    spool: SpoolSettings = Field(default_factory=SpoolSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    queue: QueueSettings = Field(default_factory=QueueSettings)
+    workers: WorkerSettings = Field(default_factory=WorkerSettings)
+    models: ModelSettings = Field(default_factory=ModelSettings)
+    send: SendSettings = Field(default_factory=SendSettings)
+    report: ReportSettings = Field(default_factory=ReportSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the file: the file's values come in as init arguments, env overrides them.
+        return env_settings, init_settings
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Read the TOML file (if any), apply environment overrides, and resolve relative paths.
+
+    Relative paths in a file are taken relative to the file's folder, so a config works wherever it is started from.
+    """
+    data: dict[str, Any] = {}
+    base = Path.cwd()
+    if path is not None:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+        base = path.resolve().parent
+    data.update(overrides)
+    settings = Settings(**data)
+    settings.spool.dir = _absolute(settings.spool.dir, base)
+    settings.models.dir = _absolute(settings.models.dir, base)
+    settings.send.outbox_dir = _absolute(settings.send.outbox_dir, base)
+    settings.database.url = _absolute_sqlite_url(settings.database.url, base)
+    return settings
+
+
+def _absolute(path: Path, base: Path) -> Path:
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def _absolute_sqlite_url(url: str, base: Path) -> str:
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or url == "sqlite:///:memory:":
+        return url
+    rest = url[len(prefix):]
+    if rest.startswith("/"):
+        return url
+    return prefix + str((base / rest).resolve())

@@ -1,0 +1,117 @@
+"""Engine and sessions. Every SQLite/PostgreSQL difference lives here and only here.
+
+SQLite (the embedded default) runs in WAL mode with a busy timeout, and every transaction starts with
+``BEGIN IMMEDIATE`` so two writers never deadlock on a lock upgrade: a claim is serialised by the write lock.
+PostgreSQL claims with ``FOR UPDATE SKIP LOCKED`` (see :meth:`Database.locking`), so several workers on several hosts
+share one queue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, Select, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+class DatabaseNotAtHead(RuntimeError):
+    """The schema is older (or newer) than this code; the message names the fixing command."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Database:
+    """One engine per process, and short transactions on it."""
+
+    def __init__(self, url: str, *, sqlite_busy_timeout_ms: int = 30_000) -> None:
+        self.url = url
+        parsed = make_url(url)
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        if self.is_sqlite:
+            database = parsed.database
+            if database and database != ":memory:":
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            self.engine: Engine = create_engine(
+                url,
+                connect_args={"timeout": sqlite_busy_timeout_ms / 1000, "check_same_thread": False},
+            )
+            _configure_sqlite(self.engine, sqlite_busy_timeout_ms)
+        else:
+            self.engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A session in one transaction: committed on success, rolled back on error. Keep it short."""
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def locking(self, stmt: Select[Any]) -> Select[Any]:
+        """Lock the selected rows for this transaction, skipping rows other workers hold (PostgreSQL).
+
+        On SQLite the whole transaction already holds the write lock (BEGIN IMMEDIATE), so nothing is added.
+        """
+        if self.is_sqlite:
+            return stmt
+        return stmt.with_for_update(skip_locked=True)
+
+    # --- schema ---------------------------------------------------------------------------------------------
+
+    def alembic_config(self) -> Config:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        cfg.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
+        cfg.attributes["engine"] = self.engine
+        return cfg
+
+    def upgrade(self, revision: str = "head") -> None:
+        command.upgrade(self.alembic_config(), revision)
+
+    def current_revision(self) -> str | None:
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    def head_revision(self) -> str | None:
+        return ScriptDirectory.from_config(self.alembic_config()).get_current_head()
+
+    def require_head(self) -> None:
+        """Refuse to run on a schema this code was not written for."""
+        current, head = self.current_revision(), self.head_revision()
+        if current != head:
+            raise DatabaseNotAtHead(
+                f"database schema is at {current or 'nothing (empty database)'}, this predictd needs {head}; "
+                "run `predictd db upgrade` (with the same --config) first"
+            )
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control from pysqlite so BEGIN IMMEDIATE is ours to issue.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=FULL")  # an acknowledged image's row survives power loss
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")

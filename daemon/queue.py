@@ -1,0 +1,375 @@
+"""Stage 3, the queue: recording instances, readiness, claims with leases, failures with backoff, the reaper.
+
+Every function here is one short transaction. A claim is a lease (claimed_by, lease_until) on a study whose state is
+claimable; the worker heartbeats while it works, and the reaper frees studies whose lease ran out (a crashed worker),
+counting that as a failed attempt so a study that kills workers ends ``failed`` instead of looping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from daemon import lifecycle
+from daemon.db import Database, utcnow
+from daemon.lifecycle import TERMINAL, StudyState
+from daemon.tables import Delivery, Instance, Study
+
+S = StudyState
+
+
+class IncomingInstance(Protocol):
+    """What the receiver knows of a stored instance (daemon.receive.StoredInstance)."""
+
+    @property
+    def study_uid(self) -> str: ...
+    @property
+    def series_uid(self) -> str: ...
+    @property
+    def sop_instance_uid(self) -> str: ...
+    @property
+    def sop_class_uid(self) -> str: ...
+    @property
+    def transfer_syntax_uid(self) -> str: ...
+    @property
+    def modality(self) -> str | None: ...
+    @property
+    def path(self) -> object: ...
+    @property
+    def size_bytes(self) -> int: ...
+    @property
+    def calling_ae(self) -> str | None: ...
+
+
+class LeaseLost(RuntimeError):
+    """The worker's claim expired or was taken away (reaped, cancelled); its result must not be written."""
+
+
+class UnknownStudy(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A worker's hold on one study for one stage."""
+
+    study_id: int
+    study_uid: str
+    state: StudyState
+    run_no: int
+    attempts: int
+    worker: str
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int
+    base_seconds: float
+    cap_seconds: float
+
+    def delay(self, attempts: int) -> timedelta:
+        """Exponential backoff after the n-th failed attempt (1-based), capped."""
+        return timedelta(seconds=min(self.cap_seconds, self.base_seconds * 2 ** max(0, attempts - 1)))
+
+
+# --- receiving ---------------------------------------------------------------------------------------------------
+
+
+def note_instance(db: Database, inst: IncomingInstance, *, now: datetime | None = None) -> bool:
+    """Record a durably stored instance; True if new, False for a repeated SOP Instance UID (idempotent).
+
+    A study that already ended reopens as a new run; a ready study not yet claimed goes back to receiving, so its
+    quiet period starts again.
+    """
+    for attempt in range(3):
+        try:
+            return _note_instance_once(db, inst, now or utcnow())
+        except IntegrityError:
+            # Two associations created the same study (or instance) at once on PostgreSQL: the retry sees it.
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _note_instance_once(db: Database, inst: IncomingInstance, now: datetime) -> bool:
+    with db.transaction() as s:
+        if s.scalar(select(Instance.id).where(Instance.sop_instance_uid == inst.sop_instance_uid)) is not None:
+            return False
+        study = s.scalar(select(Study).where(Study.study_uid == inst.study_uid))
+        if study is None:
+            study = lifecycle.create(
+                s, inst.study_uid, now=now, modality=inst.modality, calling_ae=inst.calling_ae
+            )
+        else:
+            study.last_instance_at = max(study.last_instance_at, now)
+            study.modality = study.modality or inst.modality
+            state = StudyState(study.state)
+            if state in (S.DONE, S.FAILED, S.SKIPPED):
+                lifecycle.transition(
+                    s, study, S.RECEIVING, now=now, reason="late instance opens a new run", new_run=True
+                )
+            elif state is S.READY and study.claimed_by is None:
+                lifecycle.transition(s, study, S.RECEIVING, now=now, reason="instance arrived before claim")
+        s.add(
+            Instance(
+                study_id=study.id,
+                series_uid=inst.series_uid,
+                sop_instance_uid=inst.sop_instance_uid,
+                sop_class_uid=inst.sop_class_uid,
+                transfer_syntax_uid=inst.transfer_syntax_uid,
+                modality=inst.modality,
+                path=str(inst.path),
+                size_bytes=inst.size_bytes,
+                calling_ae=inst.calling_ae,
+                received_at=now,
+            )
+        )
+    return True
+
+
+def sweep_ready(
+    db: Database,
+    *,
+    quiet_seconds: float,
+    by_modality: Mapping[str, float] | None = None,
+    now: datetime | None = None,
+) -> list[str]:
+    """Move receiving studies that have been quiet long enough to ready; returns their UIDs."""
+    now = now or utcnow()
+    by_modality = by_modality or {}
+    shortest = min([quiet_seconds, *by_modality.values()])
+    ready: list[str] = []
+    with db.transaction() as s:
+        candidates = s.scalars(
+            db.locking(
+                select(Study).where(
+                    Study.state == S.RECEIVING,
+                    Study.last_instance_at <= now - timedelta(seconds=shortest),
+                )
+            )
+        ).all()
+        for study in candidates:
+            quiet = by_modality.get(study.modality or "", quiet_seconds)
+            if study.last_instance_at <= now - timedelta(seconds=quiet):
+                lifecycle.transition(s, study, S.READY, now=now, actor="sweep")
+                ready.append(study.study_uid)
+    return ready
+
+
+# --- claiming ----------------------------------------------------------------------------------------------------
+
+
+def claim(
+    db: Database,
+    worker: str,
+    *,
+    lease_seconds: float,
+    states: Sequence[StudyState] = tuple(lifecycle.WORK),
+    now: datetime | None = None,
+) -> Claim | None:
+    """Take the oldest due study in one of ``states``, or None. Exactly one worker gets each study."""
+    now = now or utcnow()
+    with db.transaction() as s:
+        study = s.scalar(
+            db.locking(
+                select(Study)
+                .where(
+                    Study.state.in_([str(st) for st in states]),
+                    Study.claimed_by.is_(None),
+                    (Study.next_attempt_at.is_(None)) | (Study.next_attempt_at <= now),
+                )
+                .order_by(Study.last_instance_at, Study.id)
+                .limit(1)
+            )
+        )
+        if study is None:
+            return None
+        study.claimed_by = worker
+        study.lease_until = now + timedelta(seconds=lease_seconds)
+        return Claim(study.id, study.study_uid, StudyState(study.state), study.run_no, study.attempts, worker)
+
+
+def heartbeat(db: Database, c: Claim, *, lease_seconds: float, now: datetime | None = None) -> None:
+    """Extend the lease; raises LeaseLost if the claim is no longer ours."""
+    now = now or utcnow()
+    with db.transaction() as s:
+        result = s.execute(
+            update(Study)
+            .where(Study.id == c.study_id, Study.claimed_by == c.worker, Study.state == str(c.state))
+            .values(lease_until=now + timedelta(seconds=lease_seconds))
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            raise LeaseLost(f"study {c.study_uid}: lease lost")
+
+
+def _held(db: Database, s: Session, c: Claim) -> Study:
+    study = s.scalar(db.locking(select(Study).where(Study.id == c.study_id)))
+    if study is None or study.claimed_by != c.worker or study.state != c.state or study.run_no != c.run_no:
+        raise LeaseLost(f"study {c.study_uid}: claim no longer held by {c.worker}")
+    return study
+
+
+def finish(
+    db: Database, c: Claim, to: StudyState, *, reason: str | None = None, now: datetime | None = None
+) -> StudyState:
+    """Record a completed stage and release the claim; returns the state the study ends in.
+
+    When a run ends and instances arrived during it, the study reopens at once as the next run.
+    """
+    now = now or utcnow()
+    with db.transaction() as s:
+        study = _held(db, s, c)
+        lifecycle.transition(s, study, to, now=now, actor=c.worker, reason=reason)
+        study.claimed_by = None
+        study.lease_until = None
+        if to in TERMINAL and _has_unprocessed_instances(s, study.id):
+            lifecycle.transition(
+                s, study, S.RECEIVING, now=now, actor=c.worker, reason="instances arrived during the run",
+                new_run=True,
+            )
+        return StudyState(study.state)
+
+
+def defer(db: Database, c: Claim, until: datetime) -> None:
+    """Release the claim without changing state or counting a failure (e.g. deliveries still waiting)."""
+    with db.transaction() as s:
+        study = _held(db, s, c)
+        study.claimed_by = None
+        study.lease_until = None
+        study.next_attempt_at = until
+
+
+def fail(
+    db: Database, c: Claim, reason: str, *, policy: RetryPolicy, permanent: bool = False,
+    now: datetime | None = None,
+) -> StudyState:
+    """Count a failed attempt: retry later with backoff, or end ``failed`` with the reason kept."""
+    now = now or utcnow()
+    with db.transaction() as s:
+        study = _held(db, s, c)
+        study.claimed_by = None
+        study.lease_until = None
+        return _count_failure(s, study, reason, policy, permanent, now, actor=c.worker)
+
+
+def _count_failure(
+    s: Session, study: Study, reason: str, policy: RetryPolicy, permanent: bool, now: datetime, actor: str
+) -> StudyState:
+    study.attempts += 1
+    if permanent or study.attempts >= policy.max_attempts:
+        why = reason if permanent else f"{reason} (after {study.attempts} attempts)"
+        lifecycle.transition(s, study, S.FAILED, now=now, actor=actor, reason=why)
+        return S.FAILED
+    study.next_attempt_at = now + policy.delay(study.attempts)
+    study.reason = f"attempt {study.attempts} failed: {reason}"
+    study.updated_at = now
+    return StudyState(study.state)
+
+
+def reap(db: Database, *, policy: RetryPolicy, now: datetime | None = None) -> list[str]:
+    """Free studies whose lease expired (their worker died or hung); each counts as a failed attempt."""
+    now = now or utcnow()
+    reaped: list[str] = []
+    with db.transaction() as s:
+        expired = s.scalars(
+            db.locking(select(Study).where(Study.claimed_by.is_not(None), Study.lease_until < now))
+        ).all()
+        for study in expired:
+            worker = study.claimed_by or "?"
+            study.claimed_by = None
+            study.lease_until = None
+            _count_failure(s, study, f"lease of {worker} expired", policy, False, now, actor="reaper")
+            reaped.append(study.study_uid)
+    return reaped
+
+
+def _has_unprocessed_instances(s: Session, study_id: int) -> bool:
+    return s.scalar(
+        select(func.count()).select_from(Instance).where(Instance.study_id == study_id, Instance.run_no.is_(None))
+    ) > 0
+
+
+# --- operators ---------------------------------------------------------------------------------------------------
+
+
+def _study_by_uid(s: Session, db: Database, study_uid: str) -> Study:
+    study = s.scalar(db.locking(select(Study).where(Study.study_uid == study_uid)))
+    if study is None:
+        raise UnknownStudy(study_uid)
+    return study
+
+
+def retry(db: Database, study_uid: str, *, actor: str = "operator", now: datetime | None = None) -> int:
+    """Run an ended study again from classification, as a new run; returns the new run number."""
+    now = now or utcnow()
+    with db.transaction() as s:
+        study = _study_by_uid(s, db, study_uid)
+        if StudyState(study.state) not in TERMINAL:
+            raise lifecycle.IllegalTransition(
+                f"study {study_uid} is {study.state}; only done, failed, skipped or cancelled studies can be retried"
+            )
+        lifecycle.transition(s, study, S.READY, now=now, actor=actor, reason="retry requested", new_run=True)
+        return study.run_no
+
+
+def cancel(db: Database, study_uid: str, *, actor: str = "operator", now: datetime | None = None) -> None:
+    """Stop a study wherever it is; a worker holding it loses its claim and writes nothing."""
+    now = now or utcnow()
+    with db.transaction() as s:
+        study = _study_by_uid(s, db, study_uid)
+        lifecycle.transition(s, study, S.CANCELLED, now=now, actor=actor, reason="cancelled by operator")
+        study.claimed_by = None
+        study.lease_until = None
+
+
+def counts_by_state(db: Database) -> dict[str, int]:
+    with db.transaction() as s:
+        rows = s.execute(select(Study.state, func.count()).group_by(Study.state)).all()
+    return {str(state): int(n) for state, n in rows}
+
+
+def delivery_counts(db: Database) -> dict[str, int]:
+    with db.transaction() as s:
+        rows = s.execute(select(Delivery.state, func.count()).group_by(Delivery.state)).all()
+    return {str(state): int(n) for state, n in rows}
+
+
+def oldest_waiting_seconds(db: Database, now: datetime | None = None) -> float | None:
+    """Age of the oldest study waiting in a claimable state (how far behind the workers are)."""
+    now = now or utcnow()
+    with db.transaction() as s:
+        oldest = s.scalar(
+            select(func.min(Study.updated_at)).where(Study.state.in_([str(x) for x in lifecycle.WORK]))
+        )
+    return None if oldest is None else (now - _aware(oldest)).total_seconds()
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+__all__ = [
+    "Claim",
+    "IncomingInstance",
+    "LeaseLost",
+    "RetryPolicy",
+    "UnknownStudy",
+    "cancel",
+    "claim",
+    "counts_by_state",
+    "defer",
+    "delivery_counts",
+    "fail",
+    "finish",
+    "heartbeat",
+    "note_instance",
+    "reap",
+    "retry",
+    "sweep_ready",
+]

@@ -1,0 +1,1 @@
+"""predictd models: pure ML (cards, preprocessing, inference); no database, no network."""

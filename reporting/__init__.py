@@ -1,0 +1,1 @@
+"""predictd reporting: predictions into documents (SR, report text)."""

@@ -1,0 +1,47 @@
+"""Helpers shared by every test tier: free ports, polling with a deadline, the real DICOM files."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = REPO.parent / "shared"
+SHARED_DATA = SHARED / "data"
+RG2_HIP_JLSL = SHARED_DATA / "dicom" / "RG2_JLSL_hip_cr.dcm"
+"""Real CR hip radiograph, JPEG-LS lossless, 2140x1760, MONOCHROME2."""
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 30.0, interval: float = 0.1, what: str = "") -> T:
+    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: T = predicate()
+    while not last:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+        last = predicate()
+    return last
+
+
+def pydicom_data_file(name: str) -> Path:
+    """A file of the pydicom-data package (WG04 RG1/RG3 CR images, ...), found without network access."""
+    import data_store  # type: ignore[import-untyped]  # the pydicom-data package installs this module
+
+    root = Path(data_store.__file__).parent / "data"
+    path = root / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{name} not in {root}")
+    return path
