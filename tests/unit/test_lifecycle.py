@@ -1,0 +1,63 @@
+"""The study state machine: one table, every move checked, every move recorded."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from daemon import lifecycle
+from daemon.lifecycle import TERMINAL, TRANSITIONS, WORK, IllegalTransition, StudyState
+from daemon.tables import Study, StudyEvent
+
+S = StudyState
+NOW = datetime(2026, 11, 22, tzinfo=UTC)
+
+
+class RecordingSession:
+    """Collects what transition() adds; the state machine needs nothing else from a session."""
+
+    def __init__(self) -> None:
+        self.added: list[Any] = []
+
+    def add(self, obj: Any) -> None:
+        self.added.append(obj)
+
+
+def study(state: StudyState) -> Study:
+    return Study(id=1, study_uid="1.2.3", state=state, run_no=1, attempts=2, next_attempt_at=NOW)
+
+
+def test_every_state_has_a_row_and_work_states_are_not_terminal() -> None:
+    assert set(TRANSITIONS) == set(StudyState)
+    assert not set(WORK) & TERMINAL
+    assert all(S.CANCELLED in TRANSITIONS[s] for s in StudyState if s not in TERMINAL)
+
+
+@pytest.mark.parametrize("current", list(StudyState))
+@pytest.mark.parametrize("to", list(StudyState))
+def test_transition_allows_exactly_the_table(current: StudyState, to: StudyState) -> None:
+    session, st = RecordingSession(), study(current)
+    if to in TRANSITIONS[current]:
+        lifecycle.transition(session, st, to, now=NOW, actor="t", reason="why")  # type: ignore[arg-type]
+        assert st.state == to and st.attempts == 0 and st.next_attempt_at is None
+        (event,) = session.added
+        assert isinstance(event, StudyEvent)
+        assert (event.from_state, event.to_state, event.actor, event.reason) == (current, to, "t", "why")
+    else:
+        with pytest.raises(IllegalTransition):
+            lifecycle.transition(session, st, to, now=NOW)  # type: ignore[arg-type]
+        assert st.state == current and session.added == []
+
+
+def test_new_run_numbers_the_event_with_the_new_run() -> None:
+    session, st = RecordingSession(), study(S.DONE)
+    lifecycle.transition(session, st, S.RECEIVING, now=NOW, new_run=True)  # type: ignore[arg-type]
+    assert st.run_no == 2 and session.added[0].run_no == 2
+
+
+def test_the_happy_path_is_the_pipeline() -> None:
+    path = [S.RECEIVING, S.READY, S.CLASSIFIED, S.REPORTED, S.DONE]
+    assert all(b in TRANSITIONS[a] for a, b in zip(path, path[1:], strict=False))
+    assert WORK == {S.READY: "classify", S.CLASSIFIED: "report", S.REPORTED: "send"}
