@@ -1,0 +1,387 @@
+"""What the stages write besides a study's state: runs, predictions, outbox rows; and the read views of them.
+
+Kept apart from queue.py (claims and states) so each module has one job. Every write checks that the caller still
+holds its claim, in the same transaction, so a worker whose lease was reaped can never overwrite a newer result.
+Writes are idempotent: a stage retried after a crash replaces what its earlier attempt left.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from daemon.db import Database, utcnow
+from daemon.lifecycle import TERMINAL
+from daemon.queue import Claim, LeaseLost, RetryPolicy
+from daemon.tables import Delivery, Instance, PredictionRow, Run, Study, StudyEvent
+from models.prediction import Prediction
+
+PENDING, SENT, FAILED = "pending", "sent", "failed"
+
+
+@dataclass(frozen=True)
+class InstanceRef:
+    sop_instance_uid: str
+    series_uid: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class RunView:
+    run_id: int
+    study_uid: str
+    run_no: int
+    instances: list[InstanceRef]
+    predictions: list[Prediction]
+    model_versions: str | None
+    sr_sop_instance_uid: str | None
+    sr_path: Path | None
+    report_text: str | None
+
+
+@dataclass(frozen=True)
+class DeliveryView:
+    id: int
+    destination: str
+    sop_instance_uid: str
+    path: Path
+    state: str
+    attempts: int
+    next_attempt_at: datetime | None
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class DeliverySummary:
+    pending: int
+    failed: list[DeliveryView]
+    next_attempt_at: datetime | None
+    """Earliest retry among pending deliveries (None when all are due now or none is pending)."""
+
+
+def _held(db: Database, s: Session, c: Claim) -> Study:
+    study = s.scalar(db.locking(select(Study).where(Study.id == c.study_id)))
+    if study is None or study.claimed_by != c.worker or study.run_no != c.run_no:
+        raise LeaseLost(f"study {c.study_uid}: claim no longer held by {c.worker}")
+    return study
+
+
+def _run_row(s: Session, study_id: int, run_no: int) -> Run:
+    run = s.scalar(select(Run).where(Run.study_id == study_id, Run.run_no == run_no))
+    if run is None:
+        raise LookupError(f"no run {run_no} for study id {study_id}")
+    return run
+
+
+def start_run(db: Database, c: Claim, *, now: datetime | None = None) -> RunView:
+    """Open (or reopen) the claim's run; it covers every instance of the study, late ones included.
+
+    Instances not yet taken by a run are marked with this run, so an instance arriving later reopens the study.
+    """
+    now = now or utcnow()
+    with db.transaction() as s:
+        _held(db, s, c)
+        run = s.scalar(select(Run).where(Run.study_id == c.study_id, Run.run_no == c.run_no))
+        if run is None:
+            run = Run(study_id=c.study_id, run_no=c.run_no, started_at=now)
+            s.add(run)
+        for inst in s.scalars(select(Instance).where(Instance.study_id == c.study_id, Instance.run_no.is_(None))):
+            inst.run_no = c.run_no
+        s.flush()
+        return _view(s, run, c.study_uid)
+
+
+def save_predictions(
+    db: Database, c: Claim, predictions: list[Prediction], model_versions: str, *, now: datetime | None = None
+) -> None:
+    """Replace the run's predictions (a retried classification leaves exactly one set)."""
+    now = now or utcnow()
+    with db.transaction() as s:
+        _held(db, s, c)
+        run = _run_row(s, c.study_id, c.run_no)
+        s.execute(delete(PredictionRow).where(PredictionRow.run_id == run.id))
+        s.add_all(
+            PredictionRow(
+                run_id=run.id,
+                sop_instance_uid=p.sop_instance_uid,
+                model_name=p.model_name,
+                model_version=p.model_version,
+                task=p.task,
+                label=p.label,
+                probability=p.probability,
+                laterality=p.laterality,
+                detail=p.to_dict(),
+            )
+            for p in predictions
+        )
+        run.model_versions = model_versions
+        run.classified_at = now
+
+
+def load_run(db: Database, study_id: int, run_no: int) -> RunView:
+    with db.transaction() as s:
+        study = s.get(Study, study_id)
+        if study is None:
+            raise LookupError(f"no study id {study_id}")
+        return _view(s, _run_row(s, study_id, run_no), study.study_uid)
+
+
+def _view(s: Session, run: Run, study_uid: str) -> RunView:
+    instances = s.scalars(
+        select(Instance)
+        .where(Instance.study_id == run.study_id, Instance.run_no.is_not(None), Instance.run_no <= run.run_no)
+        .order_by(Instance.series_uid, Instance.id)
+    ).all()
+    predictions = s.scalars(
+        select(PredictionRow).where(PredictionRow.run_id == run.id).order_by(PredictionRow.id)
+    ).all()
+    return RunView(
+        run_id=run.id,
+        study_uid=study_uid,
+        run_no=run.run_no,
+        instances=[InstanceRef(i.sop_instance_uid, i.series_uid, Path(i.path)) for i in instances],
+        predictions=[Prediction.from_dict(dict(p.detail)) for p in predictions],
+        model_versions=run.model_versions,
+        sr_sop_instance_uid=run.sr_sop_instance_uid,
+        sr_path=Path(run.sr_path) if run.sr_path else None,
+        report_text=run.report_text,
+    )
+
+
+def save_report(
+    db: Database,
+    c: Claim,
+    *,
+    sr_sop_instance_uid: str,
+    sr_path: Path,
+    report_text: str,
+    destinations: list[str],
+) -> None:
+    """Record the built document and queue one outbox row per destination (existing rows are kept)."""
+    with db.transaction() as s:
+        _held(db, s, c)
+        run = _run_row(s, c.study_id, c.run_no)
+        run.sr_sop_instance_uid = sr_sop_instance_uid
+        run.sr_path = str(sr_path)
+        run.report_text = report_text
+        existing = set(
+            s.scalars(select(Delivery.destination).where(Delivery.sop_instance_uid == sr_sop_instance_uid))
+        )
+        s.add_all(
+            Delivery(
+                run_id=run.id,
+                destination=name,
+                sop_instance_uid=sr_sop_instance_uid,
+                path=str(sr_path),
+                state=PENDING,
+                attempts=0,
+            )
+            for name in destinations
+            if name not in existing
+        )
+
+
+def deliveries(db: Database, run_id: int) -> list[DeliveryView]:
+    with db.transaction() as s:
+        rows = s.scalars(select(Delivery).where(Delivery.run_id == run_id).order_by(Delivery.id)).all()
+        return [_delivery_view(d) for d in rows]
+
+
+def _delivery_view(d: Delivery) -> DeliveryView:
+    return DeliveryView(
+        d.id, d.destination, d.sop_instance_uid, Path(d.path), d.state, d.attempts, d.next_attempt_at, d.last_error
+    )
+
+
+def mark_sent(db: Database, delivery_id: int, *, now: datetime | None = None) -> None:
+    with db.transaction() as s:
+        d = s.get(Delivery, delivery_id)
+        if d is not None:
+            d.state = SENT
+            d.attempts += 1
+            d.sent_at = now or utcnow()
+            d.last_error = None
+            d.next_attempt_at = None
+
+
+def mark_attempt_failed(
+    db: Database,
+    delivery_id: int,
+    error: str,
+    *,
+    policy: RetryPolicy,
+    permanent: bool = False,
+    now: datetime | None = None,
+) -> str:
+    """Count a failed delivery attempt; returns the delivery's new state (pending with backoff, or failed)."""
+    now = now or utcnow()
+    with db.transaction() as s:
+        d = s.get(Delivery, delivery_id)
+        if d is None:
+            raise LookupError(f"no delivery {delivery_id}")
+        d.attempts += 1
+        d.last_error = error
+        if permanent or d.attempts >= policy.max_attempts:
+            d.state = FAILED
+            d.next_attempt_at = None
+        else:
+            d.next_attempt_at = now + policy.delay(d.attempts)
+        return d.state
+
+
+def summarize(views: list[DeliveryView], now: datetime) -> DeliverySummary:
+    pending = [v for v in views if v.state == PENDING]
+    waits = [v.next_attempt_at for v in pending if v.next_attempt_at is not None and v.next_attempt_at > now]
+    return DeliverySummary(
+        pending=len(pending),
+        failed=[v for v in views if v.state == FAILED],
+        next_attempt_at=min(waits) if len(waits) == len(pending) and waits else None,
+    )
+
+
+# --- read views for operators (the CLI) ---------------------------------------------------------------------------
+
+
+def list_studies(db: Database, *, state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    with db.transaction() as s:
+        stmt = select(Study).order_by(Study.updated_at.desc(), Study.id.desc()).limit(limit)
+        if state:
+            stmt = stmt.where(Study.state == state)
+        studies = s.scalars(stmt).all()
+        counts = dict(
+            s.execute(
+                select(Instance.study_id, func.count())
+                .where(Instance.study_id.in_([st.id for st in studies]))
+                .group_by(Instance.study_id)
+            ).all()
+        )
+        return [_study_dict(st, int(counts.get(st.id, 0))) for st in studies]
+
+
+def _study_dict(st: Study, n_instances: int) -> dict[str, Any]:
+    return {
+        "study_uid": st.study_uid,
+        "state": st.state,
+        "run_no": st.run_no,
+        "modality": st.modality,
+        "calling_ae": st.calling_ae,
+        "instances": n_instances,
+        "attempts": st.attempts,
+        "claimed_by": st.claimed_by,
+        "next_attempt_at": _iso(st.next_attempt_at),
+        "updated_at": _iso(st.updated_at),
+        "reason": st.reason,
+    }
+
+
+def study_detail(db: Database, study_uid: str) -> dict[str, Any] | None:
+    """Everything an operator asks about one study: instances, history, predictions, SR, deliveries."""
+    with db.transaction() as s:
+        st = s.scalar(select(Study).where(Study.study_uid == study_uid))
+        if st is None:
+            return None
+        instances = s.scalars(select(Instance).where(Instance.study_id == st.id).order_by(Instance.id)).all()
+        events = s.scalars(select(StudyEvent).where(StudyEvent.study_id == st.id).order_by(StudyEvent.id)).all()
+        runs = s.scalars(select(Run).where(Run.study_id == st.id).order_by(Run.run_no)).all()
+        detail = _study_dict(st, len(instances))
+        detail["instances_detail"] = [
+            {
+                "sop_instance_uid": i.sop_instance_uid,
+                "series_uid": i.series_uid,
+                "sop_class_uid": i.sop_class_uid,
+                "transfer_syntax_uid": i.transfer_syntax_uid,
+                "size_bytes": i.size_bytes,
+                "run_no": i.run_no,
+                "received_at": _iso(i.received_at),
+            }
+            for i in instances
+        ]
+        detail["events"] = [
+            {
+                "at": _iso(e.at),
+                "run_no": e.run_no,
+                "from": e.from_state,
+                "to": e.to_state,
+                "actor": e.actor,
+                "reason": e.reason,
+            }
+            for e in events
+        ]
+        detail["runs"] = [_run_dict(s, r) for r in runs]
+        return detail
+
+
+def _run_dict(s: Session, r: Run) -> dict[str, Any]:
+    preds = s.scalars(select(PredictionRow).where(PredictionRow.run_id == r.id).order_by(PredictionRow.id)).all()
+    dels = s.scalars(select(Delivery).where(Delivery.run_id == r.id).order_by(Delivery.id)).all()
+    return {
+        "run_no": r.run_no,
+        "started_at": _iso(r.started_at),
+        "classified_at": _iso(r.classified_at),
+        "model_versions": r.model_versions,
+        "sr_sop_instance_uid": r.sr_sop_instance_uid,
+        "report_text": r.report_text,
+        "predictions": [
+            {
+                "sop_instance_uid": p.sop_instance_uid,
+                "model": f"{p.model_name}@{p.model_version}",
+                "task": p.task,
+                "label": p.label,
+                "probability": round(p.probability, 4),
+                "laterality": p.laterality,
+            }
+            for p in preds
+        ],
+        "deliveries": [
+            {
+                "destination": d.destination,
+                "state": d.state,
+                "attempts": d.attempts,
+                "sent_at": _iso(d.sent_at),
+                "next_attempt_at": _iso(d.next_attempt_at),
+                "last_error": d.last_error,
+            }
+            for d in dels
+        ],
+    }
+
+
+def ended_before(db: Database, cutoff: datetime, *, limit: int = 500) -> list[str]:
+    """UIDs of studies that ended (done, skipped, cancelled, failed) before ``cutoff``: candidates for purging."""
+    with db.transaction() as s:
+        return list(
+            s.scalars(
+                select(Study.study_uid)
+                .where(Study.state.in_([str(t) for t in TERMINAL]), Study.updated_at < cutoff)
+                .order_by(Study.updated_at)
+                .limit(limit)
+            )
+        )
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+__all__ = [
+    "DeliverySummary",
+    "DeliveryView",
+    "InstanceRef",
+    "RunView",
+    "deliveries",
+    "ended_before",
+    "list_studies",
+    "load_run",
+    "mark_attempt_failed",
+    "mark_sent",
+    "save_predictions",
+    "save_report",
+    "start_run",
+    "study_detail",
+    "summarize",
+]
