@@ -169,7 +169,7 @@ def _absolute_sqlite_url(url: str, base: Path) -> str:
     prefix = "sqlite:///"
     if not url.startswith(prefix) or url == "sqlite:///:memory:":
         return url
-    rest = url[len(prefix):]
+    rest = url[len(prefix) :]
     if rest.startswith("/"):
         return url
     return prefix + str((base / rest).resolve())

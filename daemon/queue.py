@@ -99,7 +99,10 @@ def note_instance(db: Database, inst: IncomingInstance, *, now: datetime | None 
 
 def _note_instance_once(db: Database, inst: IncomingInstance, now: datetime) -> bool:
     with db.transaction() as s:
-        if s.scalar(select(Instance.id).where(Instance.sop_instance_uid == inst.sop_instance_uid)) is not None:
+        if (
+            s.scalar(select(Instance.id).where(Instance.sop_instance_uid == inst.sop_instance_uid))
+            is not None
+        ):
             return False
         study = s.scalar(select(Study).where(Study.study_uid == inst.study_uid))
         if study is None:
@@ -230,7 +233,12 @@ def finish(
         study.lease_until = None
         if to in TERMINAL and _has_unprocessed_instances(s, study.id):
             lifecycle.transition(
-                s, study, S.RECEIVING, now=now, actor=c.worker, reason="instances arrived during the run",
+                s,
+                study,
+                S.RECEIVING,
+                now=now,
+                actor=c.worker,
+                reason="instances arrived during the run",
                 new_run=True,
             )
         return StudyState(study.state)
@@ -246,7 +254,12 @@ def defer(db: Database, c: Claim, until: datetime) -> None:
 
 
 def fail(
-    db: Database, c: Claim, reason: str, *, policy: RetryPolicy, permanent: bool = False,
+    db: Database,
+    c: Claim,
+    reason: str,
+    *,
+    policy: RetryPolicy,
+    permanent: bool = False,
     now: datetime | None = None,
 ) -> StudyState:
     """Count a failed attempt: retry later with backoff, or end ``failed`` with the reason kept."""
@@ -290,9 +303,8 @@ def reap(db: Database, *, policy: RetryPolicy, now: datetime | None = None) -> l
 
 
 def _has_unprocessed_instances(s: Session, study_id: int) -> bool:
-    return s.scalar(
-        select(func.count()).select_from(Instance).where(Instance.study_id == study_id, Instance.run_no.is_(None))
-    ) > 0
+    unprocessed = select(Instance.id).where(Instance.study_id == study_id, Instance.run_no.is_(None)).limit(1)
+    return s.scalar(unprocessed) is not None
 
 
 # --- operators ---------------------------------------------------------------------------------------------------

@@ -131,11 +131,19 @@ def test_late_instance_opens_a_new_run_and_every_move_is_an_event(db: Database) 
     study = state_of(db, uid)
     assert (study.state, study.run_no) == (StudyState.RECEIVING, 2)
     with db.transaction() as s:
-        moves = [(e.from_state, e.to_state, e.run_no) for e in s.scalars(
-            select(StudyEvent).where(StudyEvent.study_id == study.id).order_by(StudyEvent.id))]
+        moves = [
+            (e.from_state, e.to_state, e.run_no)
+            for e in s.scalars(
+                select(StudyEvent).where(StudyEvent.study_id == study.id).order_by(StudyEvent.id)
+            )
+        ]
     assert moves == [
-        (None, "receiving", 1), ("receiving", "ready", 1), ("ready", "classified", 1),
-        ("classified", "reported", 1), ("reported", "done", 1), ("done", "receiving", 2),
+        (None, "receiving", 1),
+        ("receiving", "ready", 1),
+        ("ready", "classified", 1),
+        ("classified", "reported", 1),
+        ("reported", "done", 1),
+        ("done", "receiving", 2),
     ]
 
 

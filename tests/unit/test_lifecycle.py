@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -59,5 +60,5 @@ def test_new_run_numbers_the_event_with_the_new_run() -> None:
 
 def test_the_happy_path_is_the_pipeline() -> None:
     path = [S.RECEIVING, S.READY, S.CLASSIFIED, S.REPORTED, S.DONE]
-    assert all(b in TRANSITIONS[a] for a, b in zip(path, path[1:], strict=False))
+    assert all(b in TRANSITIONS[a] for a, b in pairwise(path))
     assert WORK == {S.READY: "classify", S.CLASSIFIED: "report", S.REPORTED: "send"}

@@ -1,0 +1,203 @@
+"""DICOM dataset → model input array. Pure functions, called identically by training and inference.
+
+The pipeline follows the DICOM grayscale display chain so that the network sees what a radiologist sees:
+decode → (colour → luminance) → Modality LUT → VOI (first window, or min-max) → MONOCHROME1 inverted
+(bone bright) → aspect-preserving resize and centred zero pad → (x - mean) / std, repeated to the channels.
+The card saved next to the weights carries the parameters (:class:`~models.card.Preprocessing`), so a model
+is always fed the way it was trained.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pydicom
+from PIL import Image
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+
+from models.card import Preprocessing
+
+WINDOWS = ("first", "minmax")
+"""Accepted values of ``Preprocessing.window``."""
+
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_LOW_PCT, _HIGH_PCT = 0.5, 99.5
+"""Robust min-max: a few hot or dead pixels (burnt-in markers, collimator edges) must not set the contrast."""
+
+
+class PixelDecodeError(ValueError):
+    """Pixels missing or undecodable (unsupported transfer syntax, missing plugin, corrupt data)."""
+
+
+def transfer_syntax(ds: pydicom.Dataset) -> str:
+    """'UID (name)' of the dataset's transfer syntax, for error messages an operator can act on."""
+    meta = getattr(ds, "file_meta", None)
+    uid = meta.get("TransferSyntaxUID") if meta is not None else None
+    if uid is None:
+        return "unknown transfer syntax"
+    return f"{uid} ({uid.name})"
+
+
+def _decode(ds: pydicom.Dataset) -> np.ndarray:
+    """The first frame as decoded by pydicom; every failure becomes a PixelDecodeError naming the syntax."""
+    if not any(kw in ds for kw in _PIXEL_KEYWORDS):
+        raise PixelDecodeError(f"no pixel data (transfer syntax {transfer_syntax(ds)})")
+    try:
+        arr: np.ndarray = ds.pixel_array
+    except Exception as exc:  # RuntimeError, NotImplementedError, ValueError, whatever a plugin raises
+        # pydicom's message names a missing plugin ("... plugins are missing dependencies: ..."): keep it.
+        detail = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+        raise PixelDecodeError(
+            f"cannot decode pixel data with transfer syntax {transfer_syntax(ds)}: {detail}"
+        ) from exc
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        arr = arr[0]
+    if arr.ndim != (3 if samples > 1 else 2):
+        shape = f"{arr.shape} ({samples} samples, {frames} frames)"
+        raise PixelDecodeError(f"unexpected pixel array shape {shape} with {transfer_syntax(ds)}")
+    return arr
+
+
+def _padding_mask(raw: np.ndarray, ds: pydicom.Dataset) -> np.ndarray | None:
+    """Pixels equal to PixelPaddingValue (or in PixelPaddingRangeLimit): outside the image, not anatomy."""
+    value = ds.get("PixelPaddingValue")
+    if value is None or raw.ndim != 2 or not np.issubdtype(raw.dtype, np.integer):
+        return None
+    limit = ds.get("PixelPaddingRangeLimit")
+    if limit is None:
+        mask = raw == int(value)
+    else:
+        lo, hi = sorted((int(value), int(limit)))
+        mask = (raw >= lo) & (raw <= hi)
+    if not mask.any() or mask.all():
+        return None
+    return np.asarray(mask)
+
+
+def _luminance(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R BT.601 luma: the gray a colour radiograph (secondary capture, photo of a film) would have."""
+    weights = np.array([0.299, 0.587, 0.114])
+    return np.asarray(rgb[..., :3].astype(np.float64) @ weights)
+
+
+def _minmax(values: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """Robust percentile stretch to [0, 1], ignoring padding pixels."""
+    sample = values[~mask] if mask is not None else values
+    lo, hi = np.percentile(sample, [_LOW_PCT, _HIGH_PCT]) if sample.size else (0.0, 0.0)
+    if not hi > lo:  # flat image: nothing to see, return black rather than divide by zero
+        return np.zeros(values.shape, dtype=np.float64)
+    return np.asarray((values - lo) / (hi - lo))
+
+
+def _valid_voi_lut(ds: pydicom.Dataset) -> bool:
+    seq = ds.get("VOILUTSequence")
+    return bool(seq) and None not in (seq[0].get("LUTDescriptor"), seq[0].get("LUTData"))
+
+
+def _windowing_range(ds: pydicom.Dataset) -> tuple[float, float]:
+    """Output range of pydicom's ``apply_windowing``: it maps the window onto the stored/rescaled range."""
+    if ds.get("ModalityLUTSequence"):
+        return 0.0, float(2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
+    bits = int(ds.BitsStored)
+    if int(ds.get("PixelRepresentation", 0)) == 0:
+        y_min, y_max = 0.0, float(2**bits - 1)
+    else:
+        y_min, y_max = float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    if slope is not None and intercept is not None:
+        y_min, y_max = y_min * float(slope) + float(intercept), y_max * float(slope) + float(intercept)
+    return y_min, y_max
+
+
+def _first_voi(values: np.ndarray, ds: pydicom.Dataset) -> np.ndarray | None:
+    """The file's first VOI (LUT preferred, as in pydicom) scaled to [0, 1]; None when there is none."""
+    has_lut = _valid_voi_lut(ds)
+    has_window = ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None
+    if not (has_lut or has_window):
+        return None
+    try:
+        out = apply_voi_lut(values, ds, index=0).astype(np.float64)
+        if has_lut:
+            # Scale by the LUT's actual entries: vendors often declare 16 bits but fill only 12.
+            lut = _lut_entries(ds).astype(np.float64)
+            lo, hi = float(lut.min()), float(lut.max())
+        else:
+            lo, hi = _windowing_range(ds)
+    except Exception:  # a malformed window (width < 1, bad LUT) must not lose the image: use min-max
+        return None
+    if not hi > lo:
+        return None
+    return np.asarray((out - lo) / (hi - lo))
+
+
+def _lut_entries(ds: pydicom.Dataset) -> np.ndarray:
+    """The first VOI LUT's output values, whatever their encoding (US list or OW bytes)."""
+    item = ds.VOILUTSequence[0]
+    data: Any = item.LUTData
+    if isinstance(data, bytes | bytearray):
+        return np.frombuffer(data, dtype="<u2" if int(item.LUTDescriptor[2]) > 8 else "u1")
+    return np.atleast_1d(np.asarray(data))
+
+
+def to_gray(ds: pydicom.Dataset, window: str = "first") -> np.ndarray:
+    """Decoded first frame as float32 2-D in [0, 1] with bone bright.
+
+    ``window="first"`` uses the file's first VOI (window or VOI LUT) when present, because that is how the
+    modality meant the image to be read; else, and always for ``"minmax"``, a robust percentile stretch.
+    """
+    if window not in WINDOWS:
+        raise ValueError(f"window must be one of {WINDOWS}, not {window!r}")
+    raw = _decode(ds)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if raw.ndim == 2 and photometric == "PALETTE COLOR":
+        raw = apply_color_lut(raw, ds)
+    if raw.ndim == 3:  # colour: no modality/VOI LUT applies to RGB
+        mask = None
+        gray = _minmax(_luminance(raw), None)
+    else:
+        mask = _padding_mask(raw, ds)
+        values = np.asarray(apply_modality_lut(raw, ds))
+        voi = _first_voi(values, ds) if window == "first" else None
+        gray = voi if voi is not None else _minmax(values.astype(np.float64), mask)
+        if photometric == "MONOCHROME1":
+            gray = 1.0 - gray
+    gray = np.clip(gray, 0.0, 1.0)
+    if mask is not None:
+        gray[mask] = 0.0
+    return gray.astype(np.float32)
+
+
+def resize_pad(img: np.ndarray, size: int) -> np.ndarray:
+    """Resize keeping the aspect ratio (long side == ``size``), centred on a ``size``×``size`` zero canvas.
+
+    Squashing a 2:1 image to a square would distort the anatomy the model learns; padding keeps it.
+    PIL's bilinear filter widens its support when shrinking, so large radiographs are anti-aliased.
+    """
+    if img.ndim != 2 or 0 in img.shape:
+        raise ValueError(f"expected a non-empty 2-D image, got shape {img.shape}")
+    if size < 1:
+        raise ValueError(f"size must be positive, not {size}")
+    h, w = img.shape
+    scale = size / max(h, w)
+    new_h, new_w = max(1, min(size, round(h * scale))), max(1, min(size, round(w * scale)))
+    resized = Image.fromarray(np.ascontiguousarray(img, dtype=np.float32), mode="F").resize(
+        (new_w, new_h), resample=Image.Resampling.BILINEAR
+    )
+    out = np.zeros((size, size), dtype=np.float32)
+    top, left = (size - new_h) // 2, (size - new_w) // 2
+    out[top : top + new_h, left : left + new_w] = np.asarray(resized, dtype=np.float32)
+    return out
+
+
+def gray_to_input(gray: np.ndarray, prep: Preprocessing) -> np.ndarray:
+    """A ``to_gray`` image → float32 (in_chans, size, size) input; one decode can feed many models."""
+    x = (resize_pad(gray, prep.input_size) - np.float32(prep.mean)) / np.float32(prep.std)
+    return np.repeat(x[np.newaxis], prep.in_chans, axis=0).astype(np.float32, copy=False)
+
+
+def preprocess(ds: pydicom.Dataset, prep: Preprocessing) -> np.ndarray:
+    """Dataset → float32 (in_chans, size, size) network input, exactly as the card says."""
+    return gray_to_input(to_gray(ds, prep.window), prep)
