@@ -1,0 +1,419 @@
+"""Stage 1, the receiver: a pynetdicom Storage SCP (C-ECHO, C-STORE) that puts instances in the spool and the queue.
+
+The C-STORE handler stays thin: look at the header (never the pixels), write the bytes durably into the spool, record
+the row, answer. Success (0x0000) therefore means "on disk and in the database", which is what allows a modality or
+PACS to forget the image. Decoding, classification and everything slow happen later in worker threads; an image whose
+pixels cannot be decoded is still accepted here and fails its study in the classify stage.
+
+C-STORE statuses answered:
+
+======  ===================================================================================================
+0x0000  stored and recorded; also for a repeated SOP Instance UID (idempotent) and, with
+        ``unsupported_sop_classes = "ignore"``, for a SOP class predictd does not read (discarded)
+0xA700  out of resources: the spool has less than ``min_free_bytes`` free; nothing written
+0xA900  data set does not match SOP class: a required UID (study, series, SOP instance) is missing or not usable
+        as a file name, the data set's SOP Class/Instance UID differs from the C-STORE request's, or the image
+        has no Pixel Data
+0xC210  cannot understand: the data set cannot be parsed, or it is truncated (Pixel Data runs past the end)
+0xC211  an unexpected error (database down, disk error ...); logged, the server keeps serving
+======  ===================================================================================================
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import struct
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, cast
+
+import pydicom
+from pydicom.uid import UID, AllTransferSyntaxes, DeflatedExplicitVRLittleEndian
+from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+from pynetdicom.dimse_primitives import C_STORE
+
+from daemon.config import ReceiveSettings
+from daemon.log import Event, get_logger
+from daemon.spool import Spool, check_uid
+
+log = get_logger("receive")
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DOES_NOT_MATCH_SOP_CLASS = 0xA900
+CANNOT_UNDERSTAND = 0xC210
+UNEXPECTED_ERROR = 0xC211
+
+VERIFICATION = "1.2.840.10008.1.1"
+
+IMAGE_SOP_CLASSES: tuple[str, ...] = (
+    "1.2.840.10008.5.1.4.1.1.1",  # Computed Radiography Image Storage
+    "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image Storage - For Presentation
+    "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray Image Storage - For Processing
+    "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image Storage
+)
+"""The SOP classes predictd stores and classifies: projection radiographs (and screenshots of them)."""
+
+_PIXEL_TAGS = frozenset({(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)})
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+_ITEM = (0xFFFE, 0xE000)
+_SEQUENCE_DELIMITER = (0xFFFE, 0xE0DD)
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+def accepted_transfer_syntaxes() -> list[str]:
+    """Every transfer syntax pydicom can decode with the plugins installed here, uncompressed ones first.
+
+    Offering a compressed syntax without a decoder would only move the failure from the sender to classify; a
+    sender whose syntax we leave out decompresses (or picks another) instead.
+    """
+    native = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2", str(DeflatedExplicitVRLittleEndian)]
+    compressed: list[str] = []
+    for uid in AllTransferSyntaxes:
+        if uid in native or not uid.is_compressed:
+            continue
+        try:
+            available = pydicom.pixels.get_decoder(uid).is_available
+        except NotImplementedError:
+            available = False
+        if available:
+            compressed.append(str(uid))
+    return native + compressed
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    """One instance safely in the spool; satisfies ``daemon.queue.IncomingInstance``."""
+
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    modality: str | None
+    path: Path
+    size_bytes: int
+    calling_ae: str | None
+
+
+Record = Callable[[StoredInstance], bool]
+"""Records a stored instance in the database; True if new, False for a repeated SOP Instance UID."""
+
+
+@dataclass(frozen=True)
+class StoreContext:
+    """What the C-STORE handler needs, passed in through ``evt_handlers`` (no globals)."""
+
+    spool: Spool
+    record: Record
+    min_free_bytes: int
+    image_sop_classes: frozenset[str] = field(default_factory=lambda: frozenset(IMAGE_SOP_CLASSES))
+
+
+class Rejected(Exception):
+    """An instance the receiver answers with a failure status; ``reason`` is logged (UIDs only, no PHI)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class Receiver:
+    """The DICOM Storage SCP; ``start`` returns at once, associations are served in pynetdicom's threads."""
+
+    def __init__(self, settings: ReceiveSettings, spool: Spool, record: Record) -> None:
+        self.settings = settings
+        self.spool = spool
+        self.record = record
+        self._ae: AE | None = None
+        self._server: Any = None
+
+    @property
+    def port(self) -> int:
+        """The bound port once started (useful with ``settings.port == 0``), else the configured one."""
+        if self._server is not None:
+            return int(self._server.server_address[1])
+        return self.settings.port
+
+    def build_ae(self) -> AE:
+        """The application entity with its presentation contexts and AE title checks (nothing listens yet)."""
+        s = self.settings
+        ae = AE(ae_title=s.ae_title)
+        ae.require_called_aet = True
+        ae.require_calling_aet = list(s.allowed_calling_aets)
+        ae.maximum_pdu_size = s.max_pdu_size
+        ae.network_timeout = s.network_timeout_seconds
+        ae.acse_timeout = s.network_timeout_seconds
+        ae.dimse_timeout = s.network_timeout_seconds
+        syntaxes = accepted_transfer_syntaxes()
+        ae.add_supported_context(VERIFICATION)
+        sop_classes = list(IMAGE_SOP_CLASSES)
+        if s.unsupported_sop_classes == "ignore":
+            # Accept everything so a PACS forwarding whole studies (SR, PR, ...) sees success; the handler discards.
+            sop_classes += [
+                str(cx.abstract_syntax)
+                for cx in AllStoragePresentationContexts
+                if cx.abstract_syntax not in sop_classes
+            ]
+        for uid in sop_classes:
+            ae.add_supported_context(uid, syntaxes)
+        return ae
+
+    def start(self) -> None:
+        """Listen on settings.host:settings.port; returns immediately."""
+        if self._server is not None:
+            raise RuntimeError("receiver already started")
+        s = self.settings
+        if not s.allowed_calling_aets:
+            log.warning(
+                Event.CONFIG_WARNING,
+                reason="receive.allowed_calling_aets is empty: every calling AE title may store images",
+                ae_title=s.ae_title,
+            )
+        # Datasets are streamed to a temporary file instead of memory: 15 MB DX images on many associations.
+        # A process-wide pynetdicom switch; the handler also copes with it being off.
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        ctx = StoreContext(spool=self.spool, record=self.record, min_free_bytes=s.min_free_bytes)
+        handlers: list[Any] = [
+            (evt.EVT_C_STORE, handle_store, [ctx]),
+            (evt.EVT_C_ECHO, handle_echo),
+            (evt.EVT_REJECTED, handle_rejected, [s.ae_title, list(s.allowed_calling_aets)]),
+        ]
+        self._ae = self.build_ae()
+        self._server = self._ae.start_server((s.host, s.port), block=False, evt_handlers=handlers)
+
+    def stop(self) -> None:
+        """Stop listening and end open associations (an unanswered C-STORE is resent by its sender)."""
+        if self._ae is not None:
+            self._ae.shutdown()
+        self._ae = None
+        self._server = None
+
+
+# --- event handlers (run in pynetdicom's association threads) -------------------------------------------------------
+
+
+def handle_echo(event: evt.Event) -> int:
+    log.info(Event.ECHO_RECEIVED, calling_ae=event.assoc.requestor.ae_title)
+    return SUCCESS
+
+
+def handle_rejected(event: evt.Event, ae_title: str, allowed: list[str]) -> None:
+    rq = event.assoc.requestor.primitive
+    calling = str(rq.calling_ae_title).strip() if rq is not None else None
+    called = str(rq.called_ae_title).strip() if rq is not None else None
+    if allowed and calling not in allowed:
+        reason = "calling AE title not in receive.allowed_calling_aets"
+    elif called != ae_title:
+        reason = f"called AE title is not {ae_title!r}"
+    else:
+        reason = "association limit reached"
+    log.warning(Event.ASSOCIATION_REJECTED, calling_ae=calling, called_ae=called, reason=reason)
+
+
+def handle_store(event: evt.Event, ctx: StoreContext) -> int:
+    """Store one instance durably and record it; see the module docstring for the statuses."""
+    req = cast(C_STORE, event.request)
+    sop_class = str(req.AffectedSOPClassUID)
+    sop_instance = str(req.AffectedSOPInstanceUID)
+    calling = event.assoc.requestor.ae_title
+    try:
+        if sop_class not in ctx.image_sop_classes:
+            log.info(Event.INSTANCE_IGNORED, sop_class_uid=sop_class, sop_instance_uid=sop_instance, calling_ae=calling)
+            return SUCCESS
+        free = ctx.spool.free_bytes()
+        if free < ctx.min_free_bytes:
+            raise Rejected(
+                OUT_OF_RESOURCES, f"spool has {free} bytes free, less than receive.min_free_bytes {ctx.min_free_bytes}"
+            )
+        with _received(event) as (fh, source):
+            header = read_header(fh, sop_class, sop_instance)
+            path, size = ctx.spool.write_instance(
+                header.study_uid, header.series_uid, header.sop_instance_uid, _writer(source)
+            )
+        stored = StoredInstance(
+            study_uid=header.study_uid,
+            series_uid=header.series_uid,
+            sop_instance_uid=header.sop_instance_uid,
+            sop_class_uid=sop_class,
+            transfer_syntax_uid=header.transfer_syntax_uid,
+            modality=header.modality,
+            path=path,
+            size_bytes=size,
+            calling_ae=calling,
+        )
+        is_new = ctx.record(stored)
+    except Rejected as exc:
+        log.warning(
+            Event.INSTANCE_REJECTED,
+            status=f"0x{exc.status:04X}",
+            reason=exc.reason,
+            sop_class_uid=sop_class,
+            sop_instance_uid=sop_instance,
+            calling_ae=calling,
+        )
+        return exc.status
+    except Exception as exc:
+        log.error(
+            Event.INSTANCE_REJECTED,
+            status=f"0x{UNEXPECTED_ERROR:04X}",
+            reason=f"unexpected {type(exc).__name__}: {exc}",
+            sop_class_uid=sop_class,
+            sop_instance_uid=sop_instance,
+            calling_ae=calling,
+        )
+        return UNEXPECTED_ERROR
+    log.info(
+        Event.INSTANCE_STORED if is_new else Event.INSTANCE_DUPLICATE,
+        study_uid=stored.study_uid,
+        series_uid=stored.series_uid,
+        sop_instance_uid=stored.sop_instance_uid,
+        transfer_syntax_uid=stored.transfer_syntax_uid,
+        size_bytes=size,
+        calling_ae=calling,
+    )
+    return SUCCESS
+
+
+@contextmanager
+def _received(event: evt.Event) -> Iterator[tuple[BinaryIO, Path | bytes]]:
+    """The received Part 10 file, open for reading, plus where it lives (chunked temp file, or bytes in memory)."""
+    try:
+        path: Path | None = event.dataset_path
+    except AttributeError:
+        path = None
+    if path is None:  # chunked receive switched off: the dataset is in memory
+        data = event.encoded_dataset()
+        yield io.BytesIO(data), data
+        return
+    with open(path, "rb") as fh:
+        yield fh, path
+
+
+def _writer(source: Path | bytes) -> Callable[[BinaryIO], None] | bytes:
+    if isinstance(source, bytes):
+        return source
+
+    def copy(out: BinaryIO) -> None:
+        with open(source, "rb") as fin:
+            shutil.copyfileobj(fin, out, 1 << 20)
+
+    return copy
+
+
+# --- header checks (cheap: pixel data is located and measured, never read or decoded) ----------------------------
+
+
+@dataclass(frozen=True)
+class Header:
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    modality: str | None
+
+
+def read_header(fh: BinaryIO, sop_class: str, sop_instance: str) -> Header:
+    """Parse everything before the pixel data and check the instance is one predictd can use; raise Rejected if not.
+
+    The dataset's SOP Class and Instance UIDs must equal the C-STORE request's: the spool path and the database row
+    are keyed by them, and a mismatch means the sender is confused about what it sent.
+    """
+    try:
+        ds = pydicom.dcmread(fh, stop_before_pixels=True)
+        syntax = UID(ds.file_meta.TransferSyntaxUID)
+        uids = {kw: str(ds.get(kw) or "").strip() for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
+        dataset_class = str(ds.get("SOPClassUID") or "").strip()
+        modality = str(ds.get("Modality") or "").strip() or None
+    except Exception as exc:
+        raise Rejected(CANNOT_UNDERSTAND, f"data set cannot be parsed ({type(exc).__name__}: {exc})") from exc
+    missing = [kw for kw, value in uids.items() if not value]
+    if missing:
+        raise Rejected(DOES_NOT_MATCH_SOP_CLASS, f"required attribute missing: {', '.join(missing)}")
+    if uids["SOPInstanceUID"] != sop_instance:
+        raise Rejected(DOES_NOT_MATCH_SOP_CLASS, "SOPInstanceUID differs from the request's AffectedSOPInstanceUID")
+    if dataset_class and dataset_class != sop_class:
+        raise Rejected(DOES_NOT_MATCH_SOP_CLASS, "SOPClassUID differs from the request's AffectedSOPClassUID")
+    try:
+        for value in uids.values():
+            check_uid(value)
+    except ValueError as exc:
+        raise Rejected(DOES_NOT_MATCH_SOP_CLASS, str(exc)) from exc
+    problem = _pixel_data_problem(fh, syntax)
+    if problem:
+        raise Rejected(*problem)
+    return Header(
+        study_uid=uids["StudyInstanceUID"],
+        series_uid=uids["SeriesInstanceUID"],
+        sop_instance_uid=uids["SOPInstanceUID"],
+        transfer_syntax_uid=str(syntax),
+        modality=modality,
+    )
+
+
+def _pixel_data_problem(fh: BinaryIO, syntax: UID) -> tuple[int, str] | None:
+    """None if the file positioned at (7FE0,0010) holds complete pixel data, else why not.
+
+    ``dcmread(stop_before_pixels=True)`` leaves the file at the pixel data tag, or at its end when there is none.
+    Only element and item headers are read, so this costs microseconds whatever the image size. A deflated data set
+    has no usable file position and is inflated and read whole instead (rare, and small).
+    """
+    if syntax == DeflatedExplicitVRLittleEndian:
+        fh.seek(0)
+        try:
+            ds = pydicom.dcmread(fh)
+        except Exception as exc:
+            return (CANNOT_UNDERSTAND, f"deflated data set cannot be read ({type(exc).__name__})")
+        return None if "PixelData" in ds else (DOES_NOT_MATCH_SOP_CLASS, "no pixel data")
+    start = fh.tell()
+    end = fh.seek(0, io.SEEK_END)
+    fh.seek(start)
+    head = fh.read(8)
+    if len(head) < 8:
+        return (DOES_NOT_MATCH_SOP_CLASS, "no pixel data")
+    endian = "<" if syntax.is_little_endian else ">"
+    group, elem = struct.unpack(endian + "HH", head[:4])
+    if (group, elem) not in _PIXEL_TAGS:
+        return (DOES_NOT_MATCH_SOP_CLASS, "no pixel data")
+    if syntax.is_implicit_VR:
+        (length,) = struct.unpack(endian + "L", head[4:8])
+        value_at = start + 8
+    elif head[4:6] in _LONG_VRS:
+        more = fh.read(4)
+        if len(more) < 4:
+            return (CANNOT_UNDERSTAND, "pixel data truncated")
+        (length,) = struct.unpack(endian + "L", more)
+        value_at = start + 12
+    else:
+        (length,) = struct.unpack(endian + "H", head[6:8])
+        value_at = start + 8
+    if length == _UNDEFINED_LENGTH:
+        return _encapsulated_problem(fh, value_at, end)
+    if length == 0:
+        return (DOES_NOT_MATCH_SOP_CLASS, "no pixel data (empty value)")
+    if value_at + length > end:
+        return (CANNOT_UNDERSTAND, f"pixel data truncated ({end - value_at} of {length} bytes)")
+    return None
+
+
+def _encapsulated_problem(fh: BinaryIO, pos: int, end: int) -> tuple[int, str] | None:
+    """Walk the items of encapsulated pixel data (offset table, fragments) up to the sequence delimiter."""
+    fragments = 0
+    while True:
+        fh.seek(pos)
+        head = fh.read(8)
+        if len(head) < 8:
+            return (CANNOT_UNDERSTAND, "pixel data truncated (no sequence delimiter)")
+        group, elem, length = struct.unpack("<HHL", head)
+        if (group, elem) == _SEQUENCE_DELIMITER:
+            return None if fragments > 1 else (DOES_NOT_MATCH_SOP_CLASS, "no pixel data (no fragments)")
+        if (group, elem) != _ITEM or length == _UNDEFINED_LENGTH:
+            return (CANNOT_UNDERSTAND, f"malformed encapsulated pixel data at byte {pos}")
+        fragments += 1  # the first item is the basic offset table
+        pos += 8 + length
+        if pos > end:
+            return (CANNOT_UNDERSTAND, "pixel data truncated (fragment runs past the end)")

@@ -1,0 +1,406 @@
+"""The receiver over real sockets (dcmtk storescu and pynetdicom SCUs) into a real spool and a real SQLite queue."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.encaps import encapsulate
+from pydicom.filereader import read_file_meta_info
+from pydicom.uid import generate_uid
+from pynetdicom import AE, _config
+from pynetdicom.dsutils import split_dataset
+from sqlalchemy import select
+from structlog.testing import capture_logs
+
+from daemon import queue
+from daemon.config import ReceiveSettings
+from daemon.db import Database
+from daemon.receive import Receiver, accepted_transfer_syntaxes
+from daemon.spool import Spool
+from daemon.tables import Instance, Study
+from tests.support import RG2_HIP_JLSL, free_port, pydicom_data_file
+
+CALLING = "MODALITY"
+CALLED = "PREDICTD"
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
+
+
+@dataclass
+class Running:
+    receiver: Receiver
+    db: Database
+    spool: Spool
+
+    @property
+    def port(self) -> int:
+        return self.receiver.port
+
+    def instances(self) -> list[Instance]:
+        with self.db.transaction() as s:
+            return list(s.scalars(select(Instance)).all())
+
+    def study(self, study_uid: str) -> Study | None:
+        with self.db.transaction() as s:
+            return s.scalar(select(Study).where(Study.study_uid == study_uid))
+
+    def spooled_files(self) -> list[Path]:
+        return sorted(p for p in (self.spool.root / "instances").rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def start_receiver(tmp_path: Path) -> Iterator[Callable[..., Running]]:
+    """Start receivers (real socket, real SQLite at head, real spool); every one is stopped after the test."""
+    running: list[Running] = []
+
+    def start(**overrides: Any) -> Running:
+        n = len(running)
+        db = Database(f"sqlite:///{tmp_path}/q{n}.db")
+        db.upgrade()
+        spool = Spool(tmp_path / f"spool{n}")
+        fields: dict[str, Any] = {
+            "ae_title": CALLED,
+            "host": "127.0.0.1",
+            "port": free_port(),
+            "allowed_calling_aets": [CALLING],
+            "min_free_bytes": 0,
+            "network_timeout_seconds": 10,
+        }
+        fields.update(overrides)
+        receiver = Receiver(ReceiveSettings(**fields), spool, record=lambda inst: queue.note_instance(db, inst))
+        run = Running(receiver, db, spool)
+        running.append(run)
+        receiver.start()
+        return run
+
+    try:
+        yield start
+    finally:
+        for run in running:
+            run.receiver.stop()
+            run.db.dispose()
+
+
+def new_copy(src: Path, dst: Path, **changes: Any) -> Path:
+    """A copy of a real file with new UIDs (so it is a new instance), optionally with attributes changed or removed."""
+    ds = pydicom.dcmread(src)
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SOPInstanceUID = generate_uid()
+    for keyword, value in changes.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.save_as(dst, enforce_file_format=True)
+    return dst
+
+
+def c_store(
+    port: int,
+    items: list[pydicom.Dataset | Path],
+    *,
+    calling: str = CALLING,
+    called: str = CALLED,
+    raw: bool = False,
+) -> list[int]:
+    """C-STORE each item on one association; returns the statuses. ``raw`` sends files' bytes as-is (chunked send)."""
+    metas = [read_file_meta_info(i) if isinstance(i, Path) else i.file_meta for i in items]
+    ae = AE(ae_title=calling)
+    for meta in metas:
+        ae.add_requested_context(str(meta.MediaStorageSOPClassUID), [str(meta.TransferSyntaxUID)])
+    assoc = ae.associate("127.0.0.1", port, ae_title=called)
+    assert assoc.is_established, "association not established"
+    statuses = []
+    try:
+        for item in items:
+            before = _config.STORE_SEND_CHUNKED_DATASET
+            _config.STORE_SEND_CHUNKED_DATASET = raw and isinstance(item, Path)
+            try:
+                rsp = assoc.send_c_store(item)
+            finally:
+                _config.STORE_SEND_CHUNKED_DATASET = before
+            statuses.append(int(rsp.Status))
+    finally:
+        assoc.release()
+    return statuses
+
+
+def storescu(port: int, path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    exe = shutil.which("storescu")
+    if exe is None:
+        pytest.skip("dcmtk storescu not installed")
+    return subprocess.run(
+        [exe, *args, "-aet", CALLING, "-aec", CALLED, "127.0.0.1", str(port), str(path)],
+        env={**os.environ, "TCP_NODELAY": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def pixel_data(path: Path) -> bytes:
+    return bytes(pydicom.dcmread(path).PixelData)
+
+
+# --- accepted ----------------------------------------------------------------------------------------------------
+
+
+def test_storescu_jpegls_is_stored_durably_and_recorded(start_receiver: Callable[..., Running]) -> None:
+    rx = start_receiver()
+    with capture_logs() as logs:
+        done = storescu(rx.port, RG2_HIP_JLSL, "-xt")
+    assert done.returncode == 0, done.stderr
+
+    src = pydicom.dcmread(RG2_HIP_JLSL, stop_before_pixels=True)
+    (row,) = rx.instances()
+    path = Path(row.path)
+    assert path == rx.spool.instance_path(src.StudyInstanceUID, src.SeriesInstanceUID, src.SOPInstanceUID)
+    assert row.sop_instance_uid == src.SOPInstanceUID
+    assert row.transfer_syntax_uid == JPEG_LS_LOSSLESS
+    assert row.calling_ae == CALLING and row.modality == "CR"
+    assert row.size_bytes == path.stat().st_size
+    stored = pydicom.dcmread(path)
+    assert stored.file_meta.TransferSyntaxUID == JPEG_LS_LOSSLESS  # a real Part 10 file, sent as-is
+    assert bytes(stored.PixelData) == pixel_data(RG2_HIP_JLSL)
+    study = rx.study(src.StudyInstanceUID)
+    assert study is not None and study.state == "receiving"
+    assert [e["event"] for e in logs if e["event"] == "instance_stored"] == ["instance_stored"]
+    assert not list(path.parent.glob(".*.tmp"))  # no temporary file left behind
+
+
+def test_pynetdicom_scu_uncompressed_and_jpeg2000(start_receiver: Callable[..., Running]) -> None:
+    rx = start_receiver()
+    files = [pydicom_data_file("RG1_UNCR.dcm"), pydicom_data_file("RG1_J2KR.dcm")]
+    assert c_store(rx.port, [pydicom.dcmread(f) for f in files]) == [0x0000, 0x0000]
+
+    rows = {row.sop_instance_uid: row for row in rx.instances()}
+    for f in files:
+        src = pydicom.dcmread(f)
+        row = rows[src.SOPInstanceUID]
+        assert row.transfer_syntax_uid == src.file_meta.TransferSyntaxUID
+        assert pixel_data(Path(row.path)) == bytes(src.PixelData)
+    assert len({row.study_id for row in rows.values()}) == 1  # same study, one row in studies
+
+
+def test_same_instance_twice_is_one_row_and_two_successes(start_receiver: Callable[..., Running]) -> None:
+    rx = start_receiver()
+    ds = pydicom.dcmread(pydicom_data_file("RG1_UNCR.dcm"))
+    with capture_logs() as logs:
+        assert c_store(rx.port, [ds]) == [0x0000]
+        assert c_store(rx.port, [ds]) == [0x0000]
+    assert len(rx.instances()) == 1
+    assert len(rx.spooled_files()) == 1
+    assert [e["event"] for e in logs if e["event"].startswith("instance_")] == ["instance_stored", "instance_duplicate"]
+
+
+def test_undecodable_compressed_pixels_are_accepted(start_receiver: Callable[..., Running], tmp_path: Path) -> None:
+    """Decoding is the classify stage's job: well-formed but garbage JPEG-LS fragments are stored as sent."""
+    rx = start_receiver()
+    bad = new_copy(RG2_HIP_JLSL, tmp_path / "bad.dcm", PixelData=encapsulate([b"\x01\x02not JPEG-LS" * 64]))
+    assert c_store(rx.port, [bad], raw=True) == [0x0000]
+    (row,) = rx.instances()
+    assert row.sop_instance_uid == pydicom.dcmread(bad).SOPInstanceUID
+    assert Path(row.path).read_bytes().endswith(bad.read_bytes()[-256:])
+
+
+def test_ignore_mode_answers_success_and_stores_nothing(start_receiver: Callable[..., Running], tmp_path: Path) -> None:
+    rx = start_receiver(unsupported_sop_classes="ignore")
+    ct = new_copy(pydicom_data_file("RG1_UNCR.dcm"), tmp_path / "ct.dcm", SOPClassUID=CT_IMAGE_STORAGE, Modality="CT")
+    with capture_logs() as logs:
+        assert c_store(rx.port, [ct]) == [0x0000]
+    assert rx.instances() == [] and rx.spooled_files() == []
+    assert any(e["event"] == "instance_ignored" for e in logs)
+
+
+# --- refused -----------------------------------------------------------------------------------------------------
+
+
+def test_refuse_mode_refuses_other_sop_classes_at_negotiation(start_receiver: Callable[..., Running]) -> None:
+    rx = start_receiver()  # unsupported_sop_classes = "refuse" is the default
+    ae = AE(ae_title=CALLING)
+    ae.add_requested_context(CT_IMAGE_STORAGE)
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.1")  # CR, so the association itself is accepted
+    assoc = ae.associate("127.0.0.1", rx.port, ae_title=CALLED)
+    try:
+        assert assoc.is_established
+        accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
+        rejected = {str(cx.abstract_syntax) for cx in assoc.rejected_contexts}
+    finally:
+        assoc.release()
+    assert CT_IMAGE_STORAGE in rejected and CT_IMAGE_STORAGE not in accepted
+    assert "1.2.840.10008.5.1.4.1.1.1" in accepted
+
+
+def test_truncated_dataset_fails_and_the_server_keeps_serving(
+    start_receiver: Callable[..., Running], tmp_path: Path
+) -> None:
+    rx = start_receiver()
+    whole = RG2_HIP_JLSL.read_bytes()
+    half = tmp_path / "half.dcm"
+    half.write_bytes(whole[: len(whole) // 2])  # header intact, pixel data cut in the middle
+    with capture_logs() as logs:
+        statuses = c_store(rx.port, [half, pydicom_data_file("RG1_UNCR.dcm")], raw=True)
+    assert statuses[0] == 0xC210
+    assert statuses[1] == 0x0000  # same association, next instance fine
+    assert [row.sop_instance_uid for row in rx.instances()] == [
+        pydicom.dcmread(pydicom_data_file("RG1_UNCR.dcm")).SOPInstanceUID
+    ]
+    (rejected,) = [e for e in logs if e["event"] == "instance_rejected"]
+    assert "truncated" in rejected["reason"]
+
+
+def test_unparseable_dataset_fails(start_receiver: Callable[..., Running], tmp_path: Path) -> None:
+    rx = start_receiver()
+    _meta, offset = split_dataset(RG2_HIP_JLSL)
+    # The real preamble and file meta, then a sequence of undefined length whose first item header is garbage.
+    junk = b"\x08\x00\x15\x11SQ\x00\x00\xff\xff\xff\xff" + b"\x01\x02\x03\x04" * 10
+    bad = tmp_path / "junk.dcm"
+    bad.write_bytes(RG2_HIP_JLSL.read_bytes()[:offset] + junk)
+    assert c_store(rx.port, [bad], raw=True) == [0xC210]
+    assert rx.instances() == [] and rx.spooled_files() == []
+
+
+def test_image_without_pixel_data_is_refused(start_receiver: Callable[..., Running], tmp_path: Path) -> None:
+    rx = start_receiver()
+    nopix = new_copy(pydicom_data_file("RG1_UNCR.dcm"), tmp_path / "nopix.dcm", PixelData=None)
+    with capture_logs() as logs:
+        assert c_store(rx.port, [nopix]) == [0xA900]
+    assert rx.instances() == [] and rx.spooled_files() == []
+    assert any(e["event"] == "instance_rejected" and e["reason"] == "no pixel data" for e in logs)
+
+
+def test_sop_instance_uid_differing_from_the_request_is_refused(
+    start_receiver: Callable[..., Running], tmp_path: Path
+) -> None:
+    rx = start_receiver()
+    path = new_copy(pydicom_data_file("RG1_UNCR.dcm"), tmp_path / "odd.dcm")
+    ds = pydicom.dcmread(path)
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()  # a raw send announces this UID in the request
+    ds.save_as(path)  # as is: enforce_file_format would copy the dataset's UID back into the file meta
+    assert c_store(rx.port, [path], raw=True) == [0xA900]
+    assert rx.instances() == []
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_uid_that_is_not_a_file_name_is_refused(start_receiver: Callable[..., Running], tmp_path: Path) -> None:
+    rx = start_receiver()
+    ds = pydicom.dcmread(new_copy(pydicom_data_file("RG1_UNCR.dcm"), tmp_path / "evil.dcm"))
+    ds.StudyInstanceUID = "../../escape"
+    assert c_store(rx.port, [ds]) == [0xA900]
+    assert rx.instances() == [] and not (tmp_path / "escape").exists()
+
+
+def test_full_spool_answers_out_of_resources(start_receiver: Callable[..., Running]) -> None:
+    rx = start_receiver(min_free_bytes=2**62)
+    with capture_logs() as logs:
+        assert c_store(rx.port, [pydicom.dcmread(pydicom_data_file("RG1_UNCR.dcm"))]) == [0xA700]
+    assert rx.instances() == [] and rx.spooled_files() == []
+    assert any(e["event"] == "instance_rejected" and "min_free_bytes" in e["reason"] for e in logs)
+
+
+def test_unexpected_error_answers_c211_and_the_server_keeps_serving(tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    def flaky_record(inst: Any) -> bool:
+        calls.append(inst.sop_instance_uid)
+        if len(calls) == 1:
+            raise RuntimeError("database is down")
+        return True
+
+    settings = ReceiveSettings(ae_title=CALLED, port=free_port(), min_free_bytes=0)
+    receiver = Receiver(settings, Spool(tmp_path / "spool"), record=flaky_record)
+    receiver.start()
+    try:
+        ds = pydicom.dcmread(pydicom_data_file("RG1_UNCR.dcm"))
+        assert c_store(receiver.port, [ds, ds]) == [0xC211, 0x0000]
+    finally:
+        receiver.stop()
+
+
+# --- association checks ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("calling", "called"), [("STRANGER", CALLED), (CALLING, "SOMEONE_ELSE")])
+def test_unknown_calling_or_called_ae_is_rejected(
+    start_receiver: Callable[..., Running], calling: str, called: str
+) -> None:
+    rx = start_receiver()
+    ae = AE(ae_title=calling)
+    ae.add_requested_context("1.2.840.10008.1.1")
+    with capture_logs() as logs:
+        assoc = ae.associate("127.0.0.1", rx.port, ae_title=called)
+        assert assoc.is_rejected
+    (event,) = [e for e in logs if e["event"] == "association_rejected"]
+    assert event["calling_ae"] == calling
+
+
+def test_empty_allowlist_accepts_anyone_with_a_warning(start_receiver: Callable[..., Running]) -> None:
+    with capture_logs() as logs:
+        rx = start_receiver(allowed_calling_aets=[])
+    assert any(e["event"] == "config_warning" for e in logs)
+    assert c_store(rx.port, [pydicom.dcmread(pydicom_data_file("RG1_UNCR.dcm"))], calling="ANYBODY") == [0x0000]
+
+
+def test_accepts_every_syntax_pydicom_decodes() -> None:
+    syntaxes = set(accepted_transfer_syntaxes())
+    for uid in (
+        "1.2.840.10008.1.2",  # implicit VR little endian
+        "1.2.840.10008.1.2.1",  # explicit VR little endian
+        "1.2.840.10008.1.2.2",  # explicit VR big endian
+        "1.2.840.10008.1.2.1.99",  # deflated
+        "1.2.840.10008.1.2.5",  # RLE
+        "1.2.840.10008.1.2.4.50",  # JPEG baseline
+        "1.2.840.10008.1.2.4.57",  # JPEG lossless
+        "1.2.840.10008.1.2.4.70",  # JPEG lossless SV1
+        "1.2.840.10008.1.2.4.80",  # JPEG-LS lossless
+        "1.2.840.10008.1.2.4.81",  # JPEG-LS near-lossless
+        "1.2.840.10008.1.2.4.90",  # JPEG 2000 lossless
+        "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    ):
+        assert uid in syntaxes
+
+
+def test_parallel_associations_store_one_study(start_receiver: Callable[..., Running], tmp_path: Path) -> None:
+    """Several senders at once (one series each) into one study: every instance recorded, one study row."""
+    rx = start_receiver()
+    study_uid = generate_uid()
+    files = [
+        new_copy(pydicom_data_file("RG1_UNCR.dcm"), tmp_path / f"p{i}.dcm", StudyInstanceUID=study_uid)
+        for i in range(4)
+    ]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        statuses = list(pool.map(lambda f: c_store(rx.port, [f]), files))
+    assert statuses == [[0x0000]] * 4
+    rows = rx.instances()
+    assert len(rows) == 4 and len({r.study_id for r in rows}) == 1
+
+
+def test_received_study_is_purged_from_the_spool(start_receiver: Callable[..., Running]) -> None:
+    rx = start_receiver()
+    assert storescu(rx.port, RG2_HIP_JLSL, "-xt").returncode == 0
+    study_uid = pydicom.dcmread(RG2_HIP_JLSL, stop_before_pixels=True).StudyInstanceUID
+    assert rx.spool.purge_study(study_uid) == 1
+    assert rx.spooled_files() == []
+    assert rx.spool.purge_study(study_uid) == 0
+
+
+def test_in_memory_receive_works_too(start_receiver: Callable[..., Running], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The handler copes with pynetdicom's chunked receive switched off (encoded_dataset instead of a temp file)."""
+    rx = start_receiver()
+    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", False)
+    src = pydicom.dcmread(pydicom_data_file("RG1_J2KR.dcm"))
+    assert c_store(rx.port, [src]) == [0x0000]
+    (row,) = rx.instances()
+    assert pixel_data(Path(row.path)) == bytes(src.PixelData)
