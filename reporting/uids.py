@@ -1,0 +1,52 @@
+"""Deterministic UIDs for the documents predictd sends.
+
+Why deterministic: a run may be reported twice (a crash between building and sending, a retried send, an operator
+re-queueing the study). If each attempt minted a fresh random UID, the PACS would end up holding two SRs for one run.
+Deriving the UIDs from what identifies the run (study, run number, model versions) makes a retry produce the *same*
+SOP Instance UID, which the PACS treats as the same object.
+
+Every UID here is ``2.25.<integer>``: the integer is a UUID (RFC 9562 version 8, "custom") whose 122 free bits come from
+SHA-256 over a predictd namespace and the inputs. The ``2.25`` root is defined (ISO/IEC 9834-8, DICOM PS3.5 B.2) for
+UUID-derived UIDs, so no organisational root has to be registered. The result is at most 44 characters, well under
+the 64-character limit of the UI value representation, and never has a leading zero in a component.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+_NAMESPACE = "predictd.uids.v1"
+"""Bumping this (never done lightly) would change every derived UID."""
+
+
+def derived_uid(kind: str, *parts: str | int) -> str:
+    """A ``2.25.`` UID that is a pure function of ``kind`` and ``parts``.
+
+    The inputs are JSON-encoded as a list so that ("a.b", "c") and ("a", "b.c") cannot collide.
+    """
+    payload = json.dumps([_NAMESPACE, kind, *parts], separators=(",", ":"), ensure_ascii=True)
+    digest = bytearray(hashlib.sha256(payload.encode("ascii")).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x80  # UUID version 8 (custom)
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 9562 variant
+    return f"2.25.{int.from_bytes(digest, 'big')}"
+
+
+def sr_instance_uid(study_uid: str, run_no: int, model_versions: str) -> str:
+    """SOP Instance UID of the SR for one run of one study with the given model versions."""
+    return derived_uid("sr-instance", study_uid, int(run_no), model_versions)
+
+
+def sr_series_uid(study_uid: str) -> str:
+    """Series Instance UID shared by every predictd SR of a study, so they group as one series in the PACS."""
+    return derived_uid("sr-series", study_uid)
+
+
+def device_uid() -> str:
+    """predictd's Device Observer UID (TID 1004): the same on every host, so the PACS sees one device."""
+    return derived_uid("device", "predictd")
+
+
+def tracking_uid(sr_uid: str, key: str) -> str:
+    """Tracking Unique Identifier of one measurement group of an SR; stable across rebuilds of that SR."""
+    return derived_uid("tracking", sr_uid, key)

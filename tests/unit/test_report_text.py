@@ -1,0 +1,137 @@
+"""reporting.text: the wording a radiologist sees first, including the safety lines that must never be missing."""
+
+from __future__ import annotations
+
+import pytest
+
+from models.card import Label, ModelCard
+from models.prediction import Prediction
+from reporting.text import report_text
+
+AI_LINE = "AI-generated preliminary text (predictd, hip@1.0); not verified by a radiologist."
+BANNER = "DEMONSTRATION ONLY: produced by an untrained model; the findings below are meaningless."
+
+HIP = ModelCard(
+    name="hip",
+    version="1.0",
+    task="hip_hardware",
+    arch="x",
+    labels=(
+        Label("none", "no hip hardware", phrase="no hip arthroplasty or fixation hardware"),
+        Label("tha", "total hip arthroplasty"),
+        Label("hemi", "hemiarthroplasty"),
+    ),
+)
+KNEE = ModelCard(
+    name="knee", version="0.3", task="knee_hardware", arch="x", labels=(Label("tka", "total knee arthroplasty"),)
+)
+CARDS = {"hip": HIP, "knee": KNEE}
+
+
+def _p(
+    label: str,
+    probability: float,
+    *,
+    image: str = "1.2.3.1",
+    laterality: str | None = None,
+    model: ModelCard = HIP,
+    untrained: bool = False,
+) -> Prediction:
+    return Prediction(
+        model_name=model.name,
+        model_version=model.version,
+        task=model.task,
+        sop_instance_uid=image,
+        series_instance_uid="1.2.3",
+        label=label,
+        probability=probability,
+        laterality=laterality,
+        untrained=untrained,
+    )
+
+
+def test_one_image_one_line_and_ai_line() -> None:
+    text = report_text([_p("tha", 0.934)], CARDS)
+    assert text.splitlines() == ["Hip hardware: total hip arthroplasty (probability 0.93).", AI_LINE]
+
+
+def test_report_phrase_is_preferred_over_display() -> None:
+    assert report_text([_p("none", 0.8)], CARDS).splitlines()[0] == (
+        "Hip hardware: no hip arthroplasty or fixation hardware (probability 0.80)."
+    )
+
+
+def test_laterality_prefix_and_order() -> None:
+    text = report_text([_p("hemi", 0.71, laterality="L"), _p("tha", 0.9, laterality="R")], CARDS)
+    assert text.splitlines()[:2] == [
+        "Right hip hardware: total hip arthroplasty (probability 0.90).",
+        "Left hip hardware: hemiarthroplasty (probability 0.71).",
+    ]
+
+
+def test_indeterminate() -> None:
+    text = report_text([_p(Prediction.INDETERMINATE, 0.41)], CARDS)
+    assert text.splitlines()[0] == "Hip hardware: indeterminate (no class reached its threshold)."
+    assert "0.41" not in text
+
+
+@pytest.mark.parametrize(
+    ("probability", "shown"), [(0.5, "0.50"), (0.12345, "0.12"), (0.996, "1.00"), (0.9349, "0.93")]
+)
+def test_probability_rounded_to_two_decimals(probability: float, shown: str) -> None:
+    assert f"(probability {shown})." in report_text([_p("tha", probability)], CARDS)
+
+
+def test_untrained_banner_comes_first() -> None:
+    lines = report_text([_p("tha", 0.9, untrained=True)], CARDS).splitlines()
+    assert lines[0] == BANNER
+    assert lines[-1] == AI_LINE
+
+
+def test_no_banner_for_trained_models() -> None:
+    assert "DEMONSTRATION" not in report_text([_p("tha", 0.9)], CARDS)
+
+
+def test_several_images_agreeing_give_the_best_probability() -> None:
+    text = report_text([_p("tha", 0.81, image="a"), _p("tha", 0.93, image="b")], CARDS)
+    assert text.splitlines() == ["Hip hardware: total hip arthroplasty (probability 0.93).", AI_LINE]
+
+
+def test_several_images_disagreeing_are_mentioned() -> None:
+    preds = [_p("hemi", 0.62, image="a"), _p("tha", 0.93, image="b"), _p(Prediction.INDETERMINATE, 0.4, image="c")]
+    line = report_text(preds, CARDS).splitlines()[0]
+    assert line.startswith("Hip hardware: total hip arthroplasty (probability 0.93).")
+    assert "Images disagree: hemiarthroplasty on 1 of 3 images; indeterminate on 1 of 3 images." in line
+
+
+def test_indeterminate_image_does_not_win_over_a_decided_one() -> None:
+    preds = [_p(Prediction.INDETERMINATE, 0.45, image="a"), _p("tha", 0.7, image="b")]
+    assert report_text(preds, CARDS).splitlines()[0].startswith("Hip hardware: total hip arthroplasty (probability")
+
+
+def test_all_images_indeterminate() -> None:
+    preds = [_p(Prediction.INDETERMINATE, 0.45, image="a"), _p(Prediction.INDETERMINATE, 0.4, image="b")]
+    assert report_text(preds, CARDS).splitlines()[0] == "Hip hardware: indeterminate (no class reached its threshold)."
+
+
+def test_two_models_two_tasks_listed_in_ai_line() -> None:
+    text = report_text([_p("tha", 0.9), _p("tka", 0.88, model=KNEE)], CARDS)
+    assert text.splitlines() == [
+        "Hip hardware: total hip arthroplasty (probability 0.90).",
+        "Knee hardware: total knee arthroplasty (probability 0.88).",
+        "AI-generated preliminary text (predictd, hip@1.0, knee@0.3); not verified by a radiologist.",
+    ]
+
+
+def test_no_predictions() -> None:
+    lines = report_text([], CARDS).splitlines()
+    assert "no applicable" in lines[0].lower()
+    assert lines[-1].startswith("AI-generated preliminary text (predictd")
+    assert lines[-1].endswith("not verified by a radiologist.")
+
+
+def test_unknown_model_or_label_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no model card"):
+        report_text([_p("tha", 0.9)], {})
+    with pytest.raises(ValueError, match="no label"):
+        report_text([_p("bogus", 0.9)], CARDS)

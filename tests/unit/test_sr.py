@@ -1,0 +1,243 @@
+"""reporting.sr (+ codes): an SR built from real radiographs reads back with highdicom and passes dciodvfy."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+import highdicom as hd
+import pydicom
+import pytest
+from pydicom.sr.codedict import codes as dcm_codes
+
+from models.card import Label, ModelCard
+from models.prediction import Prediction
+from reporting import codes, uids
+from reporting.sr import build_sr
+from reporting.text import report_text
+from tests.support import RG2_HIP_JLSL, pydicom_data_file
+
+HIP = ModelCard(
+    name="hip",
+    version="1.0",
+    task="hip_hardware",
+    arch="x",
+    labels=(
+        Label("none", "no hip hardware"),
+        Label("tha", "total hip arthroplasty"),
+        # A card-supplied code (here the SNOMED CT concept a card author would have verified).
+        Label("hemi", "hemiarthroplasty", code_value="66546002", code_scheme="SCT", code_meaning="Hemiarthroplasty"),
+    ),
+)
+CARDS = {"hip": HIP}
+
+
+@pytest.fixture(scope="module")
+def hip() -> pydicom.Dataset:
+    return pydicom.dcmread(RG2_HIP_JLSL, stop_before_pixels=True)
+
+
+@pytest.fixture(scope="module")
+def hip_other_series(hip: pydicom.Dataset) -> pydicom.Dataset:
+    """A second image of the same study in another series (same header, new series and instance UIDs)."""
+    other = copy.deepcopy(hip)
+    other.SeriesInstanceUID = uids.derived_uid("test-series", hip.SeriesInstanceUID)
+    other.SOPInstanceUID = uids.derived_uid("test-instance", hip.SOPInstanceUID)
+    other.SeriesNumber = 2
+    return other
+
+
+def _p(src: pydicom.Dataset, label: str, probability: float, laterality: str | None = None) -> Prediction:
+    return Prediction(
+        model_name=HIP.name,
+        model_version=HIP.version,
+        task=HIP.task,
+        sop_instance_uid=str(src.SOPInstanceUID),
+        series_instance_uid=str(src.SeriesInstanceUID),
+        label=label,
+        probability=probability,
+        laterality=laterality,
+    )
+
+
+def _build(sources: Sequence[pydicom.Dataset], preds: Sequence[Prediction], **kwargs: object) -> pydicom.Dataset:
+    study = str(sources[0].StudyInstanceUID)
+    return build_sr(
+        sources,
+        preds,
+        CARDS,
+        report_text=report_text(preds, CARDS),
+        sop_instance_uid=uids.sr_instance_uid(study, 1, "hip@1.0"),
+        series_instance_uid=uids.sr_series_uid(study),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def _write_and_read(sr: pydicom.Dataset, tmp_path: Path) -> tuple[Path, hd.sr.ComprehensiveSR]:
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    back = hd.sr.srread(path)
+    assert isinstance(back, hd.sr.ComprehensiveSR)
+    return path, back
+
+
+def _groups(sr: pydicom.Dataset) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
+    report = hd.sr.MeasurementReport.from_sequence([sr])
+    return report.get_image_measurement_groups()
+
+
+def _coded(evaluation: hd.sr.QualitativeEvaluation) -> hd.sr.CodedConcept:
+    """The coded value (highdicom annotates ``QualitativeEvaluation.value`` as a number)."""
+    value = evaluation[0].value
+    assert isinstance(value, hd.sr.CodedConcept)
+    return value
+
+
+def _text_items(sr: hd.sr.ComprehensiveSR) -> list[str]:
+    containers = hd.sr.utils.find_content_items(sr, name=codes.QUALITATIVE_EVALUATIONS)
+    assert len(containers) == 1
+    return [item.TextValue for item in containers[0].ContentSequence if item.ValueType == "TEXT"]
+
+
+def _dciodvfy(path: Path) -> None:
+    binary = shutil.which("dciodvfy")
+    if binary is None:
+        pytest.skip("dciodvfy (dicom3tools) is not installed: apt-get install dicom3tools")
+    result = subprocess.run([binary, str(path)], capture_output=True, text=True, timeout=60, check=False)
+    output = result.stdout + result.stderr
+    errors = [line for line in output.splitlines() if line.startswith("Error")]
+    assert not errors, f"dciodvfy reported errors:\n{output}"
+
+
+def test_sr_content_reads_back(hip: pydicom.Dataset, tmp_path: Path) -> None:
+    preds = [_p(hip, "tha", 0.934, laterality="R"), _p(hip, "hemi", 0.71, laterality="L")]
+    sr = _build([hip], preds, institution_name="Test Hospital")
+    _, back = _write_and_read(sr, tmp_path)
+
+    groups = _groups(back)
+    assert len(groups) == 2
+    by_side = {}
+    for group in groups:
+        evaluations = {str(e.name.value): _coded(e) for e in group.get_qualitative_evaluations()}
+        by_side[evaluations[codes.LATERALITY.value].meaning] = group
+        [measurement] = group.get_measurements(name=codes.PROBABILITY)
+        assert measurement.unit == codes.NO_UNITS
+        assert [s.referenced_sop_instance_uid for s in group.source_images] == [hip.SOPInstanceUID]
+        algorithm = {item.name.meaning: item.value for item in group[0].ContentSequence if item.ValueType == "TEXT"}
+        assert algorithm["Algorithm Name"] == "hip"
+        assert algorithm["Algorithm Version"] == "1.0"
+
+    right = by_side["Right"].get_qualitative_evaluations(name=codes.task_concept("hip_hardware"))
+    assert right[0].value == codes.label_concept(HIP, "tha")
+    assert _coded(right[0]).scheme_designator == codes.SCHEME
+    assert by_side["Right"].get_measurements(name=codes.PROBABILITY)[0].value == pytest.approx(0.934)
+    left = by_side["Left"].get_qualitative_evaluations(name=codes.task_concept("hip_hardware"))
+    assert left[0].value == hd.sr.CodedConcept("66546002", "SCT", "Hemiarthroplasty")
+    assert by_side["Left"].get_measurements(name=codes.PROBABILITY)[0].value == pytest.approx(0.71)
+
+
+def test_sr_header(hip: pydicom.Dataset, tmp_path: Path) -> None:
+    sr = _build([hip], [_p(hip, "tha", 0.9)], institution_name="Test Hospital", manufacturer="ACME predictd")
+    _, back = _write_and_read(sr, tmp_path)
+    for keyword in (
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "StudyInstanceUID",
+        "StudyDate",
+        "StudyTime",
+        "StudyID",
+        "AccessionNumber",
+        "ReferringPhysicianName",
+    ):
+        assert back.get(keyword) == hip.get(keyword), keyword
+    assert back.Modality == "SR"
+    assert back.SOPClassUID == pydicom.uid.ComprehensiveSRStorage
+    assert back.VerificationFlag == "UNVERIFIED"
+    assert back.CompletionFlag == "PARTIAL"
+    assert back.PreliminaryFlag == "PRELIMINARY"
+    assert back.Manufacturer == "ACME predictd"
+    assert back.InstitutionName == "Test Hospital"
+    assert back.SeriesDescription == "predictd AI result (unverified)"
+    assert back.SeriesNumber == 9901
+    assert back.SOPInstanceUID == uids.sr_instance_uid(hip.StudyInstanceUID, 1, "hip@1.0")
+    assert back.SeriesInstanceUID == uids.sr_series_uid(hip.StudyInstanceUID)
+    assert [item.CodingSchemeDesignator for item in back.CodingSchemeIdentificationSequence] == [codes.SCHEME]
+    [evidence] = back.CurrentRequestedProcedureEvidenceSequence
+    referenced = evidence.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+    assert referenced == hip.SOPInstanceUID
+    device = hd.sr.MeasurementReport.from_sequence(back.content).get_observer_contexts(dcm_codes.DCM.Device)
+    assert device[0].observer_identifying_attributes[0].value == uids.device_uid()
+
+
+def test_report_text_in_sr(hip: pydicom.Dataset, tmp_path: Path) -> None:
+    preds = [_p(hip, "tha", 0.934)]
+    sr = _build([hip], preds)
+    _, back = _write_and_read(sr, tmp_path)
+    assert _text_items(back) == [report_text(preds, CARDS)]
+    assert "not verified by a radiologist" in _text_items(back)[0]
+
+
+def test_sr_passes_dciodvfy(hip: pydicom.Dataset, tmp_path: Path) -> None:
+    preds = [_p(hip, "tha", 0.934, laterality="R"), _p(hip, Prediction.INDETERMINATE, 0.4, laterality="L")]
+    path, _ = _write_and_read(_build([hip], preds, institution_name="Test Hospital"), tmp_path)
+    _dciodvfy(path)
+
+
+def test_two_series_in_one_sr(hip: pydicom.Dataset, hip_other_series: pydicom.Dataset, tmp_path: Path) -> None:
+    preds = [_p(hip, "tha", 0.9), _p(hip_other_series, "tha", 0.8)]
+    path, back = _write_and_read(_build([hip, hip_other_series], preds), tmp_path)
+    referenced = {s.referenced_sop_instance_uid for g in _groups(back) for s in g.source_images}
+    assert referenced == {hip.SOPInstanceUID, hip_other_series.SOPInstanceUID}
+    [evidence] = back.CurrentRequestedProcedureEvidenceSequence
+    assert {s.SeriesInstanceUID for s in evidence.ReferencedSeriesSequence} == {
+        hip.SeriesInstanceUID,
+        hip_other_series.SeriesInstanceUID,
+    }
+    _dciodvfy(path)
+
+
+def test_fully_read_source_with_pixels(tmp_path: Path) -> None:
+    src = pydicom.dcmread(pydicom_data_file("RG1_UNCR.dcm"))
+    path, back = _write_and_read(_build([src], [_p(src, "none", 0.97)]), tmp_path)
+    assert "PixelData" not in back
+    assert back.PatientID == src.PatientID
+    assert "PixelData" in src  # the caller's dataset is left alone
+    _dciodvfy(path)
+    from_dataset = hd.sr.ComprehensiveSR.from_dataset(pydicom.dcmread(path))
+    assert from_dataset.SOPInstanceUID == back.SOPInstanceUID
+
+
+def test_rebuild_gives_same_uids(hip: pydicom.Dataset) -> None:
+    preds = [_p(hip, "tha", 0.9, laterality="R")]
+    first, second = _build([hip], preds), _build([hip], preds)
+    assert first.SOPInstanceUID == second.SOPInstanceUID
+    assert [g.tracking_uid for g in _groups(first)] == [g.tracking_uid for g in _groups(second)]
+
+
+def test_inconsistent_inputs_are_rejected(hip: pydicom.Dataset) -> None:
+    rg1 = pydicom.dcmread(pydicom_data_file("RG1_UNCR.dcm"), stop_before_pixels=True)
+    with pytest.raises(ValueError, match="studies"):
+        _build([hip, rg1], [_p(hip, "tha", 0.9)])
+    with pytest.raises(ValueError, match="not among the sources"):
+        _build([hip], [_p(rg1, "tha", 0.9)])
+    with pytest.raises(ValueError, match="at least one prediction"):
+        build_sr([hip], [], CARDS, report_text="x", sop_instance_uid="2.25.1", series_instance_uid="2.25.2")
+
+
+def test_codes_never_invent_public_codes() -> None:
+    concept = codes.label_concept(HIP, "tha")
+    assert (concept.scheme_designator, concept.value) == ("99PREDICTD", "PRD-LBL-hip_hardware.tha")
+    assert codes.label_concept(HIP, Prediction.INDETERMINATE) == codes.INDETERMINATE
+    task = codes.task_concept("hip_hardware")
+    assert (task.scheme_designator, task.value, task.meaning) == (
+        "99PREDICTD",
+        "PRD-TASK-hip_hardware",
+        "Hip hardware classification",
+    )
+    half_coded = ModelCard(name="m", version="1", task="t", arch="x", labels=(Label("a", "A", code_value="123"),))
+    assert codes.label_concept(half_coded, "a").scheme_designator == codes.SCHEME
