@@ -90,7 +90,9 @@ def start_run(db: Database, c: Claim, *, now: datetime | None = None) -> RunView
         if run is None:
             run = Run(study_id=c.study_id, run_no=c.run_no, started_at=now)
             s.add(run)
-        for inst in s.scalars(select(Instance).where(Instance.study_id == c.study_id, Instance.run_no.is_(None))):
+        for inst in s.scalars(
+            select(Instance).where(Instance.study_id == c.study_id, Instance.run_no.is_(None))
+        ):
             inst.run_no = c.run_no
         s.flush()
         return _view(s, run, c.study_uid)
@@ -194,7 +196,14 @@ def deliveries(db: Database, run_id: int) -> list[DeliveryView]:
 
 def _delivery_view(d: Delivery) -> DeliveryView:
     return DeliveryView(
-        d.id, d.destination, d.sop_instance_uid, Path(d.path), d.state, d.attempts, d.next_attempt_at, d.last_error
+        d.id,
+        d.destination,
+        d.sop_instance_uid,
+        Path(d.path),
+        d.state,
+        d.attempts,
+        d.next_attempt_at,
+        d.last_error,
     )
 
 
@@ -286,7 +295,9 @@ def study_detail(db: Database, study_uid: str) -> dict[str, Any] | None:
         if st is None:
             return None
         instances = s.scalars(select(Instance).where(Instance.study_id == st.id).order_by(Instance.id)).all()
-        events = s.scalars(select(StudyEvent).where(StudyEvent.study_id == st.id).order_by(StudyEvent.id)).all()
+        events = s.scalars(
+            select(StudyEvent).where(StudyEvent.study_id == st.id).order_by(StudyEvent.id)
+        ).all()
         runs = s.scalars(select(Run).where(Run.study_id == st.id).order_by(Run.run_no)).all()
         detail = _study_dict(st, len(instances))
         detail["instances_detail"] = [
@@ -317,7 +328,9 @@ def study_detail(db: Database, study_uid: str) -> dict[str, Any] | None:
 
 
 def _run_dict(s: Session, r: Run) -> dict[str, Any]:
-    preds = s.scalars(select(PredictionRow).where(PredictionRow.run_id == r.id).order_by(PredictionRow.id)).all()
+    preds = s.scalars(
+        select(PredictionRow).where(PredictionRow.run_id == r.id).order_by(PredictionRow.id)
+    ).all()
     dels = s.scalars(select(Delivery).where(Delivery.run_id == r.id).order_by(Delivery.id)).all()
     return {
         "run_no": r.run_no,

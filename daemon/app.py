@@ -1,0 +1,99 @@
+"""Composition root: builds the database, spool, model engine, receiver, workers and scheduler; starts and stops them.
+
+Nothing else constructs these; every dependency is passed down from here.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+
+from daemon import queue
+from daemon.config import Settings
+from daemon.db import Database
+from daemon.jobs import build_scheduler
+from daemon.log import Event, get_logger
+from daemon.receive import Receiver
+from daemon.spool import Spool
+from daemon.stage import StageContext
+from daemon.worker import Worker, default_worker_name
+from models.inference import Engine, NoModelsError
+
+log = get_logger("app")
+
+
+def load_engine(settings: Settings) -> Engine | None:
+    """The resident models, or None (logged loudly) when none is installed: images are still received and kept."""
+    m = settings.models
+    try:
+        engine = Engine.load(m.dir, m.enabled, device=m.device, batch_size=m.batch_size)
+    except NoModelsError as exc:
+        log.error(Event.NO_MODELS, reason=str(exc), models_dir=str(m.dir))
+        return None
+    log.info(Event.MODELS_LOADED, models=engine.model_versions, device=engine.device)
+    return engine
+
+
+class App:
+    """One predictd process: receiver + worker threads + periodic jobs over one database and spool."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.db = Database(
+            settings.database.url, sqlite_busy_timeout_ms=settings.database.sqlite_busy_timeout_ms
+        )
+        self.db.require_head()
+        spool = Spool(settings.spool.dir)
+        self.ctx = StageContext(settings=settings, db=self.db, spool=spool, engine=load_engine(settings))
+        self.receiver = Receiver(settings.receive, spool, record=self._record)
+        name = default_worker_name(settings.workers.name)
+        self.workers = [Worker(self.ctx, f"{name}/w{i}") for i in range(settings.workers.count)]
+        self.scheduler = build_scheduler(self.ctx)
+        self._stopped = threading.Event()
+
+    def _record(self, inst: queue.IncomingInstance) -> bool:
+        return queue.note_instance(self.db, inst)
+
+    def start(self) -> None:
+        log.info(Event.STARTING, ae_title=self.settings.receive.ae_title, port=self.settings.receive.port)
+        self.receiver.start()
+        for worker in self.workers:
+            worker.start()
+        self.scheduler.start()
+        log.info(
+            Event.STARTED,
+            ae_title=self.settings.receive.ae_title,
+            host=self.settings.receive.host,
+            port=self.receiver.port,
+            workers=len(self.workers),
+            database=self.db.engine.url.get_backend_name(),
+        )
+
+    def stop(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        log.info(Event.STOPPING)
+        self.receiver.stop()  # first: no new images while the workers finish
+        self.scheduler.shutdown(wait=True)
+        for worker in self.workers:
+            worker.stop()
+        self.db.dispose()
+        log.info(Event.STOPPED)
+
+    def run_forever(self) -> None:
+        """Start, then block until SIGINT or SIGTERM, then stop gracefully."""
+        done = threading.Event()
+
+        def _on_signal(signum: int, _frame: FrameType | None) -> None:
+            done.set()
+
+        signal.signal(signal.SIGTERM, _on_signal)
+        signal.signal(signal.SIGINT, _on_signal)
+        self.start()
+        try:
+            while not done.wait(1.0):
+                pass
+        finally:
+            self.stop()

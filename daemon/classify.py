@@ -1,0 +1,57 @@
+"""Stage 4: a study's instances → models.inference → predictions saved on the run.
+
+Files are read and classified outside any transaction; only the result is written, under the claim.
+"""
+
+from __future__ import annotations
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from daemon import records
+from daemon.lifecycle import StudyState
+from daemon.log import Event, get_logger
+from daemon.queue import Claim
+from daemon.stage import Advance, Outcome, StageContext, StageError
+from models.preprocess import PixelDecodeError
+
+log = get_logger("classify")
+
+
+def run(ctx: StageContext, claim: Claim) -> Outcome:
+    if ctx.engine is None:
+        raise StageError("no model is installed (see `predictd models install-demo`)")
+    view = records.start_run(ctx.db, claim)
+    if not view.instances:
+        return Advance(StudyState.SKIPPED, reason="the study has no stored instances")
+    datasets = []
+    for inst in view.instances:
+        try:
+            datasets.append(pydicom.dcmread(inst.path))
+        except FileNotFoundError as exc:
+            raise StageError(
+                f"instance {inst.sop_instance_uid}: spool file missing ({exc.filename})"
+            ) from exc
+        except (InvalidDicomError, ValueError, EOFError) as exc:
+            raise StageError(
+                f"instance {inst.sop_instance_uid}: unreadable file: {exc}", permanent=True
+            ) from exc
+    try:
+        with ctx.inference_lock:
+            predictions = ctx.engine.predict(datasets)
+    except PixelDecodeError as exc:
+        raise StageError(f"pixel data cannot be decoded: {exc}", permanent=True) from exc
+    if not predictions:
+        return Advance(StudyState.SKIPPED, reason="no installed model applies to these images")
+    records.save_predictions(ctx.db, claim, predictions, ctx.engine.model_versions)
+    for p in predictions:
+        log.info(
+            Event.PREDICTION_MADE,
+            study_uid=claim.study_uid,
+            run_no=claim.run_no,
+            sop_instance_uid=p.sop_instance_uid,
+            model=f"{p.model_name}@{p.model_version}",
+            label=p.label,
+            probability=round(p.probability, 4),
+        )
+    return Advance(StudyState.CLASSIFIED)

@@ -1,0 +1,300 @@
+"""The ``predictd`` command: serve, db, queue, echo, models.
+
+Tables for people (rich), ``--json`` for scripts, ``--config FILE`` on every command (or once before the command,
+or PREDICTD_CONFIG in the environment).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from daemon import queue, records
+from daemon.config import Settings, load_settings
+from daemon.db import Database, DatabaseNotAtHead
+from daemon.lifecycle import IllegalTransition, StudyState
+from daemon.log import configure_logging
+
+app = typer.Typer(help="predictd: pre-dictation daemon for radiographs.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+queue_app = typer.Typer(help="Inspect and steer the study queue.", no_args_is_help=True)
+models_app = typer.Typer(help="Installed models.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(queue_app, name="queue")
+app.add_typer(models_app, name="models")
+
+console = Console()
+err = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="TOML config file.", envvar="PREDICTD_CONFIG", exists=True, dir_okay=False
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+_root_config: dict[str, Path | None] = {"path": None}
+
+
+@app.callback()
+def main(config: ConfigOption = None) -> None:
+    _root_config["path"] = config
+
+
+def _settings(config: Path | None) -> Settings:
+    return load_settings(config or _root_config["path"])
+
+
+def _db(settings: Settings) -> Database:
+    db = Database(settings.database.url, sqlite_busy_timeout_ms=settings.database.sqlite_busy_timeout_ms)
+    try:
+        db.require_head()
+    except DatabaseNotAtHead as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    return db
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+# --- serve, db ---------------------------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(config: ConfigOption = None) -> None:
+    """Run the daemon: DICOM receiver, workers and periodic jobs, until SIGTERM or Ctrl-C."""
+    from daemon.app import App  # imports torch: only the commands that need it pay for it
+
+    settings = _settings(config)
+    configure_logging(settings.log.level, settings.log.json_output)
+    try:
+        application = App(settings)
+    except DatabaseNotAtHead as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    application.run_forever()
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOption = None, revision: str = "head") -> None:
+    """Create or migrate the database schema to the version this predictd needs."""
+    settings = _settings(config)
+    db = Database(settings.database.url)
+    db.upgrade(revision)
+    console.print(f"database at {db.current_revision()}")
+
+
+@db_app.command("current")
+def db_current(config: ConfigOption = None) -> None:
+    """Show the schema revision of the database and the one this predictd needs."""
+    db = Database(_settings(config).database.url)
+    console.print(f"database: {db.current_revision() or 'empty'}; needed: {db.head_revision()}")
+
+
+# --- queue -------------------------------------------------------------------------------------------------------
+
+LIST_COLUMNS = ("study_uid", "state", "run_no", "modality", "instances", "attempts", "updated_at", "reason")
+
+
+@queue_app.command("ls")
+def queue_ls(
+    config: ConfigOption = None,
+    state: Annotated[StudyState | None, typer.Option(help="Only studies in this state.")] = None,
+    limit: int = 100,
+    as_json: JsonOption = False,
+) -> None:
+    """List studies, most recently changed first."""
+    rows = records.list_studies(_db(_settings(config)), state=state, limit=limit)
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table(*LIST_COLUMNS)
+    for row in rows:
+        table.add_row(*(str(row[c]) if row[c] is not None else "" for c in LIST_COLUMNS))
+    console.print(table)
+
+
+@queue_app.command("show")
+def queue_show(study_uid: str, config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """One study: instances, state history, predictions, SR UID, deliveries."""
+    detail = records.study_detail(_db(_settings(config)), study_uid)
+    if detail is None:
+        err.print(f"[red]error:[/red] no study {study_uid}")
+        raise typer.Exit(1)
+    if as_json:
+        _print_json(detail)
+        return
+    _show_human(detail)
+
+
+def _show_human(detail: dict[str, Any]) -> None:
+    console.print(f"[bold]{detail['study_uid']}[/bold]  {detail['state']}  run {detail['run_no']}")
+    if detail["reason"]:
+        console.print(f"reason: {detail['reason']}")
+    instances = Table("sop_instance_uid", "transfer_syntax_uid", "size_bytes", "run_no", title="instances")
+    for i in detail["instances_detail"]:
+        instances.add_row(
+            i["sop_instance_uid"], i["transfer_syntax_uid"], str(i["size_bytes"]), str(i["run_no"])
+        )
+    console.print(instances)
+    events = Table("at", "run", "from", "to", "actor", "reason", title="history")
+    for e in detail["events"]:
+        events.add_row(
+            e["at"], str(e["run_no"]), e["from"] or "", e["to"], e["actor"] or "", e["reason"] or ""
+        )
+    console.print(events)
+    for run in detail["runs"]:
+        console.print(
+            f"[bold]run {run['run_no']}[/bold]  models {run['model_versions']}  SR {run['sr_sop_instance_uid']}"
+        )
+        preds = Table("sop_instance_uid", "model", "label", "probability", "side", title="predictions")
+        for p in run["predictions"]:
+            preds.add_row(
+                p["sop_instance_uid"],
+                p["model"],
+                p["label"],
+                f"{p['probability']:.2f}",
+                p["laterality"] or "",
+            )
+        console.print(preds)
+        dels = Table("destination", "state", "attempts", "sent_at", "last_error", title="deliveries")
+        for d in run["deliveries"]:
+            dels.add_row(
+                d["destination"], d["state"], str(d["attempts"]), d["sent_at"] or "", d["last_error"] or ""
+            )
+        console.print(dels)
+        if run["report_text"]:
+            console.print(run["report_text"])
+
+
+@queue_app.command("retry")
+def queue_retry(study_uid: str, config: ConfigOption = None) -> None:
+    """Run an ended (done, failed, skipped, cancelled) study again, as a new run."""
+    db = _db(_settings(config))
+    try:
+        run_no = queue.retry(db, study_uid)
+    except queue.UnknownStudy as exc:
+        err.print(f"[red]error:[/red] no study {study_uid}")
+        raise typer.Exit(1) from exc
+    except IllegalTransition as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    console.print(f"{study_uid}: queued again as run {run_no}")
+
+
+@queue_app.command("cancel")
+def queue_cancel(study_uid: str, config: ConfigOption = None) -> None:
+    """Stop a study wherever it is; a worker holding it writes nothing more."""
+    db = _db(_settings(config))
+    try:
+        queue.cancel(db, study_uid)
+    except queue.UnknownStudy as exc:
+        err.print(f"[red]error:[/red] no study {study_uid}")
+        raise typer.Exit(1) from exc
+    except IllegalTransition as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    console.print(f"{study_uid}: cancelled")
+
+
+@queue_app.command("stats")
+def queue_stats(config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """Studies per state, deliveries per state, and how long the oldest waiting study has waited."""
+    db = _db(_settings(config))
+    studies = {str(s): 0 for s in StudyState} | queue.counts_by_state(db)
+    deliveries = queue.delivery_counts(db)
+    oldest = queue.oldest_waiting_seconds(db)
+    if as_json:
+        _print_json({"studies": studies, "deliveries": deliveries, "oldest_waiting_seconds": oldest})
+        return
+    table = Table("state", "studies")
+    for state, n in studies.items():
+        table.add_row(state, str(n))
+    console.print(table)
+    console.print(f"deliveries: {deliveries or 'none'}")
+    console.print("oldest waiting: " + ("none" if oldest is None else f"{oldest:.0f} s"))
+
+
+# --- network -----------------------------------------------------------------------------------------------------
+
+
+@app.command()
+def echo(
+    host: str,
+    port: int,
+    config: ConfigOption = None,
+    aet: Annotated[str | None, typer.Option(help="Our (calling) AE title; default receive.ae_title.")] = None,
+    aec: Annotated[str, typer.Option(help="The peer's (called) AE title.")] = "ANY-SCP",
+) -> None:
+    """C-ECHO a DICOM peer (a PACS, or predictd itself) and print the status."""
+    from daemon.dimse import SendError
+    from daemon.dimse import echo as dicom_echo
+
+    calling = aet or _settings(config).receive.ae_title
+    try:
+        status = dicom_echo(host, port, aec, calling_ae=calling)
+    except SendError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    console.print(f"C-ECHO {host}:{port} ({aec}): status 0x{status:04X}")
+    if status != 0:
+        raise typer.Exit(1)
+
+
+# --- models ------------------------------------------------------------------------------------------------------
+
+
+@models_app.command("install-demo")
+def models_install_demo(
+    config: ConfigOption = None,
+    if_missing: Annotated[
+        bool, typer.Option("--if-missing", help="Do nothing when any model is installed.")
+    ] = False,
+) -> None:
+    """Install an UNTRAINED demonstration model (its reports say its findings are meaningless)."""
+    from models.card import find_cards
+    from models.demo import install_demo
+
+    models_dir = _settings(config).models.dir
+    if if_missing and find_cards(models_dir):
+        console.print(f"models already installed in {models_dir}")
+        return
+    card = install_demo(models_dir)
+    console.print(f"installed {card.name}@{card.version} (untrained demonstration) in {models_dir}")
+
+
+@models_app.command("ls")
+def models_ls(config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """Model cards found in the models directory."""
+    from models.card import ModelCard, find_cards
+
+    settings = _settings(config)
+    cards = [ModelCard.load(p) for p in find_cards(settings.models.dir)]
+    rows = [
+        {
+            "name": c.name,
+            "version": c.version,
+            "task": c.task,
+            "arch": c.arch,
+            "labels": len(c.labels),
+            "untrained": c.untrained,
+            "enabled": not settings.models.enabled or c.name in settings.models.enabled,
+        }
+        for c in cards
+    ]
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("name", "version", "task", "arch", "labels", "untrained", "enabled")
+    for r in rows:
+        table.add_row(*(str(v) for v in r.values()))
+    console.print(table)

@@ -1,0 +1,69 @@
+"""Periodic work under APScheduler: readiness sweep, lease reaper, retention purge.
+
+Each job is one short transaction that locks the rows it changes (SKIP LOCKED on PostgreSQL, the write lock on
+SQLite), so several predictd processes can run the same jobs at once without doing anything twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from daemon import queue, records
+from daemon.db import utcnow
+from daemon.log import Event, get_logger
+from daemon.stage import StageContext
+
+log = get_logger("jobs")
+
+
+def sweep(ctx: StageContext) -> list[str]:
+    q = ctx.settings.queue
+    ready = queue.sweep_ready(ctx.db, quiet_seconds=q.quiet_seconds, by_modality=q.quiet_seconds_by_modality)
+    for study_uid in ready:
+        log.info(Event.STUDY_READY, study_uid=study_uid)
+    return ready
+
+
+def reap(ctx: StageContext) -> list[str]:
+    reaped = queue.reap(ctx.db, policy=ctx.study_policy)
+    for study_uid in reaped:
+        log.warning(Event.LEASE_EXPIRED, study_uid=study_uid, reason="worker lease expired; study released")
+    return reaped
+
+
+def purge(ctx: StageContext) -> int:
+    """Delete spool files of studies that ended more than ``spool.retention_days`` ago (rows stay for audit)."""
+    cutoff = utcnow() - timedelta(days=ctx.settings.spool.retention_days)
+    removed = 0
+    for study_uid in records.ended_before(ctx.db, cutoff):
+        n = ctx.spool.purge_study(study_uid)
+        if n:
+            removed += n
+            log.info(Event.PURGED, study_uid=study_uid, files=n)
+    return removed
+
+
+def _guarded(name: str, job: Callable[[StageContext], object], ctx: StageContext) -> None:
+    try:
+        job(ctx)
+    except Exception as exc:  # a failed run is logged; the next tick tries again
+        log.error(Event.JOB_FAILED, job=name, reason=f"{type(exc).__name__}: {exc}")
+
+
+def build_scheduler(ctx: StageContext) -> BackgroundScheduler:
+    q = ctx.settings.queue
+    scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
+    scheduler.add_job(_guarded, "interval", seconds=q.sweep_seconds, args=("sweep", sweep, ctx), id="sweep")
+    scheduler.add_job(_guarded, "interval", seconds=q.sweep_seconds, args=("reap", reap, ctx), id="reap")
+    scheduler.add_job(
+        _guarded,
+        "interval",
+        hours=q.purge_hours,
+        args=("purge", purge, ctx),
+        id="purge",
+        next_run_time=utcnow() + timedelta(seconds=30),
+    )
+    return scheduler

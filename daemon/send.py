@@ -1,0 +1,88 @@
+"""Stage 6: the outbox → destinations, each with its own retries, so one unreachable PACS never blocks another.
+
+A study is done when every delivery of its run is sent. While some wait for their retry time the study is deferred
+(not failed); when one runs out of attempts the study ends ``failed`` with the destinations and errors named.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from daemon import records
+from daemon.config import DicomDestination
+from daemon.db import utcnow
+from daemon.dimse import SendError, store_file
+from daemon.lifecycle import StudyState
+from daemon.log import Event, get_logger
+from daemon.queue import Claim
+from daemon.report import OUTBOX_FOLDER
+from daemon.spool import durable_copy, durable_write
+from daemon.stage import Advance, Defer, Outcome, StageContext, StageError
+
+log = get_logger("send")
+
+
+def run(ctx: StageContext, claim: Claim) -> Outcome:
+    view = records.load_run(ctx.db, claim.study_id, claim.run_no)
+    now = utcnow()
+    for delivery in records.deliveries(ctx.db, view.run_id):
+        if delivery.state != records.PENDING:
+            continue
+        if delivery.next_attempt_at is not None and delivery.next_attempt_at > now:
+            continue
+        try:
+            _deliver(ctx, view, delivery)
+        except SendError as exc:
+            state = records.mark_attempt_failed(
+                ctx.db, delivery.id, str(exc), policy=ctx.send_policy, permanent=not exc.retryable
+            )
+            log.warning(
+                Event.SEND_FAILED,
+                study_uid=claim.study_uid,
+                run_no=claim.run_no,
+                destination=delivery.destination,
+                attempt=delivery.attempts + 1,
+                delivery_state=state,
+                reason=str(exc),
+            )
+            continue
+        records.mark_sent(ctx.db, delivery.id)
+        log.info(
+            Event.SR_SENT,
+            study_uid=claim.study_uid,
+            run_no=claim.run_no,
+            destination=delivery.destination,
+            sr_sop_instance_uid=delivery.sop_instance_uid,
+        )
+    summary = records.summarize(records.deliveries(ctx.db, view.run_id), utcnow())
+    if summary.pending == 0 and not summary.failed:
+        return Advance(StudyState.DONE)
+    if summary.pending == 0:
+        failed = "; ".join(f"{d.destination}: {d.last_error}" for d in summary.failed)
+        raise StageError(f"delivery failed after retries ({failed})", permanent=True)
+    return Defer(summary.next_attempt_at or utcnow())
+
+
+def _deliver(ctx: StageContext, view: records.RunView, delivery: records.DeliveryView) -> None:
+    if delivery.destination == OUTBOX_FOLDER:
+        _to_folder(ctx.settings.send.outbox_dir, view, delivery)
+        return
+    dest = _destination(ctx, delivery.destination)
+    store_file(delivery.path, dest, dest.calling_ae_title or ctx.settings.receive.ae_title)
+
+
+def _destination(ctx: StageContext, name: str) -> DicomDestination:
+    for dest in ctx.settings.send.destinations:
+        if dest.name == name:
+            return dest
+    raise SendError(f"destination {name!r} is no longer configured", retryable=False)
+
+
+def _to_folder(outbox: Path, view: records.RunView, delivery: records.DeliveryView) -> None:
+    """The SR and its report text side by side, one folder per study, written durably."""
+    folder = outbox / view.study_uid
+    try:
+        durable_copy(delivery.path, folder / f"{delivery.sop_instance_uid}.dcm")
+        durable_write(folder / f"{delivery.sop_instance_uid}.txt", (view.report_text or "").encode())
+    except OSError as exc:
+        raise SendError(f"cannot write to the outbox folder {outbox}: {exc}", retryable=True) from exc

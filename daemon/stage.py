@@ -1,0 +1,75 @@
+"""The contract every stage (classify, report, send) implements: ``run(ctx, claim) -> Outcome``.
+
+A stage never writes a study's state itself: it returns what should happen (advance, or wait) or raises
+:class:`StageError`, and the worker applies that through the queue. That keeps the state machine in one place.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from daemon.config import Settings
+from daemon.db import Database
+from daemon.lifecycle import StudyState
+from daemon.queue import Claim, RetryPolicy
+from daemon.spool import Spool
+
+if TYPE_CHECKING:
+    from models.inference import Engine
+
+
+@dataclass(frozen=True)
+class Advance:
+    """The stage completed: move the study to ``to`` (a reason is kept for skipped/failed ends)."""
+
+    to: StudyState
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Defer:
+    """Nothing failed, but the stage is not finished (deliveries waiting for their retry time)."""
+
+    until: datetime
+
+
+Outcome = Advance | Defer
+
+
+class StageError(RuntimeError):
+    """A stage could not complete. ``permanent`` errors (undecodable pixels …) end the study ``failed`` at once."""
+
+    def __init__(self, reason: str, *, permanent: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.permanent = permanent
+
+
+@dataclass
+class StageContext:
+    """What stages need, built once by the composition root (daemon.app) and shared by all workers."""
+
+    settings: Settings
+    db: Database
+    spool: Spool
+    engine: Engine | None
+    """None when no model is installed: classification then waits, everything else still runs."""
+    inference_lock: threading.Lock = field(default_factory=threading.Lock)
+    """One forward pass at a time: the model is resident once and batches already fill the device."""
+
+    @property
+    def study_policy(self) -> RetryPolicy:
+        q = self.settings.queue
+        return RetryPolicy(q.max_attempts, q.backoff_base_seconds, q.backoff_cap_seconds)
+
+    @property
+    def send_policy(self) -> RetryPolicy:
+        sd = self.settings.send
+        return RetryPolicy(sd.max_attempts, sd.backoff_base_seconds, sd.backoff_cap_seconds)
+
+
+StageFunction = Callable[[StageContext, Claim], Outcome]

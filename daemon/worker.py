@@ -1,0 +1,147 @@
+"""The pipeline table (state → stage) and the claim loop that drives it.
+
+A worker thread claims one study at a time, heartbeats while its stage runs, and applies the stage's outcome
+through the queue. Stopping is graceful: a worker finishes (or abandons, under lease) the study in hand.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Mapping
+
+from daemon import classify, queue, report, send
+from daemon.lifecycle import StudyState
+from daemon.log import Event, get_logger
+from daemon.stage import Advance, Outcome, StageContext, StageError, StageFunction
+
+PIPELINE: Mapping[StudyState, StageFunction] = {
+    StudyState.READY: classify.run,
+    StudyState.CLASSIFIED: report.run,
+    StudyState.REPORTED: send.run,
+}
+"""Which stage moves a study on from each claimable state (lifecycle.WORK names the same pairs)."""
+
+log = get_logger("worker")
+
+
+def default_worker_name(prefix: str | None = None) -> str:
+    return prefix or f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Heartbeat:
+    """Extends a claim's lease every ``interval`` seconds on its own thread while a stage runs."""
+
+    def __init__(self, ctx: StageContext, claim: queue.Claim) -> None:
+        self._ctx, self._claim = ctx, claim
+        self._stop = threading.Event()
+        self.lost = False
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{claim.worker}", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        q = self._ctx.settings.queue
+        while not self._stop.wait(q.heartbeat_seconds):
+            try:
+                queue.heartbeat(self._ctx.db, self._claim, lease_seconds=q.lease_seconds)
+            except queue.LeaseLost:
+                self.lost = True
+                return
+            except Exception as exc:  # a database hiccup: the next beat tries again before the lease ends
+                log.warning(
+                    Event.JOB_FAILED, job="heartbeat", study_uid=self._claim.study_uid, reason=str(exc)
+                )
+
+
+class Worker:
+    """One claim loop on one thread."""
+
+    def __init__(
+        self,
+        ctx: StageContext,
+        name: str,
+        pipeline: Mapping[StudyState, StageFunction] = PIPELINE,
+    ) -> None:
+        self.ctx, self.name, self.pipeline = ctx, name, dict(pipeline)
+        if ctx.engine is None:
+            # Without a model, ready studies wait (nothing is lost); reports and sends still go out.
+            self.pipeline.pop(StudyState.READY, None)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        poll = self.ctx.settings.workers.poll_seconds
+        while not self._stop.is_set():
+            try:
+                worked = self.work_once()
+            except Exception as exc:  # the loop must survive a database outage
+                log.error(Event.JOB_FAILED, job="claim", worker=self.name, reason=str(exc))
+                worked = False
+            if not worked:
+                self._stop.wait(poll)
+
+    def work_once(self) -> bool:
+        """Claim and process one study; False when nothing was due."""
+        q = self.ctx.settings.queue
+        claim = queue.claim(self.ctx.db, self.name, lease_seconds=q.lease_seconds, states=list(self.pipeline))
+        if claim is None:
+            return False
+        bound = log.bind(study_uid=claim.study_uid, run_no=claim.run_no, stage=claim.state, worker=self.name)
+        bound.info(Event.STUDY_CLAIMED, attempt=claim.attempts + 1)
+        try:
+            with Heartbeat(self.ctx, claim):
+                outcome = self.pipeline[claim.state](self.ctx, claim)
+            self._apply(claim, outcome)
+        except queue.LeaseLost as exc:
+            bound.warning(Event.LEASE_EXPIRED, reason=str(exc))
+        except StageError as exc:
+            self._fail(claim, exc.reason, permanent=exc.permanent)
+        except Exception as exc:
+            self._fail(claim, f"{type(exc).__name__}: {exc}", permanent=False)
+        return True
+
+    def _apply(self, claim: queue.Claim, outcome: Outcome) -> None:
+        if isinstance(outcome, Advance):
+            ended = queue.finish(self.ctx.db, claim, outcome.to, reason=outcome.reason)
+            event = Event.STUDY_SKIPPED if outcome.to is StudyState.SKIPPED else Event.STATE_CHANGED
+            log.info(
+                event,
+                study_uid=claim.study_uid,
+                run_no=claim.run_no,
+                from_state=claim.state,
+                to_state=ended,
+                reason=outcome.reason,
+            )
+        else:
+            queue.defer(self.ctx.db, claim, outcome.until)
+
+    def _fail(self, claim: queue.Claim, reason: str, *, permanent: bool) -> None:
+        try:
+            state = queue.fail(self.ctx.db, claim, reason, policy=self.ctx.study_policy, permanent=permanent)
+        except queue.LeaseLost as exc:
+            log.warning(Event.LEASE_EXPIRED, study_uid=claim.study_uid, reason=str(exc))
+            return
+        event = Event.STAGE_FAILED if state is StudyState.FAILED else Event.STAGE_RETRY_SCHEDULED
+        log.warning(
+            event,
+            study_uid=claim.study_uid,
+            run_no=claim.run_no,
+            stage=claim.state,
+            attempt=claim.attempts + 1,
+            reason=reason,
+        )

@@ -1,0 +1,113 @@
+"""The whole path without the network: spool → queue → classify → report → send, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import highdicom as hd
+import pydicom
+import pytest
+
+from daemon import records
+from daemon.db import Database
+from daemon.lifecycle import StudyState
+from reporting import uids
+from tests.integration.pipeline_helpers import context, copy_as_new_study, drain, receive_file
+from tests.support import RG2_HIP_JLSL, free_port, pydicom_data_file, wait_until
+
+
+def study(db: Database, uid: str) -> dict:
+    detail = records.study_detail(db, uid)
+    assert detail is not None
+    return detail
+
+
+def test_real_cr_study_ends_done_with_an_sr_in_the_outbox_folder(db: Database, tmp_path: Path) -> None:
+    ctx = context(tmp_path, db)
+    src = copy_as_new_study(RG2_HIP_JLSL, tmp_path / "hip.dcm")
+    stored = receive_file(ctx, src)
+    assert drain(ctx) == 3  # classify, report, send
+    detail = study(db, stored.study_uid)
+    assert detail["state"] == StudyState.DONE
+    (run,) = detail["runs"]
+    assert [p["sop_instance_uid"] for p in run["predictions"]] == [stored.sop_instance_uid]
+    assert run["sr_sop_instance_uid"] == uids.sr_instance_uid(stored.study_uid, 1, run["model_versions"])
+    assert [(d["destination"], d["state"]) for d in run["deliveries"]] == [("outbox-folder", "sent")]
+    folder = ctx.settings.send.outbox_dir / stored.study_uid
+    sr_file = folder / f"{run['sr_sop_instance_uid']}.dcm"
+    sr = hd.sr.srread(sr_file)
+    assert sr.StudyInstanceUID == stored.study_uid
+    assert stored.sop_instance_uid in str(sr)
+    assert (folder / f"{run['sr_sop_instance_uid']}.txt").read_text() == run["report_text"]
+    assert "untrained" in run["report_text"].lower()
+
+
+def test_undecodable_pixels_fail_their_study_and_others_go_through(db: Database, tmp_path: Path) -> None:
+    ctx = context(tmp_path, db)
+    bad = receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "bad.dcm", garbage_pixels=True))
+    good = receive_file(ctx, copy_as_new_study(pydicom_data_file("RG1_UNCR.dcm"), tmp_path / "good.dcm"))
+    drain(ctx)
+    failed = study(db, bad.study_uid)
+    assert failed["state"] == StudyState.FAILED
+    assert "cannot be decoded" in failed["reason"] and bad.sop_instance_uid in failed["reason"]
+    assert study(db, good.study_uid)["state"] == StudyState.DONE
+
+
+def test_late_instance_opens_run_two_with_its_own_sr(db: Database, tmp_path: Path) -> None:
+    ctx = context(tmp_path, db)
+    first = receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "a.dcm"))
+    drain(ctx)
+    receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "b.dcm", study_uid=first.study_uid))
+    drain(ctx)
+    detail = study(db, first.study_uid)
+    assert detail["state"] == StudyState.DONE and detail["run_no"] == 2
+    run1, run2 = detail["runs"]
+    assert len(run2["predictions"]) == 2  # the new run covers the whole study
+    assert run1["sr_sop_instance_uid"] != run2["sr_sop_instance_uid"]
+    assert len(list((ctx.settings.send.outbox_dir / first.study_uid).glob("*.dcm"))) == 2
+
+
+@pytest.fixture
+def storescp(tmp_path: Path):  # type: ignore[no-untyped-def]
+    if not shutil.which("storescp"):
+        pytest.skip("dcmtk storescp not installed")
+    port, out = free_port(), tmp_path / "peer"
+    out.mkdir()
+    proc = subprocess.Popen(
+        ["storescp", "-aet", "PACS", "-od", str(out), "+xa", str(port)],
+        env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield port, out
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_unreachable_destination_retries_without_blocking_the_other(
+    db: Database, tmp_path: Path, storescp: tuple[int, Path]
+) -> None:
+    peer_port, peer_dir = storescp
+    down_port = free_port()
+    destinations = [
+        {"name": "down", "ae_title": "DOWN", "host": "127.0.0.1", "port": down_port, "timeout_seconds": 2},
+        {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": peer_port},
+    ]
+    ctx = context(tmp_path, db, send={"destinations": destinations, "max_attempts": 3})
+    stored = receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "hip.dcm"))
+    wait_until(
+        lambda: drain(ctx) == 0 and study(db, stored.study_uid)["state"] == StudyState.FAILED,
+        timeout=60,
+        what="the down destination to exhaust its attempts",
+    )
+    detail = study(db, stored.study_uid)
+    by_name = {d["destination"]: d for d in detail["runs"][0]["deliveries"]}
+    assert by_name["pacs"]["state"] == "sent" and by_name["pacs"]["attempts"] == 1
+    assert by_name["down"]["state"] == "failed" and by_name["down"]["attempts"] == 3
+    assert "down" in detail["reason"]
+    (received,) = list(peer_dir.iterdir())
+    assert pydicom.dcmread(received).SOPInstanceUID == detail["runs"][0]["sr_sop_instance_uid"]
