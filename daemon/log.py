@@ -99,4 +99,5 @@ def configure_logging(level: str = "INFO", json_output: bool = True) -> None:
 
 def get_logger(component: str) -> Any:
     """A bound logger tagged with the component (receive, queue, classify, ...)."""
-    return structlog.get_logger().bind(component=component)
+    # Lazy: modules create their logger at import, before configure_logging runs; bind() here would freeze defaults.
+    return structlog.get_logger(component=component)

@@ -1,0 +1,138 @@
+"""``predictd serve`` as a subprocess, configured like a site would: a TOML file, free ports, its own folders.
+
+Used by the end-to-end tests; the daemon runs exactly as `make serve` runs it, only with a tiny test model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from models.card import Label
+from models.demo import write_model
+from tests.support import REPO, free_port, wait_until
+
+PREDICTD = Path(sys.executable).parent / "predictd"
+
+
+def _toml_value(value: Any) -> str:
+    return json.dumps(value) if not isinstance(value, bool) else str(value).lower()
+
+
+class PredictdServer:
+    """Start with ``with PredictdServer(tmp_path) as p:``; ``p.port``, ``p.cli(...)``, ``p.log_text()``."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        ae_title: str = "PREDICTD",
+        destinations: list[dict[str, Any]] | None = None,
+        quiet_seconds: float = 1.0,
+    ) -> None:
+        self.root, self.ae_title, self.port = root, ae_title, free_port()
+        self.config = root / "predictd.toml"
+        self.log_path = root / "predictd.log"
+        self.outbox = root / "outbox"
+        lines = [
+            "[receive]",
+            f'ae_title = "{ae_title}"',
+            'host = "127.0.0.1"',
+            f"port = {self.port}",
+            "min_free_bytes = 1000000",
+            "[database]",
+            'url = "sqlite:///var/predictd.db"',
+            "[spool]",
+            'dir = "var/spool"',
+            "[models]",
+            'dir = "models"',
+            'device = "cpu"',
+            "[send]",
+            'outbox_dir = "outbox"',
+            "backoff_base_seconds = 0.5",
+            "backoff_cap_seconds = 2.0",
+            "[queue]",
+            f"quiet_seconds = {quiet_seconds}",
+            "sweep_seconds = 0.2",
+            "backoff_base_seconds = 0.5",
+            "[workers]",
+            "poll_seconds = 0.1",
+            "[log]",
+            'level = "INFO"',
+        ]
+        for dest in destinations or []:
+            lines.append("[[send.destinations]]")
+            lines += [f"{key} = {_toml_value(value)}" for key, value in dest.items()]
+        root.mkdir(parents=True, exist_ok=True)
+        self.config.write_text("\n".join(lines) + "\n")
+        write_model(
+            root / "models" / "tiny_hip",
+            name="tiny_hip",
+            task="hip_hardware",
+            labels=(Label("none", "no hardware"), Label("tha", "total hip arthroplasty")),
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(PREDICTD), "--config", str(self.config), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO,
+            check=True,
+        )
+
+    def queue_ls(self) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = json.loads(self.cli("queue", "ls", "--json").stdout)
+        return rows
+
+    def study_state(self, study_uid: str) -> str | None:
+        return next((r["state"] for r in self.queue_ls() if r["study_uid"] == study_uid), None)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def _echo_ok(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"predictd serve exited with {self.proc.returncode}:\n{self.log_text()}")
+        ae = AE(ae_title="PROBE")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", self.port, ae_title=self.ae_title)
+        if not assoc.is_established:
+            return False
+        status = assoc.send_c_echo()
+        assoc.release()
+        return bool(status and status.Status == 0)
+
+    def __enter__(self) -> PredictdServer:
+        self.cli("db", "upgrade")
+        log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [str(PREDICTD), "--config", str(self.config), "serve"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        log.close()
+        wait_until(self._echo_ok, timeout=90, interval=0.3, what="predictd to answer C-ECHO")
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)

@@ -1,0 +1,60 @@
+"""`predictd serve` with no destination: storescu of a real CR file → a `done` study and an SR in the outbox folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import highdicom as hd
+import pydicom
+import pytest
+
+from tests.e2e.predictd_proc import PredictdServer
+from tests.integration.pipeline_helpers import copy_as_new_study
+from tests.support import RG2_HIP_JLSL, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+def test_storescu_to_serve_yields_an_sr_in_the_outbox(tmp_path: Path) -> None:
+    src = copy_as_new_study(RG2_HIP_JLSL, tmp_path / "hip.dcm")
+    ds = pydicom.dcmread(src, stop_before_pixels=True)
+    with PredictdServer(tmp_path / "predictd") as server:
+        subprocess.run(
+            ["storescu", "-aec", server.ae_title, "-xt", "127.0.0.1", str(server.port), str(src)],
+            check=True,
+            capture_output=True,
+            timeout=60,
+            env={**os.environ, "TCP_NODELAY": "1"},
+        )
+        wait_until(
+            lambda: server.study_state(ds.StudyInstanceUID) == "done",
+            timeout=120,
+            interval=0.5,
+            what="the study to be done",
+        )
+        detail = server.cli("queue", "show", ds.StudyInstanceUID, "--json").stdout
+        logs = server.log_text()
+    (sr_file,) = (server.outbox / ds.StudyInstanceUID).glob("*.dcm")
+    sr = hd.sr.srread(sr_file)
+    assert sr.SOPInstanceUID in detail
+    assert ds.SOPInstanceUID in str(sr)
+    assert sr.VerificationFlag == "UNVERIFIED" and sr.CompletionFlag == "PARTIAL"
+    for event in (
+        "instance_stored",
+        "study_ready",
+        "study_claimed",
+        "prediction_made",
+        "sr_built",
+        "sr_sent",
+    ):
+        assert f'"event": "{event}"' in logs, event
+    # No PHI in the logs: the patient's name and ID from the image never appear.
+    for phi in (str(ds.get("PatientName", "")), str(ds.get("PatientID", ""))):
+        if phi.strip():
+            assert phi not in logs
+    if shutil.which("dciodvfy"):
+        out = subprocess.run(["dciodvfy", str(sr_file)], capture_output=True, text=True).stderr
+        assert not [line for line in out.splitlines() if line.startswith("Error")], out
