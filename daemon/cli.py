@@ -117,7 +117,9 @@ def queue_ls(
     if as_json:
         _print_json(rows)
         return
-    table = Table(*LIST_COLUMNS)
+    table = Table()
+    for column in LIST_COLUMNS:
+        table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*(str(row[c]) if row[c] is not None else "" for c in LIST_COLUMNS))
     console.print(table)
