@@ -35,10 +35,11 @@ class PredictdServer:
         root: Path,
         *,
         ae_title: str = "PREDICTD",
+        port: int | None = None,
         destinations: list[dict[str, Any]] | None = None,
         quiet_seconds: float = 1.0,
     ) -> None:
-        self.root, self.ae_title, self.port = root, ae_title, free_port()
+        self.root, self.ae_title, self.port = root, ae_title, port or free_port()
         self.config = root / "predictd.toml"
         self.log_path = root / "predictd.log"
         self.outbox = root / "outbox"
