@@ -7,8 +7,6 @@ gives the same UID and a PACS can never hold two different SRs for one run.
 from __future__ import annotations
 
 import pydicom
-from reporting.sr import build_sr
-from reporting.text import report_text
 
 from daemon import records
 from daemon.lifecycle import StudyState
@@ -16,6 +14,8 @@ from daemon.log import Event, get_logger
 from daemon.queue import Claim
 from daemon.stage import Advance, Outcome, StageContext, StageError
 from reporting import uids
+from reporting.sr import build_sr
+from reporting.text import report_text
 
 OUTBOX_FOLDER = "outbox-folder"
 """Destination name used when no PACS is configured: documents are written to ``send.outbox_dir``."""

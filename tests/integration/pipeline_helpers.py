@@ -7,14 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-from daemon.receive import StoredInstance
-from daemon.spool import Spool
 from pydicom.encaps import encapsulate
 from pydicom.uid import generate_uid
 
 from daemon import queue
 from daemon.config import Settings, load_settings
 from daemon.db import Database
+from daemon.receive import StoredInstance
+from daemon.spool import Spool
 from daemon.stage import StageContext
 from daemon.worker import Worker
 from models.card import Label

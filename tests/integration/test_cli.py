@@ -69,6 +69,8 @@ def test_commands_refuse_a_database_not_at_head(tmp_path: Path) -> None:
     config = write_config(tmp_path, f"sqlite:///{tmp_path / 'empty.db'}")
     code, out = invoke(config, "queue", "ls")
     assert code == 2 and "predictd db upgrade" in out
+    code, out = invoke(config, "serve")  # the daemon refuses too, before it listens
+    assert code == 2 and "predictd db upgrade" in out
     code, out = invoke(config, "db", "upgrade")
     assert code == 0
     code, out = invoke(config, "queue", "ls", "--json")

@@ -1,0 +1,53 @@
+"""Periodic jobs on real databases: the sweep makes quiet studies ready, the reaper frees expired claims,
+the purge removes spool files of long-ended studies only; and a process without models says so."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from daemon import jobs, queue
+from daemon.app import load_engine
+from daemon.db import Database, utcnow
+from daemon.lifecycle import StudyState
+from daemon.log import configure_logging
+from tests.integration.pipeline_helpers import context, copy_as_new_study, drain, receive_file, settings_for
+from tests.support import RG2_HIP_JLSL, wait_until
+
+
+def test_sweep_reap_and_purge(db: Database, tmp_path: Path) -> None:
+    ctx = context(tmp_path, db, queue={"lease_seconds": 0.01, "max_attempts": 5}, spool={"retention_days": 0})
+    done = receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "a.dcm"))
+    drain(ctx)
+    waiting = receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "b.dcm"))
+    assert jobs.sweep(ctx) == [waiting.study_uid]
+    claim = queue.claim(db, "dead-worker", lease_seconds=0.01)
+    assert claim is not None and claim.study_uid == waiting.study_uid
+    # The lease was 10 ms; poll the reaper until it frees the study (no fixed sleep).
+    assert wait_until(lambda: jobs.reap(ctx), timeout=10, what="the reaper") == [waiting.study_uid]
+    assert queue.claim(db, "w", lease_seconds=60, now=utcnow() + timedelta(hours=1)) is not None
+    assert jobs.purge(ctx) >= 2  # the done study's image and SR
+    assert not done.path.exists()
+    assert waiting.path.exists()  # not ended: kept
+    assert jobs.purge(ctx) == 0
+
+
+def test_no_models_is_logged_clearly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("INFO", json_output=True)
+    settings = settings_for(tmp_path, f"sqlite:///{tmp_path / 'x.db'}")
+    assert load_engine(settings) is None
+    line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert line["event"] == "no_models" and line["level"] == "error"
+    assert "install-demo" in line["reason"]
+
+
+def test_worker_without_models_leaves_ready_studies_waiting(db: Database, tmp_path: Path) -> None:
+    ctx = context(tmp_path, db)
+    ctx.engine = None
+    stored = receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "a.dcm"))
+    assert drain(ctx) == 0
+    assert queue.counts_by_state(db) == {StudyState.READY: 1}
+    assert stored.path.exists()
