@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,9 +36,7 @@ err = Console(stderr=True)
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option(
-        "--config", "-c", help="TOML config file.", envvar="PREDICTD_CONFIG", exists=True, dir_okay=False
-    ),
+    typer.Option("--config", "-c", help="TOML config file.", envvar="PREDICTD_CONFIG", exists=True, dir_okay=False),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
@@ -144,15 +144,11 @@ def _show_human(detail: dict[str, Any]) -> None:
         console.print(f"reason: {detail['reason']}")
     instances = Table("sop_instance_uid", "transfer_syntax_uid", "size_bytes", "run_no", title="instances")
     for i in detail["instances_detail"]:
-        instances.add_row(
-            i["sop_instance_uid"], i["transfer_syntax_uid"], str(i["size_bytes"]), str(i["run_no"])
-        )
+        instances.add_row(i["sop_instance_uid"], i["transfer_syntax_uid"], str(i["size_bytes"]), str(i["run_no"]))
     console.print(instances)
     events = Table("at", "run", "from", "to", "actor", "reason", title="history")
     for e in detail["events"]:
-        events.add_row(
-            e["at"], str(e["run_no"]), e["from"] or "", e["to"], e["actor"] or "", e["reason"] or ""
-        )
+        events.add_row(e["at"], str(e["run_no"]), e["from"] or "", e["to"], e["actor"] or "", e["reason"] or "")
     console.print(events)
     for run in detail["runs"]:
         console.print(
@@ -170,26 +166,31 @@ def _show_human(detail: dict[str, Any]) -> None:
         console.print(preds)
         dels = Table("destination", "state", "attempts", "sent_at", "last_error", title="deliveries")
         for d in run["deliveries"]:
-            dels.add_row(
-                d["destination"], d["state"], str(d["attempts"]), d["sent_at"] or "", d["last_error"] or ""
-            )
+            dels.add_row(d["destination"], d["state"], str(d["attempts"]), d["sent_at"] or "", d["last_error"] or "")
         console.print(dels)
         if run["report_text"]:
             console.print(run["report_text"])
 
 
-@queue_app.command("retry")
-def queue_retry(study_uid: str, config: ConfigOption = None) -> None:
-    """Run an ended (done, failed, skipped, cancelled) study again, as a new run."""
-    db = _db(_settings(config))
+@contextmanager
+def _operator_errors(study_uid: str) -> Iterator[None]:
+    """Unknown studies and moves the state machine forbids end the command with a message and exit code 1."""
     try:
-        run_no = queue.retry(db, study_uid)
+        yield
     except queue.UnknownStudy as exc:
         err.print(f"[red]error:[/red] no study {study_uid}")
         raise typer.Exit(1) from exc
     except IllegalTransition as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc
+
+
+@queue_app.command("retry")
+def queue_retry(study_uid: str, config: ConfigOption = None) -> None:
+    """Run an ended (done, failed, skipped, cancelled) study again, as a new run."""
+    db = _db(_settings(config))
+    with _operator_errors(study_uid):
+        run_no = queue.retry(db, study_uid)
     console.print(f"{study_uid}: queued again as run {run_no}")
 
 
@@ -197,14 +198,8 @@ def queue_retry(study_uid: str, config: ConfigOption = None) -> None:
 def queue_cancel(study_uid: str, config: ConfigOption = None) -> None:
     """Stop a study wherever it is; a worker holding it writes nothing more."""
     db = _db(_settings(config))
-    try:
+    with _operator_errors(study_uid):
         queue.cancel(db, study_uid)
-    except queue.UnknownStudy as exc:
-        err.print(f"[red]error:[/red] no study {study_uid}")
-        raise typer.Exit(1) from exc
-    except IllegalTransition as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
     console.print(f"{study_uid}: cancelled")
 
 
@@ -258,9 +253,7 @@ def echo(
 @models_app.command("install-demo")
 def models_install_demo(
     config: ConfigOption = None,
-    if_missing: Annotated[
-        bool, typer.Option("--if-missing", help="Do nothing when any model is installed.")
-    ] = False,
+    if_missing: Annotated[bool, typer.Option("--if-missing", help="Do nothing when any model is installed.")] = False,
 ) -> None:
     """Install an UNTRAINED demonstration model (its reports say its findings are meaningless)."""
     from models.card import find_cards

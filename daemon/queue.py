@@ -99,16 +99,11 @@ def note_instance(db: Database, inst: IncomingInstance, *, now: datetime | None 
 
 def _note_instance_once(db: Database, inst: IncomingInstance, now: datetime) -> bool:
     with db.transaction() as s:
-        if (
-            s.scalar(select(Instance.id).where(Instance.sop_instance_uid == inst.sop_instance_uid))
-            is not None
-        ):
+        if s.scalar(select(Instance.id).where(Instance.sop_instance_uid == inst.sop_instance_uid)) is not None:
             return False
         study = s.scalar(select(Study).where(Study.study_uid == inst.study_uid))
         if study is None:
-            study = lifecycle.create(
-                s, inst.study_uid, now=now, modality=inst.modality, calling_ae=inst.calling_ae
-            )
+            study = lifecycle.create(s, inst.study_uid, now=now, modality=inst.modality, calling_ae=inst.calling_ae)
         else:
             study.last_instance_at = max(study.last_instance_at, now)
             study.modality = study.modality or inst.modality
@@ -211,7 +206,8 @@ def heartbeat(db: Database, c: Claim, *, lease_seconds: float, now: datetime | N
             raise LeaseLost(f"study {c.study_uid}: lease lost")
 
 
-def _held(db: Database, s: Session, c: Claim) -> Study:
+def held(db: Database, s: Session, c: Claim) -> Study:
+    """The claimed study, locked, if the claim is still ours; else LeaseLost. Call inside a transaction."""
     study = s.scalar(db.locking(select(Study).where(Study.id == c.study_id)))
     if study is None or study.claimed_by != c.worker or study.state != c.state or study.run_no != c.run_no:
         raise LeaseLost(f"study {c.study_uid}: claim no longer held by {c.worker}")
@@ -227,7 +223,7 @@ def finish(
     """
     now = now or utcnow()
     with db.transaction() as s:
-        study = _held(db, s, c)
+        study = held(db, s, c)
         lifecycle.transition(s, study, to, now=now, actor=c.worker, reason=reason)
         study.claimed_by = None
         study.lease_until = None
@@ -247,7 +243,7 @@ def finish(
 def defer(db: Database, c: Claim, until: datetime) -> None:
     """Release the claim without changing state or counting a failure (e.g. deliveries still waiting)."""
     with db.transaction() as s:
-        study = _held(db, s, c)
+        study = held(db, s, c)
         study.claimed_by = None
         study.lease_until = None
         study.next_attempt_at = until
@@ -265,7 +261,7 @@ def fail(
     """Count a failed attempt: retry later with backoff, or end ``failed`` with the reason kept."""
     now = now or utcnow()
     with db.transaction() as s:
-        study = _held(db, s, c)
+        study = held(db, s, c)
         study.claimed_by = None
         study.lease_until = None
         return _count_failure(s, study, reason, policy, permanent, now, actor=c.worker)
@@ -356,9 +352,7 @@ def oldest_waiting_seconds(db: Database, now: datetime | None = None) -> float |
     """Age of the oldest study waiting in a claimable state (how far behind the workers are)."""
     now = now or utcnow()
     with db.transaction() as s:
-        oldest = s.scalar(
-            select(func.min(Study.updated_at)).where(Study.state.in_([str(x) for x in lifecycle.WORK]))
-        )
+        oldest = s.scalar(select(func.min(Study.updated_at)).where(Study.state.in_([str(x) for x in lifecycle.WORK])))
     return None if oldest is None else (now - _aware(oldest)).total_seconds()
 
 
@@ -380,6 +374,7 @@ __all__ = [
     "fail",
     "finish",
     "heartbeat",
+    "held",
     "note_instance",
     "reap",
     "retry",

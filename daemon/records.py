@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from daemon.db import Database, utcnow
 from daemon.lifecycle import TERMINAL
-from daemon.queue import Claim, LeaseLost, RetryPolicy
+from daemon.queue import Claim, RetryPolicy, held
 from daemon.tables import Delivery, Instance, PredictionRow, Run, Study, StudyEvent
 from models.prediction import Prediction
 
@@ -64,13 +64,6 @@ class DeliverySummary:
     """Earliest retry among pending deliveries (None when all are due now or none is pending)."""
 
 
-def _held(db: Database, s: Session, c: Claim) -> Study:
-    study = s.scalar(db.locking(select(Study).where(Study.id == c.study_id)))
-    if study is None or study.claimed_by != c.worker or study.run_no != c.run_no:
-        raise LeaseLost(f"study {c.study_uid}: claim no longer held by {c.worker}")
-    return study
-
-
 def _run_row(s: Session, study_id: int, run_no: int) -> Run:
     run = s.scalar(select(Run).where(Run.study_id == study_id, Run.run_no == run_no))
     if run is None:
@@ -85,14 +78,12 @@ def start_run(db: Database, c: Claim, *, now: datetime | None = None) -> RunView
     """
     now = now or utcnow()
     with db.transaction() as s:
-        _held(db, s, c)
+        held(db, s, c)
         run = s.scalar(select(Run).where(Run.study_id == c.study_id, Run.run_no == c.run_no))
         if run is None:
             run = Run(study_id=c.study_id, run_no=c.run_no, started_at=now)
             s.add(run)
-        for inst in s.scalars(
-            select(Instance).where(Instance.study_id == c.study_id, Instance.run_no.is_(None))
-        ):
+        for inst in s.scalars(select(Instance).where(Instance.study_id == c.study_id, Instance.run_no.is_(None))):
             inst.run_no = c.run_no
         s.flush()
         return _view(s, run, c.study_uid)
@@ -104,7 +95,7 @@ def save_predictions(
     """Replace the run's predictions (a retried classification leaves exactly one set)."""
     now = now or utcnow()
     with db.transaction() as s:
-        _held(db, s, c)
+        held(db, s, c)
         run = _run_row(s, c.study_id, c.run_no)
         s.execute(delete(PredictionRow).where(PredictionRow.run_id == run.id))
         s.add_all(
@@ -166,14 +157,12 @@ def save_report(
 ) -> None:
     """Record the built document and queue one outbox row per destination (existing rows are kept)."""
     with db.transaction() as s:
-        _held(db, s, c)
+        held(db, s, c)
         run = _run_row(s, c.study_id, c.run_no)
         run.sr_sop_instance_uid = sr_sop_instance_uid
         run.sr_path = str(sr_path)
         run.report_text = report_text
-        existing = set(
-            s.scalars(select(Delivery.destination).where(Delivery.sop_instance_uid == sr_sop_instance_uid))
-        )
+        existing = set(s.scalars(select(Delivery.destination).where(Delivery.sop_instance_uid == sr_sop_instance_uid)))
         s.add_all(
             Delivery(
                 run_id=run.id,
@@ -295,9 +284,7 @@ def study_detail(db: Database, study_uid: str) -> dict[str, Any] | None:
         if st is None:
             return None
         instances = s.scalars(select(Instance).where(Instance.study_id == st.id).order_by(Instance.id)).all()
-        events = s.scalars(
-            select(StudyEvent).where(StudyEvent.study_id == st.id).order_by(StudyEvent.id)
-        ).all()
+        events = s.scalars(select(StudyEvent).where(StudyEvent.study_id == st.id).order_by(StudyEvent.id)).all()
         runs = s.scalars(select(Run).where(Run.study_id == st.id).order_by(Run.run_no)).all()
         detail = _study_dict(st, len(instances))
         detail["instances_detail"] = [
@@ -328,9 +315,7 @@ def study_detail(db: Database, study_uid: str) -> dict[str, Any] | None:
 
 
 def _run_dict(s: Session, r: Run) -> dict[str, Any]:
-    preds = s.scalars(
-        select(PredictionRow).where(PredictionRow.run_id == r.id).order_by(PredictionRow.id)
-    ).all()
+    preds = s.scalars(select(PredictionRow).where(PredictionRow.run_id == r.id).order_by(PredictionRow.id)).all()
     dels = s.scalars(select(Delivery).where(Delivery.run_id == r.id).order_by(Delivery.id)).all()
     return {
         "run_no": r.run_no,
