@@ -12,7 +12,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from models.body_part import BODY_PARTS
+
 CARD_FILE = "card.json"
+ROLES = ("finding", "router")
+"""A "router" card (the body_part model) is run first and its answer selects the "finding" cards (models.cascade)."""
 
 
 class CardError(ValueError):
@@ -48,6 +52,42 @@ class Preprocessing:
 
 
 @dataclass(frozen=True)
+class Applicability:
+    """Which images a card is meant for; models.cascade.select_cards reads it. Empty means "any"."""
+
+    body_parts: tuple[str, ...] = ()
+    """Canonical body-part keys (models.body_part.BODY_PARTS). A restricted card is skipped when the part is unknown."""
+    views: tuple[str, ...] = ()
+    """ViewPosition (0018,5101) values, e.g. "AP", "PA", "LAT". A restricted card is skipped when the view is unset."""
+
+    def to_dict(self) -> dict[str, list[str]]:
+        return {"body_parts": list(self.body_parts), "views": list(self.views)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Applicability:
+        """Lists (as JSON has them) become tuples; unknown body parts and non-string values are a CardError."""
+        if not isinstance(data, dict):
+            raise CardError(f"applies_to must be an object, not {type(data).__name__}")
+        unknown_keys = set(data) - {"body_parts", "views"}
+        if unknown_keys:
+            raise CardError(f"applies_to has unknown fields {sorted(unknown_keys)}")
+        body_parts = _strings(data.get("body_parts", ()), "applies_to.body_parts")
+        views = _strings(data.get("views", ()), "applies_to.views")
+        unknown = [part for part in body_parts if part not in BODY_PARTS]
+        if unknown:
+            raise CardError(f"applies_to.body_parts: unknown body parts {unknown}; known: {list(BODY_PARTS)}")
+        return cls(body_parts=body_parts, views=tuple(view.upper() for view in views))
+
+
+def _strings(value: Any, what: str) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise CardError(f"{what} must be a list of strings, not {value!r}")
+    if not all(isinstance(item, str) and item for item in value):
+        raise CardError(f"{what} must be a list of non-empty strings, not {value!r}")
+    return tuple(value)
+
+
+@dataclass(frozen=True)
 class ModelCard:
     name: str
     version: str
@@ -65,6 +105,16 @@ class ModelCard:
     description: str = ""
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments for timm.create_model (e.g. a smaller width for tiny test models)."""
+    applies_to: Applicability = field(default_factory=Applicability)
+    """Body parts and views the model is meant for (default: any image)."""
+    bilateral: bool = False
+    """Split an AP pelvis image into its two hips and classify each alone (one prediction per side)."""
+    role: str = "finding"
+    """"finding" (default) or "router": the body_part card whose answer selects the finding cards."""
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise CardError(f"model card {self.name}: role must be one of {list(ROLES)}, not {self.role!r}")
 
     @property
     def label_keys(self) -> list[str]:
@@ -77,7 +127,9 @@ class ModelCard:
         raise KeyError(key)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["applies_to"] = self.applies_to.to_dict()
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelCard:
@@ -85,6 +137,10 @@ class ModelCard:
             fields = dict(data)
             fields["labels"] = tuple(Label(**label) for label in fields["labels"])
             fields["preprocessing"] = Preprocessing(**fields.get("preprocessing", {}))
+            if "applies_to" in fields:  # cards written before the cascade lack the next three fields
+                fields["applies_to"] = Applicability.from_dict(fields["applies_to"])
+            if not isinstance(fields.get("bilateral", False), bool):
+                raise CardError(f"bilateral must be true or false, not {fields['bilateral']!r}")
             return cls(**fields)
         except (KeyError, TypeError) as exc:
             raise CardError(f"malformed model card: {exc}") from exc
