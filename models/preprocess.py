@@ -201,3 +201,69 @@ def gray_to_input(gray: np.ndarray, prep: Preprocessing) -> np.ndarray:
 def preprocess(ds: pydicom.Dataset, prep: Preprocessing) -> np.ndarray:
     """Dataset → float32 (in_chans, size, size) network input, exactly as the card says."""
     return gray_to_input(to_gray(ds, prep.window), prep)
+
+
+_SIDES = {"R": "R", "L": "L"}
+
+
+def _first_letter(value: Any) -> str:
+    return str(value).strip().upper()[:1]
+
+
+def image_left_side(ds: pydicom.Dataset) -> str | None:
+    """The patient side ("R" or "L") shown at the image's left edge (column 0), or None when it cannot be known.
+
+    1. PatientOrientation: its first value is the patient direction of the row axis (columns increasing), most
+       significant letter first. "L" means the rows run toward the patient's left, so column 0 is the patient's
+       right → "R"; "R" → "L". A first value of H/F/A/P (rotated or lateral image) → None: a vertical midline
+       does not separate the two sides then.
+    2. Without PatientOrientation, ViewPosition "AP" → "R": for an AP projection the detector image and the
+       standard radiographic display agree (patient facing the viewer, right side on the viewer's left).
+       "PA" → None on purpose: the unflipped detector image has the patient's left on the image's left, but
+       modalities usually flip PA images to the standard display; without PatientOrientation we cannot tell which.
+    3. Anything else → None.
+    """
+    orientation = ds.get("PatientOrientation")
+    if orientation:
+        values = [orientation] if isinstance(orientation, str) else list(orientation)
+        row_direction = _first_letter(values[0]) if values else ""
+        if row_direction in ("L", "R"):
+            return "R" if row_direction == "L" else "L"
+        if row_direction:
+            return None
+    if str(ds.get("ViewPosition", "")).strip().upper() == "AP":
+        return "R"
+    return None
+
+
+def split_bilateral(gray: np.ndarray, ds: pydicom.Dataset) -> list[tuple[str | None, np.ndarray]]:
+    """Split a bilateral image (AP pelvis) at the midline column into two halves, each classified on its own.
+
+    Returns ``[(side, image-left half), (side, image-right half)]``, sides from :func:`image_left_side`: the
+    image-left half is that side, the other half the opposite one. When the orientation is unknown both sides are
+    None: the halves are still returned and the result must then say "laterality unknown", never guess a side.
+    For an odd width the middle column is dropped, so both halves have the same shape. The halves are copies.
+    """
+    if gray.ndim != 2 or gray.shape[1] < 2:
+        raise ValueError(f"expected a 2-D image at least 2 columns wide, got shape {gray.shape}")
+    width = gray.shape[1]
+    left = np.ascontiguousarray(gray[:, : width // 2])
+    right = np.ascontiguousarray(gray[:, (width + 1) // 2 :])
+    side = image_left_side(ds)
+    if side is None:
+        return [(None, left), (None, right)]
+    other = "L" if side == "R" else "R"
+    return [(side, left), (other, right)]
+
+
+def laterality_of(ds: pydicom.Dataset) -> str | None:
+    """Side of a single (unsplit) image: ImageLaterality, else the series' Laterality; "R"/"L", else None.
+
+    An image-level value wins over the series-level one, even "B" (both) or "U" (unpaired): those, and missing
+    or empty values, give None: there is no one side to report.
+    """
+    for keyword in ("ImageLaterality", "Laterality"):
+        value = str(ds.get(keyword) or "").strip().upper()
+        if value:
+            return _SIDES.get(value)
+    return None
