@@ -1,17 +1,31 @@
-"""Load model cards + weights once, then classify batches of datasets on CUDA or CPU.
+"""Load model cards + weights once, then classify batches of datasets (or files) on CUDA or CPU.
 
 The engine is resident for the life of the daemon: weights are verified against the card's sha256 before
 they are trusted, every model sees the exact preprocessing its card names, and the output is plain
 :class:`~models.prediction.Prediction` objects so nothing downstream needs torch.
+
+Decoding is the slow half on compressed images (a 3000x2500 JPEG 2000 takes ~0.45 s on one core, see
+shared/notes/pacs-peers.md), so with ``decode_workers > 0`` decode + preprocessing run in a process pool and
+:meth:`Engine.predict_files` pipelines: while batch k runs forward, batch k+1 decodes. Workers get file paths
+(or pickled datasets: ~1 ms each) and return only the small model inputs, never the full-resolution pixels.
+The default is 0 (decode in the calling thread): on a 2-core CPU-only box the pool competes with the forward
+pass for the same cores and buys nothing; on a GPU host give it most of the cores.
 """
 
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
-from collections.abc import Iterator, Sequence
+import sys
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -20,6 +34,7 @@ import timm
 import torch
 
 from models.card import CardError, ModelCard, Preprocessing, file_sha256, find_cards
+from models.explain import gradcam, unpad
 from models.prediction import Prediction
 from models.preprocess import PixelDecodeError, gray_to_input, to_gray
 
@@ -28,10 +43,27 @@ class NoModelsError(RuntimeError):
     """No model card is installed: the daemon can still receive and keep images, but not classify them."""
 
 
+class DecodeWorkerError(RuntimeError):
+    """A decode worker process died (e.g. a codec crashed on a corrupt file); the pool has been rebuilt."""
+
+
 @dataclass(frozen=True)
 class _Resident:
     card: ModelCard
     model: torch.nn.Module
+    """The eager module (Grad-CAM needs it: gradients through a compiled graph are not worth the trouble)."""
+    runner: Callable[[torch.Tensor], torch.Tensor]
+    """What predict calls: ``model`` itself, or its ``torch.compile`` wrapper."""
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """One image after decode + preprocessing: what a decode worker sends back (small, cheap to pickle)."""
+
+    sop_instance_uid: str
+    series_instance_uid: str
+    inputs: dict[Preprocessing, np.ndarray]
+    """(in_chans, size, size) float32 per distinct preprocessing of the resident cards."""
 
 
 def _resolve_device(device: str) -> torch.device:
@@ -52,6 +84,19 @@ def _cpu_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
+
+
+def _configure_torch(device: torch.device, decode_workers: int) -> None:
+    """Process-wide torch settings, applied once per distinct value (set_num_threads is not free)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels once
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        return
+    # The decode workers need cores too: leave them theirs rather than oversubscribe.
+    threads = max(1, _cpu_threads() - decode_workers)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 def _verified_weights(directory: Path, card: ModelCard) -> Path:
@@ -91,7 +136,9 @@ def _check_card(card: ModelCard) -> None:
         raise CardError(f"model {card.name}: thresholds for unknown labels {sorted(unknown)}")
 
 
-def _load_one(directory: Path, card: ModelCard, device: torch.device) -> _Resident:
+def _load_one(
+    directory: Path, card: ModelCard, device: torch.device, channels_last: bool, compile_model: bool
+) -> _Resident:
     _check_card(card)
     weights = _verified_weights(directory, card)
     model = build_model(card)
@@ -101,7 +148,12 @@ def _load_one(directory: Path, card: ModelCard, device: torch.device) -> _Reside
     except (RuntimeError, OSError, safetensors.SafetensorError) as exc:
         raise CardError(f"model {card.name}: weights {weights} do not fit {card.arch}: {exc}") from exc
     model.to(device).eval()
-    return _Resident(card, model)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    runner: Callable[[torch.Tensor], torch.Tensor] = model
+    if compile_model:
+        runner = torch.compile(model, dynamic=False)
+    return _Resident(card, model, runner)
 
 
 def _select(models_dir: Path, enabled: Sequence[str]) -> list[tuple[Path, ModelCard]]:
@@ -131,27 +183,154 @@ def _batches(n: int, size: int) -> Iterator[slice]:
         yield slice(start, min(n, start + size))
 
 
-class Engine:
-    """Resident models. Build with :meth:`load`; :meth:`predict` is not thread-safe (callers hold a lock)."""
+# --- decoding: module-level functions, so a worker process can unpickle them by name -------------------------
 
-    def __init__(self, residents: Sequence[_Resident], device: torch.device, batch_size: int = 16) -> None:
+
+def _prepare(ds: pydicom.Dataset, preps: Sequence[Preprocessing]) -> _Prepared:
+    """Decode once per VOI choice, then one input array per preprocessing."""
+    grays: dict[str, np.ndarray] = {}
+    inputs: dict[Preprocessing, np.ndarray] = {}
+    for prep in preps:
+        if prep.window not in grays:
+            try:
+                grays[prep.window] = to_gray(ds, prep.window)
+            except PixelDecodeError as exc:
+                uid = ds.get("SOPInstanceUID", "<no SOP Instance UID>")
+                raise PixelDecodeError(f"instance {uid}: {exc}") from exc
+        inputs[prep] = gray_to_input(grays[prep.window], prep)
+    return _Prepared(str(ds.get("SOPInstanceUID", "")), str(ds.get("SeriesInstanceUID", "")), inputs)
+
+
+def _prepare_file(path: str, preps: Sequence[Preprocessing]) -> _Prepared:
+    """Read + decode one file. dcmread errors (FileNotFoundError, InvalidDicomError) pass through unchanged."""
+    return _prepare(pydicom.dcmread(path), preps)
+
+
+_Decode = Callable[[Any, Sequence[Preprocessing]], _Prepared]
+_Job = tuple[_Decode, Any]
+"""A module-level decode function and its first argument (a path or a dataset): picklable by name."""
+
+
+def _worker_ready() -> int:
+    return os.getpid()
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """forkserver where there is one (Linux): never fork a process that holds torch threads or CUDA.
+
+    The fork server imports this module once (torch + timm: ~4 s) and forks workers from that clean process,
+    so a worker starts in milliseconds and shares those pages; it never runs a torch op. Elsewhere: spawn.
+    """
+    if sys.platform.startswith("linux") and "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload([__name__])  # ignored when the fork server is already running
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+class Engine:
+    """Resident models. Build with :meth:`load`; predict* are not thread-safe (callers hold a lock).
+
+    Call :meth:`close` (or use it as a context manager) to stop the decode workers, if any.
+    """
+
+    def __init__(
+        self,
+        residents: Sequence[_Resident],
+        device: torch.device,
+        batch_size: int = 16,
+        *,
+        decode_workers: int = 0,
+        channels_last: bool = False,
+        autocast_dtype: torch.dtype | None = None,
+        pad_batches: bool = False,
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, not {batch_size}")
+        if decode_workers < 0:
+            raise ValueError(f"decode_workers must be 0 or more, not {decode_workers}")
         self._residents = sorted(residents, key=lambda r: r.card.name)
         self._device = device
         self._batch_size = batch_size
+        self._decode_workers = decode_workers
+        self._channels_last = channels_last
+        self._autocast_dtype = autocast_dtype
+        self._pad_batches = pad_batches
+        self._preps = tuple(dict.fromkeys(r.card.preprocessing for r in self._residents))
+        self._pinned: dict[tuple[int, ...], torch.Tensor] = {}
+        self._pool: ProcessPoolExecutor | None = None
+        if decode_workers:
+            self._start_pool()
 
     @classmethod
     def load(
-        cls, models_dir: Path, enabled: Sequence[str] = (), device: str = "auto", batch_size: int = 16
+        cls,
+        models_dir: Path,
+        enabled: Sequence[str] = (),
+        device: str = "auto",
+        batch_size: int = 16,
+        *,
+        decode_workers: int = 0,
+        compile: bool = False,
+        channels_last: bool | None = None,
+        cpu_bf16: bool = False,
     ) -> Engine:
-        """Every card under ``models_dir`` (or only the ``enabled`` names), weights checked by sha256."""
+        """Every card under ``models_dir`` (or only the ``enabled`` names), weights checked by sha256.
+
+        ``decode_workers``: processes that decode + preprocess (0: in the calling thread, the right choice on a
+        small CPU-only host). ``compile``: ``torch.compile`` each model (slow first batch; partial batches are
+        zero-padded to ``batch_size`` so it compiles once). ``channels_last``: default on for CUDA.
+        On CUDA the forward runs under bf16 autocast; on CPU in float32 unless ``cpu_bf16``.
+        """
         models_dir = Path(models_dir)
         selected = _select(models_dir, enabled)
         dev = _resolve_device(device)
-        if dev.type == "cpu":
-            torch.set_num_threads(_cpu_threads())
-        return cls([_load_one(d, card, dev) for d, card in selected], dev, batch_size)
+        _configure_torch(dev, decode_workers)
+        cl = dev.type == "cuda" if channels_last is None else channels_last
+        residents = [_load_one(d, card, dev, cl, compile) for d, card in selected]
+        dtype = torch.bfloat16 if dev.type == "cuda" or cpu_bf16 else None
+        return cls(
+            residents,
+            dev,
+            batch_size,
+            decode_workers=decode_workers,
+            channels_last=cl,
+            autocast_dtype=dtype,
+            pad_batches=compile,
+        )
+
+    # --- lifecycle --------------------------------------------------------------------------------------------
+
+    def _start_pool(self) -> None:
+        pool = ProcessPoolExecutor(max_workers=self._decode_workers, mp_context=_pool_context())
+        # Start every worker now, not on the first study: start-up errors surface at load.
+        try:
+            for f in [pool.submit(_worker_ready) for _ in range(self._decode_workers)]:
+                f.result()
+        except BrokenProcessPool as exc:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise DecodeWorkerError(f"decode workers could not start ({exc}); see their traceback above") from exc
+        self._pool = pool
+
+    def close(self) -> None:
+        """Stop the decode workers (idempotent). The models stay usable in-process."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+    # --- properties -------------------------------------------------------------------------------------------
 
     @property
     def cards(self) -> list[ModelCard]:
@@ -162,55 +341,180 @@ class Engine:
         return str(self._device)
 
     @property
+    def decode_workers(self) -> int:
+        return self._decode_workers
+
+    @property
     def model_versions(self) -> str:
         """'name@version,...' sorted by name: stored with every run, so a result traces to its models."""
         return ",".join(f"{r.card.name}@{r.card.version}" for r in self._residents)
 
-    def _inputs(self, datasets: Sequence[pydicom.Dataset]) -> dict[Preprocessing, np.ndarray]:
-        """One stacked input array per distinct preprocessing; each file is decoded once per VOI choice."""
-        preps = {r.card.preprocessing for r in self._residents}
-        rows: dict[Preprocessing, list[np.ndarray]] = {p: [] for p in preps}
-        for ds in datasets:
-            grays: dict[str, np.ndarray] = {}
-            for prep in preps:
-                if prep.window not in grays:
-                    try:
-                        grays[prep.window] = to_gray(ds, prep.window)
-                    except PixelDecodeError as exc:
-                        uid = ds.get("SOPInstanceUID", "<no SOP Instance UID>")
-                        raise PixelDecodeError(f"instance {uid}: {exc}") from exc
-                rows[prep].append(gray_to_input(grays[prep.window], prep))
-        return {p: np.stack(r) for p, r in rows.items()}
+    def _resident(self, card_name: str) -> _Resident:
+        for r in self._residents:
+            if r.card.name == card_name:
+                return r
+        raise KeyError(f"no resident model {card_name!r} (resident: {[r.card.name for r in self._residents]})")
+
+    # --- forward ----------------------------------------------------------------------------------------------
 
     def _autocast(self) -> contextlib.AbstractContextManager[object]:
+        if self._autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self._device.type, dtype=self._autocast_dtype)
+
+    def _to_device(self, batch: np.ndarray) -> torch.Tensor:
+        """Host batch → device tensor. On CUDA through a reused pinned buffer, so the copy is a real async DMA.
+
+        Reusing the buffer is safe because every forward ends with a blocking device→host copy of the
+        outputs: by the time the next batch overwrites it, the previous transfer has finished.
+        """
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
         if self._device.type == "cuda":
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+            key = tuple(batch.shape[1:])
+            rows = max(self._batch_size, len(batch))
+            buf = self._pinned.get(key)
+            if buf is None or buf.shape[0] < rows:
+                buf = torch.empty((rows, *key), dtype=torch.float32, pin_memory=True)
+                self._pinned[key] = buf
+            staged = buf[: len(batch)]
+            staged.copy_(x)
+            x = staged.to(self._device, non_blocking=True)
+        if self._channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _logits(self, resident: _Resident, batch: np.ndarray) -> np.ndarray:
+        """float32 logits (N, classes) of one forward call; the caller holds inference_mode."""
+        n = len(batch)
+        if self._pad_batches and n < self._batch_size:  # one shape for torch.compile: no recompiles
+            pad = np.zeros((self._batch_size - n, *batch.shape[1:]), dtype=np.float32)
+            batch = np.concatenate([batch, pad])
+        x = self._to_device(batch)
+        with self._autocast():
+            out = resident.runner(x)
+        return out[:n].float().cpu().numpy()
+
+    def forward_only(self, batch: np.ndarray, card_name: str) -> np.ndarray:
+        """Bare forward of one resident model on an already preprocessed (N, C, H, W) float32 batch → logits.
+
+        The same host→device copy, memory format, autocast and model (compiled or not) that predict uses, and
+        a device sync (the logits come back to the host): the yardstick the benchmark compares the whole
+        decode → preprocess → forward path against.
+        """
+        if batch.ndim != 4:
+            raise ValueError(f"expected an (N, C, H, W) batch, got shape {batch.shape}")
+        with torch.inference_mode():
+            return self._logits(self._resident(card_name), batch)
 
     def _probabilities(self, resident: _Resident, inputs: np.ndarray) -> np.ndarray:
         chunks = []
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode():
             for part in _batches(len(inputs), self._batch_size):
-                x = torch.from_numpy(inputs[part]).to(self._device, non_blocking=True)
-                logits = resident.model(x).float()
+                logits = torch.from_numpy(self._logits(resident, inputs[part]))
                 probs = torch.softmax(logits / resident.card.temperature, dim=1)
-                chunks.append(probs.cpu().numpy().astype(np.float64))
+                chunks.append(probs.numpy().astype(np.float64))
         return np.concatenate(chunks)
 
-    def predict(self, datasets: Sequence[pydicom.Dataset]) -> list[Prediction]:
-        """Every model on every dataset, in dataset order then model name order."""
-        if not datasets:
-            return []
-        inputs = self._inputs(datasets)
-        per_model = [self._probabilities(r, inputs[r.card.preprocessing]) for r in self._residents]
+    def _predict_prepared(self, items: Sequence[_Prepared]) -> list[Prediction]:
+        """Every model on every prepared image, in image order then model name order."""
+        stacked = {p: np.stack([item.inputs[p] for item in items]) for p in self._preps}
+        per_model = [self._probabilities(r, stacked[r.card.preprocessing]) for r in self._residents]
         out = []
-        for i, ds in enumerate(datasets):
+        for i, item in enumerate(items):
             for resident, probs in zip(self._residents, per_model, strict=True):
-                out.append(_prediction(resident.card, ds, probs[i]))
+                out.append(_prediction(resident.card, item, probs[i]))
         return out
 
+    # --- public prediction ------------------------------------------------------------------------------------
 
-def _prediction(card: ModelCard, ds: pydicom.Dataset, probs: np.ndarray) -> Prediction:
+    def predict(self, datasets: Sequence[pydicom.Dataset]) -> list[Prediction]:
+        """Every model on every dataset, in dataset order then model name order.
+
+        With decode workers the datasets are pickled to them (~1 ms each, compressed pixels stay compressed).
+        """
+        if not datasets:
+            return []
+        return self._run_pipeline([(_prepare, ds) for ds in datasets])
+
+    def predict_files(self, paths: Sequence[Path]) -> list[Prediction]:
+        """Like :meth:`predict` for DICOM files, read and decoded in the worker pool when there is one.
+
+        Raises what reading raises (FileNotFoundError, pydicom's InvalidDicomError), PixelDecodeError for
+        undecodable pixels, DecodeWorkerError when a worker process died.
+        """
+        if not paths:
+            return []
+        return self._run_pipeline([(_prepare_file, str(p)) for p in paths])
+
+    def _run_pipeline(self, jobs: Sequence[_Job]) -> list[Prediction]:
+        """Batches of ``batch_size`` images; with a pool, the next batches decode while this one runs forward."""
+        batches = [jobs[part] for part in _batches(len(jobs), self._batch_size)]
+        if self._pool is None:
+            out: list[Prediction] = []
+            for batch in batches:
+                out.extend(self._predict_prepared([fn(arg, self._preps) for fn, arg in batch]))
+            return out
+        return self._run_pooled(self._pool, batches)
+
+    def _run_pooled(self, pool: ProcessPoolExecutor, batches: Sequence[Sequence[_Job]]) -> list[Prediction]:
+        # Two batches ahead keep every worker busy while the forward of the current one runs.
+        ahead = 2
+        pending: deque[list[Future[_Prepared]]] = deque()
+        todo = iter(batches)
+        out: list[Prediction] = []
+
+        def submit_next() -> None:
+            batch = next(todo, None)
+            if batch is not None:
+                pending.append([pool.submit(fn, arg, self._preps) for fn, arg in batch])
+
+        try:
+            for _ in range(ahead):
+                submit_next()
+            while pending:
+                futures = pending.popleft()
+                submit_next()
+                items = [f.result() for f in futures]
+                out.extend(self._predict_prepared(items))
+        except BrokenProcessPool as exc:
+            self.close()
+            self._start_pool()
+            raise DecodeWorkerError(f"a decode worker died while decoding ({exc}); the pool was restarted") from exc
+        finally:
+            for futures in pending:
+                for f in futures:
+                    f.cancel()
+        return out
+
+    # --- explanation ------------------------------------------------------------------------------------------
+
+    def explain(self, ds: pydicom.Dataset, card_name: str, label_key: str | None = None) -> np.ndarray:
+        """Grad-CAM heat map (float32 in [0, 1]) of one model for one dataset, in the geometry of the image.
+
+        The map is for ``label_key``, or for the model's top class when None. It is computed on the padded
+        square input and mapped back (padding cropped, resized), so it lies on ``to_gray(ds)`` pixel for pixel:
+        ``overlay_png(to_gray(ds), engine.explain(ds, name), path)``.
+        """
+        resident = self._resident(card_name)
+        card = resident.card
+        prep = card.preprocessing
+        gray = to_gray(ds, prep.window)
+        batch = gray_to_input(gray, prep)[np.newaxis]
+        if label_key is None:  # the class predict would report (same forward, same autocast)
+            index = int(np.argmax(self.forward_only(batch, card_name)[0]))
+        else:
+            try:
+                index = card.label_keys.index(label_key)
+            except ValueError:
+                raise KeyError(f"model {card.name} has no label {label_key!r} (labels: {card.label_keys})") from None
+        x = torch.from_numpy(batch).to(self._device)
+        if self._channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        heat = gradcam(resident.model, x, index)  # eager model, float32: gradients need no autocast
+        return unpad(heat, gray.shape)
+
+
+def _prediction(card: ModelCard, item: _Prepared, probs: np.ndarray) -> Prediction:
     keys = card.label_keys
     top = int(np.argmax(probs))
     top_p = float(probs[top])
@@ -219,8 +523,8 @@ def _prediction(card: ModelCard, ds: pydicom.Dataset, probs: np.ndarray) -> Pred
         model_name=card.name,
         model_version=card.version,
         task=card.task,
-        sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
-        series_instance_uid=str(ds.get("SeriesInstanceUID", "")),
+        sop_instance_uid=item.sop_instance_uid,
+        series_instance_uid=item.series_instance_uid,
         label=label,
         probability=top_p,
         probabilities={k: float(p) for k, p in zip(keys, probs, strict=True)},
