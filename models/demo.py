@@ -15,7 +15,7 @@ from typing import Any
 import safetensors.torch
 import torch
 
-from models.card import Label, ModelCard, Preprocessing, file_sha256
+from models.card import Applicability, Label, ModelCard, Preprocessing, file_sha256
 from models.inference import build_model
 
 TINY_ARCH = "test_efficientnet"
@@ -58,6 +58,9 @@ def write_model(
     arch_kwargs: dict[str, Any] | None = None,
     temperature: float = 1.0,
     thresholds: dict[str, float] | None = None,
+    applies_to: Applicability | None = None,
+    bilateral: bool = False,
+    role: str = "finding",
 ) -> ModelCard:
     """Write ``directory``/weights.safetensors and card.json for a randomly initialised ``arch``.
 
@@ -77,6 +80,9 @@ def write_model(
         untrained=untrained,
         description=description,
         arch_kwargs=dict(arch_kwargs or {}),
+        applies_to=applies_to or Applicability(),
+        bilateral=bilateral,
+        role=role,
     )
     with torch.random.fork_rng(devices=[]):  # deterministic init without disturbing the caller's RNG
         torch.manual_seed(seed)
@@ -102,4 +108,7 @@ def install_demo(models_dir: Path) -> ModelCard:
         input_size=224,
         seed=0,
         description=DEMO_DESCRIPTION,
+        # Like the real hip_hardware card: hips only, each side of an AP pelvis on its own.
+        applies_to=Applicability(body_parts=("hip_pelvis", "femur")),
+        bilateral=True,
     )

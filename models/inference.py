@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -34,9 +34,10 @@ import timm
 import torch
 
 from models.card import CardError, ModelCard, Preprocessing, file_sha256, find_cards
+from models.cascade import Selection, select_cards
 from models.explain import gradcam, unpad
 from models.prediction import Prediction
-from models.preprocess import PixelDecodeError, gray_to_input, to_gray
+from models.preprocess import PixelDecodeError, gray_to_input, laterality_of, split_bilateral, to_gray
 
 
 class NoModelsError(RuntimeError):
@@ -57,6 +58,14 @@ class _Resident:
 
 
 @dataclass(frozen=True)
+class _Plan:
+    """What to prepare per image: whole-image inputs for every card, half-image inputs for bilateral cards."""
+
+    whole: tuple[Preprocessing, ...]
+    halves: tuple[Preprocessing, ...] = ()
+
+
+@dataclass(frozen=True)
 class _Prepared:
     """One image after decode + preprocessing: what a decode worker sends back (small, cheap to pickle)."""
 
@@ -64,6 +73,26 @@ class _Prepared:
     series_instance_uid: str
     inputs: dict[Preprocessing, np.ndarray]
     """(in_chans, size, size) float32 per distinct preprocessing of the resident cards."""
+    header: pydicom.Dataset = field(default_factory=pydicom.Dataset)
+    """The few tags the cascade reads (body part, descriptions, view), without pixels."""
+    laterality: str | None = None
+    """Of the whole image (ImageLaterality / Laterality)."""
+    halves: tuple[tuple[str | None, dict[Preprocessing, np.ndarray]], ...] = ()
+    """(patient side or None, inputs) of the image-left and image-right half, for bilateral cards."""
+
+
+@dataclass(frozen=True)
+class Classification:
+    """Predictions for a batch of images, and for each image why these models ran (or none did)."""
+
+    predictions: list[Prediction]
+    selections: dict[str, Selection]
+    """SOP Instance UID → the cascade's selection for that image."""
+
+    @property
+    def skip_reason(self) -> str:
+        """Why nothing was predicted: the distinct selection reasons, joined."""
+        return "; ".join(dict.fromkeys(s.reason for s in self.selections.values())) or "no image to classify"
 
 
 def _resolve_device(device: str) -> torch.device:
@@ -186,27 +215,53 @@ def _batches(n: int, size: int) -> Iterator[slice]:
 # --- decoding: module-level functions, so a worker process can unpickle them by name -------------------------
 
 
-def _prepare(ds: pydicom.Dataset, preps: Sequence[Preprocessing]) -> _Prepared:
-    """Decode once per VOI choice, then one input array per preprocessing."""
+_HEADER_TAGS = ("BodyPartExamined", "StudyDescription", "SeriesDescription", "ProtocolName", "ViewPosition")
+
+
+def _header(ds: pydicom.Dataset) -> pydicom.Dataset:
+    header = pydicom.Dataset()
+    for keyword in _HEADER_TAGS:
+        if keyword in ds:
+            setattr(header, keyword, ds.get(keyword))
+    return header
+
+
+def _prepare(ds: pydicom.Dataset, plan: _Plan) -> _Prepared:
+    """Decode once per VOI choice, then one input array per preprocessing (and per half for bilateral cards)."""
     grays: dict[str, np.ndarray] = {}
-    inputs: dict[Preprocessing, np.ndarray] = {}
-    for prep in preps:
-        if prep.window not in grays:
+
+    def gray(window: str) -> np.ndarray:
+        if window not in grays:
             try:
-                grays[prep.window] = to_gray(ds, prep.window)
+                grays[window] = to_gray(ds, window)
             except PixelDecodeError as exc:
                 uid = ds.get("SOPInstanceUID", "<no SOP Instance UID>")
                 raise PixelDecodeError(f"instance {uid}: {exc}") from exc
-        inputs[prep] = gray_to_input(grays[prep.window], prep)
-    return _Prepared(str(ds.get("SOPInstanceUID", "")), str(ds.get("SeriesInstanceUID", "")), inputs)
+        return grays[window]
+
+    inputs = {prep: gray_to_input(gray(prep.window), prep) for prep in plan.whole}
+    halves: list[tuple[str | None, dict[Preprocessing, np.ndarray]]] = []
+    if plan.halves:
+        split = {window: split_bilateral(gray(window), ds) for window in {p.window for p in plan.halves}}
+        for i in range(2):
+            side = split[plan.halves[0].window][i][0]
+            halves.append((side, {p: gray_to_input(split[p.window][i][1], p) for p in plan.halves}))
+    return _Prepared(
+        str(ds.get("SOPInstanceUID", "")),
+        str(ds.get("SeriesInstanceUID", "")),
+        inputs,
+        header=_header(ds),
+        laterality=laterality_of(ds),
+        halves=tuple(halves),
+    )
 
 
-def _prepare_file(path: str, preps: Sequence[Preprocessing]) -> _Prepared:
+def _prepare_file(path: str, plan: _Plan) -> _Prepared:
     """Read + decode one file. dcmread errors (FileNotFoundError, InvalidDicomError) pass through unchanged."""
-    return _prepare(pydicom.dcmread(path), preps)
+    return _prepare(pydicom.dcmread(path), plan)
 
 
-_Decode = Callable[[Any, Sequence[Preprocessing]], _Prepared]
+_Decode = Callable[[Any, _Plan], _Prepared]
 _Job = tuple[_Decode, Any]
 """A module-level decode function and its first argument (a path or a dataset): picklable by name."""
 
@@ -257,6 +312,10 @@ class Engine:
         self._autocast_dtype = autocast_dtype
         self._pad_batches = pad_batches
         self._preps = tuple(dict.fromkeys(r.card.preprocessing for r in self._residents))
+        self._plan = _Plan(
+            whole=self._preps,
+            halves=tuple(dict.fromkeys(r.card.preprocessing for r in self._residents if r.card.bilateral)),
+        )
         self._pinned: dict[tuple[int, ...], torch.Tensor] = {}
         self._pool: ProcessPoolExecutor | None = None
         if decode_workers:
@@ -415,58 +474,98 @@ class Engine:
                 chunks.append(probs.numpy().astype(np.float64))
         return np.concatenate(chunks)
 
-    def _predict_prepared(self, items: Sequence[_Prepared]) -> list[Prediction]:
-        """Every model on every prepared image, in image order then model name order."""
-        stacked = {p: np.stack([item.inputs[p] for item in items]) for p in self._preps}
-        per_model = [self._probabilities(r, stacked[r.card.preprocessing]) for r in self._residents]
-        out = []
-        for i, item in enumerate(items):
-            for resident, probs in zip(self._residents, per_model, strict=True):
-                out.append(_prediction(resident.card, item, probs[i]))
-        return out
+    def _classify_prepared(self, items: Sequence[_Prepared]) -> Classification:
+        """The cascade on prepared images: routers first, then the finding cards that apply to each image.
+
+        Bilateral cards read each half of the image on its own, with the half's patient side as laterality.
+        Output order: image, then model name, then image-left before image-right half.
+        """
+        rows: list[tuple[int, str, int, Prediction]] = []
+        routers = [r for r in self._residents if r.card.role == "router"]
+        body_parts: dict[int, str] = {}
+        for resident in routers:
+            probs = self._probabilities(resident, np.stack([it.inputs[resident.card.preprocessing] for it in items]))
+            for i, item in enumerate(items):
+                p = _prediction(resident.card, item.sop_instance_uid, item.series_instance_uid, probs[i], None)
+                rows.append((i, resident.card.name, 0, p))
+                if not p.is_indeterminate:
+                    body_parts.setdefault(i, p.label)
+        findings = [r.card for r in self._residents if r.card.role != "router"]
+        selections = {i: select_cards(findings, item.header, body_parts.get(i)) for i, item in enumerate(items)}
+        for resident in self._residents:
+            card = resident.card
+            if card.role == "router":
+                continue
+            jobs: list[tuple[int, int, str | None, np.ndarray]] = []
+            for i, item in enumerate(items):
+                if card not in selections[i].cards:
+                    continue
+                if card.bilateral and item.halves:
+                    jobs += [(i, h, side, inputs[card.preprocessing]) for h, (side, inputs) in enumerate(item.halves)]
+                else:
+                    jobs.append((i, 0, item.laterality, item.inputs[card.preprocessing]))
+            if not jobs:
+                continue
+            probs = self._probabilities(resident, np.stack([job[3] for job in jobs]))
+            for (i, half, side, _), row in zip(jobs, probs, strict=True):
+                item = items[i]
+                rows.append(
+                    (i, card.name, half, _prediction(card, item.sop_instance_uid, item.series_instance_uid, row, side))
+                )
+        rows.sort(key=lambda r: (r[0], r[1], r[2]))
+        return Classification(
+            predictions=[r[3] for r in rows],
+            selections={items[i].sop_instance_uid: s for i, s in selections.items()},
+        )
 
     # --- public prediction ------------------------------------------------------------------------------------
 
-    def predict(self, datasets: Sequence[pydicom.Dataset]) -> list[Prediction]:
-        """Every model on every dataset, in dataset order then model name order.
+    def classify(self, datasets: Sequence[pydicom.Dataset]) -> Classification:
+        """The cascade on every dataset: which models apply (and why), and their predictions.
 
         With decode workers the datasets are pickled to them (~1 ms each, compressed pixels stay compressed).
         """
-        if not datasets:
-            return []
         return self._run_pipeline([(_prepare, ds) for ds in datasets])
 
-    def predict_files(self, paths: Sequence[Path]) -> list[Prediction]:
-        """Like :meth:`predict` for DICOM files, read and decoded in the worker pool when there is one.
+    def classify_files(self, paths: Sequence[Path]) -> Classification:
+        """Like :meth:`classify` for DICOM files, read and decoded in the worker pool when there is one.
 
         Raises what reading raises (FileNotFoundError, pydicom's InvalidDicomError), PixelDecodeError for
         undecodable pixels, DecodeWorkerError when a worker process died.
         """
-        if not paths:
-            return []
         return self._run_pipeline([(_prepare_file, str(p)) for p in paths])
 
-    def _run_pipeline(self, jobs: Sequence[_Job]) -> list[Prediction]:
+    def predict(self, datasets: Sequence[pydicom.Dataset]) -> list[Prediction]:
+        """The predictions of :meth:`classify`, in dataset order, then model name order, then half."""
+        return self.classify(datasets).predictions
+
+    def predict_files(self, paths: Sequence[Path]) -> list[Prediction]:
+        """The predictions of :meth:`classify_files`."""
+        return self.classify_files(paths).predictions
+
+    def _run_pipeline(self, jobs: Sequence[_Job]) -> Classification:
         """Batches of ``batch_size`` images; with a pool, the next batches decode while this one runs forward."""
         batches = [jobs[part] for part in _batches(len(jobs), self._batch_size)]
         if self._pool is None:
-            out: list[Prediction] = []
-            for batch in batches:
-                out.extend(self._predict_prepared([fn(arg, self._preps) for fn, arg in batch]))
-            return out
-        return self._run_pooled(self._pool, batches)
+            results = [self._classify_prepared([fn(arg, self._plan) for fn, arg in batch]) for batch in batches]
+        else:
+            results = self._run_pooled(self._pool, batches)
+        return Classification(
+            predictions=[p for r in results for p in r.predictions],
+            selections={uid: s for r in results for uid, s in r.selections.items()},
+        )
 
-    def _run_pooled(self, pool: ProcessPoolExecutor, batches: Sequence[Sequence[_Job]]) -> list[Prediction]:
+    def _run_pooled(self, pool: ProcessPoolExecutor, batches: Sequence[Sequence[_Job]]) -> list[Classification]:
         # Two batches ahead keep every worker busy while the forward of the current one runs.
         ahead = 2
         pending: deque[list[Future[_Prepared]]] = deque()
         todo = iter(batches)
-        out: list[Prediction] = []
+        out: list[Classification] = []
 
         def submit_next() -> None:
             batch = next(todo, None)
             if batch is not None:
-                pending.append([pool.submit(fn, arg, self._preps) for fn, arg in batch])
+                pending.append([pool.submit(fn, arg, self._plan) for fn, arg in batch])
 
         try:
             for _ in range(ahead):
@@ -475,7 +574,7 @@ class Engine:
                 futures = pending.popleft()
                 submit_next()
                 items = [f.result() for f in futures]
-                out.extend(self._predict_prepared(items))
+                out.append(self._classify_prepared(items))
         except BrokenProcessPool as exc:
             self.close()
             self._start_pool()
@@ -514,7 +613,9 @@ class Engine:
         return unpad(heat, gray.shape)
 
 
-def _prediction(card: ModelCard, item: _Prepared, probs: np.ndarray) -> Prediction:
+def _prediction(
+    card: ModelCard, sop_instance_uid: str, series_instance_uid: str, probs: np.ndarray, laterality: str | None
+) -> Prediction:
     keys = card.label_keys
     top = int(np.argmax(probs))
     top_p = float(probs[top])
@@ -523,11 +624,11 @@ def _prediction(card: ModelCard, item: _Prepared, probs: np.ndarray) -> Predicti
         model_name=card.name,
         model_version=card.version,
         task=card.task,
-        sop_instance_uid=item.sop_instance_uid,
-        series_instance_uid=item.series_instance_uid,
+        sop_instance_uid=sop_instance_uid,
+        series_instance_uid=series_instance_uid,
         label=label,
         probability=top_p,
         probabilities={k: float(p) for k, p in zip(keys, probs, strict=True)},
-        laterality=None,
+        laterality=laterality,
         untrained=card.untrained,
     )

@@ -13,7 +13,7 @@ from models.card import CARD_FILE, CardError, Label, ModelCard
 from models.demo import DEMO_LABELS, DEMO_NAME, install_demo, write_model
 from models.inference import Engine, NoModelsError
 from models.prediction import Prediction
-from models.preprocess import PixelDecodeError
+from models.preprocess import PixelDecodeError, laterality_of
 from tests.support import RG2_HIP_JLSL, pydicom_data_file
 
 LABELS = (Label("a", "class a"), Label("b", "class b"), Label("c", "class c"))
@@ -50,7 +50,7 @@ def test_predict_every_model_on_every_image(tmp_path: Path, images: list[pydicom
             assert sum(p.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
             assert p.probability == max(p.probabilities.values())
             assert p.probabilities[p.label] == p.probability
-            assert p.laterality is None
+            assert p.laterality == laterality_of(ds)  # a whole-image card reports the image's own laterality
             assert p.untrained is True
     assert engine.predict([]) == []
 

@@ -1,0 +1,81 @@
+"""The cascade inside the engine: which cards run on which image is the cards' data; bilateral cards read each hip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from models.body_part import BODY_PARTS
+from models.card import Applicability, Label
+from models.demo import write_model
+from models.inference import Engine
+from tests.support import RG2_HIP_JLSL, pydicom_data_file
+
+LABELS = (Label("a", "A"), Label("b", "B"))
+
+
+@pytest.fixture(scope="module")
+def hip() -> pydicom.Dataset:
+    return pydicom.dcmread(RG2_HIP_JLSL)
+
+
+@pytest.fixture(scope="module")
+def chest() -> pydicom.Dataset:
+    return pydicom.dcmread(pydicom_data_file("RG1_UNCR.dcm"))
+
+
+def install(root: Path, name: str, **kwargs: object) -> None:
+    write_model(root / name, name=name, task=f"{name}_task", labels=kwargs.pop("labels", LABELS), **kwargs)  # type: ignore[arg-type]
+
+
+def test_cards_run_only_where_they_apply(tmp_path: Path, hip: pydicom.Dataset, chest: pydicom.Dataset) -> None:
+    install(tmp_path, "hipcard", applies_to=Applicability(body_parts=("hip_pelvis",)), bilateral=True)
+    install(tmp_path, "chestcard", applies_to=Applicability(body_parts=("chest",)))
+    install(tmp_path, "anycard")
+    result = Engine.load(tmp_path, device="cpu").classify([hip, chest])
+    hip_preds = [(p.model_name, p.laterality) for p in result.predictions if p.sop_instance_uid == hip.SOPInstanceUID]
+    chest_preds = [p.model_name for p in result.predictions if p.sop_instance_uid == chest.SOPInstanceUID]
+    assert [name for name, _ in hip_preds] == ["anycard", "hipcard", "hipcard"]  # two halves of the pelvis
+    assert chest_preds == ["anycard", "chestcard"]
+    assert result.selections[hip.SOPInstanceUID].body_part == "hip_pelvis"
+    assert result.selections[chest.SOPInstanceUID].source == "tags"
+
+
+def test_bilateral_halves_carry_the_patient_side(tmp_path: Path, hip: pydicom.Dataset) -> None:
+    install(tmp_path, "hipcard", applies_to=Applicability(body_parts=("hip_pelvis",)), bilateral=True)
+    ds = hip.copy()
+    ds.PatientOrientation = ["L", "F"]  # rows run toward patient left: the image's left half is the right hip
+    preds = Engine.load(tmp_path, device="cpu").predict([ds])
+    assert [p.laterality for p in preds] == ["R", "L"]
+    ds.PatientOrientation = ["R", "F"]
+    assert [p.laterality for p in Engine.load(tmp_path, device="cpu").predict([ds])] == ["L", "R"]
+
+
+def test_nothing_applies_gives_no_prediction_and_a_reason(tmp_path: Path, chest: pydicom.Dataset) -> None:
+    install(tmp_path, "hipcard", applies_to=Applicability(body_parts=("hip_pelvis",)), bilateral=True)
+    result = Engine.load(tmp_path, device="cpu").classify([chest])
+    assert result.predictions == []
+    assert "chest" in result.skip_reason
+
+
+def test_router_answer_overrides_the_tags(tmp_path: Path, hip: pydicom.Dataset) -> None:
+    # A router with a single class always answers "chest", whatever the hip file's tags say.
+    install(tmp_path, "router", labels=(Label("chest", "chest"),), role="router")
+    install(tmp_path, "hipcard", applies_to=Applicability(body_parts=("hip_pelvis",)))
+    install(tmp_path, "chestcard", applies_to=Applicability(body_parts=("chest",)))
+    result = Engine.load(tmp_path, device="cpu").classify([hip])
+    assert [p.model_name for p in result.predictions] == ["chestcard", "router"]
+    selection = result.selections[hip.SOPInstanceUID]
+    assert (selection.body_part, selection.source) == ("chest", "model")
+
+
+def test_indeterminate_router_falls_back_to_tags(tmp_path: Path, hip: pydicom.Dataset) -> None:
+    labels = tuple(Label(key, key) for key in BODY_PARTS)
+    install(tmp_path, "router", labels=labels, role="router", thresholds={k: 1.01 for k in BODY_PARTS})
+    install(tmp_path, "hipcard", applies_to=Applicability(body_parts=("hip_pelvis",)))
+    result = Engine.load(tmp_path, device="cpu").classify([hip])
+    router, finding = sorted(result.predictions, key=lambda p: p.model_name != "router")
+    assert router.is_indeterminate and finding.model_name == "hipcard"
+    assert result.selections[hip.SOPInstanceUID].source == "tags"
