@@ -27,7 +27,14 @@ def load_engine(settings: Settings) -> Engine | None:
     """The resident models, or None (logged loudly) when none is installed: images are still received and kept."""
     m = settings.models
     try:
-        engine = Engine.load(m.dir, m.enabled, device=m.device, batch_size=m.batch_size)
+        engine = Engine.load(
+            m.dir,
+            m.enabled,
+            device=m.device,
+            batch_size=m.batch_size,
+            decode_workers=m.decode_workers,
+            compile=m.compile,
+        )
     except NoModelsError as exc:
         log.error(Event.NO_MODELS, reason=str(exc), models_dir=str(m.dir))
         return None
@@ -40,9 +47,7 @@ class App:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.db = Database(
-            settings.database.url, sqlite_busy_timeout_ms=settings.database.sqlite_busy_timeout_ms
-        )
+        self.db = Database(settings.database.url, sqlite_busy_timeout_ms=settings.database.sqlite_busy_timeout_ms)
         self.db.require_head()
         spool = Spool(settings.spool.dir)
         self.ctx = StageContext(settings=settings, db=self.db, spool=spool, engine=load_engine(settings))
@@ -79,6 +84,8 @@ class App:
         self.scheduler.shutdown(wait=True)
         for worker in self.workers:
             worker.stop()
+        if self.ctx.engine is not None:
+            self.ctx.engine.close()
         self.db.dispose()
         log.info(Event.STOPPED)
 

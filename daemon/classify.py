@@ -5,7 +5,6 @@ Files are read and classified outside any transaction; only the result is writte
 
 from __future__ import annotations
 
-import pydicom
 from pydicom.errors import InvalidDicomError
 
 from daemon import records
@@ -18,31 +17,29 @@ from models.preprocess import PixelDecodeError
 log = get_logger("classify")
 
 
+def finding_models(ctx: StageContext) -> set[str]:
+    """Models whose predictions are findings (a body-part router alone makes no report)."""
+    return {card.name for card in ctx.engine.cards if card.role != "router"} if ctx.engine else set()
+
+
 def run(ctx: StageContext, claim: Claim) -> Outcome:
     if ctx.engine is None:
         raise StageError("no model is installed (see `predictd models install-demo`)")
     view = records.start_run(ctx.db, claim)
     if not view.instances:
         return Advance(StudyState.SKIPPED, reason="the study has no stored instances")
-    datasets = []
-    for inst in view.instances:
-        try:
-            datasets.append(pydicom.dcmread(inst.path))
-        except FileNotFoundError as exc:
-            raise StageError(
-                f"instance {inst.sop_instance_uid}: spool file missing ({exc.filename})"
-            ) from exc
-        except (InvalidDicomError, ValueError, EOFError) as exc:
-            raise StageError(
-                f"instance {inst.sop_instance_uid}: unreadable file: {exc}", permanent=True
-            ) from exc
     try:
         with ctx.inference_lock:
-            predictions = ctx.engine.predict(datasets)
+            result = ctx.engine.classify_files([inst.path for inst in view.instances])
+    except FileNotFoundError as exc:
+        raise StageError(f"spool file missing ({exc.filename})") from exc
+    except InvalidDicomError as exc:
+        raise StageError(f"unreadable file: {exc}", permanent=True) from exc
     except PixelDecodeError as exc:
         raise StageError(f"pixel data cannot be decoded: {exc}", permanent=True) from exc
-    if not predictions:
-        return Advance(StudyState.SKIPPED, reason="no installed model applies to these images")
+    predictions = result.predictions
+    if not any(p.model_name in finding_models(ctx) for p in predictions):
+        return Advance(StudyState.SKIPPED, reason=result.skip_reason)
     records.save_predictions(ctx.db, claim, predictions, ctx.engine.model_versions)
     for p in predictions:
         log.info(
@@ -52,6 +49,7 @@ def run(ctx: StageContext, claim: Claim) -> Outcome:
             sop_instance_uid=p.sop_instance_uid,
             model=f"{p.model_name}@{p.model_version}",
             label=p.label,
+            laterality=p.laterality,
             probability=round(p.probability, 4),
         )
     return Advance(StudyState.CLASSIFIED)

@@ -71,6 +71,10 @@ class ModelSettings(BaseModel):
     """Model directories under ``dir`` to load; empty loads every card found there."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = 16
+    decode_workers: int = 0
+    """Processes that decode and preprocess images beside the GPU; 0 decodes in the worker thread (small hosts)."""
+    compile: bool = False
+    """torch.compile each model: slower start, faster forward on a GPU."""
 
 
 class DicomDestination(BaseModel):

@@ -52,9 +52,7 @@ class IllegalTransition(RuntimeError):
     """A move the transition table does not allow: a bug or a race, never silently applied."""
 
 
-def create(
-    session: Session, study_uid: str, *, now: datetime, modality: str | None, calling_ae: str | None
-) -> Study:
+def create(session: Session, study_uid: str, *, now: datetime, modality: str | None, calling_ae: str | None) -> Study:
     """A new study, receiving, with its first event."""
     study = Study(
         study_uid=study_uid,

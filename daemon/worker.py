@@ -56,9 +56,7 @@ class Heartbeat:
                 self.lost = True
                 return
             except Exception as exc:  # a database hiccup: the next beat tries again before the lease ends
-                log.warning(
-                    Event.JOB_FAILED, job="heartbeat", study_uid=self._claim.study_uid, reason=str(exc)
-                )
+                log.warning(Event.JOB_FAILED, job="heartbeat", study_uid=self._claim.study_uid, reason=str(exc))
 
 
 class Worker:

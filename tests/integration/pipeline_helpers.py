@@ -41,9 +41,10 @@ def settings_for(tmp: Path, url: str, **overrides: Any) -> Settings:
     return load_settings(None, **sections)
 
 
-def context(tmp: Path, db: Database, **overrides: Any) -> StageContext:
+def context(tmp: Path, db: Database, *, model: dict[str, Any] | None = None, **overrides: Any) -> StageContext:
+    """A stage context with one tiny real model (``model`` passes card fields such as applies_to to write_model)."""
     settings = settings_for(tmp, db.url, **overrides)
-    write_model(settings.models.dir / "tiny_hip", name="tiny_hip", task="hip_hardware", labels=LABELS)
+    write_model(settings.models.dir / "tiny_hip", name="tiny_hip", task="hip_hardware", labels=LABELS, **(model or {}))
     engine = Engine.load(settings.models.dir, device="cpu")
     return StageContext(settings=settings, db=db, spool=Spool(settings.spool.dir), engine=engine)
 
@@ -69,9 +70,7 @@ def receive_file(ctx: StageContext, path: Path) -> StoredInstance:
     return stored
 
 
-def copy_as_new_study(
-    src: Path, dst: Path, *, study_uid: str | None = None, garbage_pixels: bool = False
-) -> Path:
+def copy_as_new_study(src: Path, dst: Path, *, study_uid: str | None = None, garbage_pixels: bool = False) -> Path:
     """A copy with new UIDs (a PACS would call an old UID a duplicate); optionally with undecodable pixel data."""
     shutil.copyfile(src, dst)
     ds = pydicom.dcmread(dst)

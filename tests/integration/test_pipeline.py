@@ -13,6 +13,7 @@ import pytest
 from daemon import records
 from daemon.db import Database
 from daemon.lifecycle import StudyState
+from models.card import Applicability
 from reporting import uids
 from tests.integration.pipeline_helpers import context, copy_as_new_study, drain, receive_file
 from tests.support import RG2_HIP_JLSL, free_port, pydicom_data_file, wait_until
@@ -53,6 +54,19 @@ def test_undecodable_pixels_fail_their_study_and_others_go_through(db: Database,
     assert failed["state"] == StudyState.FAILED
     assert "cannot be decoded" in failed["reason"] and bad.sop_instance_uid in failed["reason"]
     assert study(db, good.study_uid)["state"] == StudyState.DONE
+
+
+def test_study_no_model_applies_to_ends_skipped_with_the_reason(db: Database, tmp_path: Path) -> None:
+    ctx = context(tmp_path, db, model={"applies_to": Applicability(body_parts=("hip_pelvis",)), "bilateral": True})
+    chest = receive_file(ctx, copy_as_new_study(pydicom_data_file("RG1_UNCR.dcm"), tmp_path / "chest.dcm"))
+    hip = receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "hip.dcm"))
+    drain(ctx)
+    skipped = study(db, chest.study_uid)
+    assert skipped["state"] == StudyState.SKIPPED
+    assert "no installed model applies to body part chest" in skipped["reason"]
+    done = study(db, hip.study_uid)
+    assert done["state"] == StudyState.DONE
+    assert [p["laterality"] is None or p["laterality"] in "RL" for p in done["runs"][0]["predictions"]] == [True, True]
 
 
 def test_late_instance_opens_run_two_with_its_own_sr(db: Database, tmp_path: Path) -> None:

@@ -133,9 +133,7 @@ def test_late_instance_opens_a_new_run_and_every_move_is_an_event(db: Database) 
     with db.transaction() as s:
         moves = [
             (e.from_state, e.to_state, e.run_no)
-            for e in s.scalars(
-                select(StudyEvent).where(StudyEvent.study_id == study.id).order_by(StudyEvent.id)
-            )
+            for e in s.scalars(select(StudyEvent).where(StudyEvent.study_id == study.id).order_by(StudyEvent.id))
         ]
     assert moves == [
         (None, "receiving", 1),
