@@ -57,6 +57,10 @@ class _Resident:
     """What predict calls: ``model`` itself, or its ``torch.compile`` wrapper."""
 
 
+HALVES = ("image-left", "image-right")
+"""Region names of the two halves a bilateral card reads (Prediction.region)."""
+
+
 @dataclass(frozen=True)
 class _Plan:
     """What to prepare per image: whole-image inputs for every card, half-image inputs for bilateral cards."""
@@ -486,7 +490,7 @@ class Engine:
         for resident in routers:
             probs = self._probabilities(resident, np.stack([it.inputs[resident.card.preprocessing] for it in items]))
             for i, item in enumerate(items):
-                p = _prediction(resident.card, item.sop_instance_uid, item.series_instance_uid, probs[i], None)
+                p = _prediction(resident.card, item.sop_instance_uid, item.series_instance_uid, probs[i], None, None)
                 rows.append((i, resident.card.name, 0, p))
                 if not p.is_indeterminate:
                     body_parts.setdefault(i, p.label)
@@ -509,9 +513,9 @@ class Engine:
             probs = self._probabilities(resident, np.stack([job[3] for job in jobs]))
             for (i, half, side, _), row in zip(jobs, probs, strict=True):
                 item = items[i]
-                rows.append(
-                    (i, card.name, half, _prediction(card, item.sop_instance_uid, item.series_instance_uid, row, side))
-                )
+                region = HALVES[half] if card.bilateral and item.halves else None
+                prediction = _prediction(card, item.sop_instance_uid, item.series_instance_uid, row, side, region)
+                rows.append((i, card.name, half, prediction))
         rows.sort(key=lambda r: (r[0], r[1], r[2]))
         return Classification(
             predictions=[r[3] for r in rows],
@@ -614,7 +618,12 @@ class Engine:
 
 
 def _prediction(
-    card: ModelCard, sop_instance_uid: str, series_instance_uid: str, probs: np.ndarray, laterality: str | None
+    card: ModelCard,
+    sop_instance_uid: str,
+    series_instance_uid: str,
+    probs: np.ndarray,
+    laterality: str | None,
+    region: str | None,
 ) -> Prediction:
     keys = card.label_keys
     top = int(np.argmax(probs))
@@ -630,5 +639,6 @@ def _prediction(
         probability=top_p,
         probabilities={k: float(p) for k, p in zip(keys, probs, strict=True)},
         laterality=laterality,
+        region=region,
         untrained=card.untrained,
     )

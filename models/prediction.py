@@ -26,6 +26,9 @@ class Prediction:
     """Calibrated probability of every label, keyed by label key."""
     laterality: str | None = None
     """"R", "L" or None (whole image / unknown)."""
+    region: str | None = None
+    """"image-left" or "image-right" when a bilateral model read one half of the image; None for the whole image.
+    Lets the report tell the two hips apart when the patient side could not be determined."""
     untrained: bool = False
     """True for the demonstration model: its predictions are meaningless and the report must say so."""
 

@@ -17,7 +17,7 @@ UNTRAINED_BANNER = "DEMONSTRATION ONLY: produced by an untrained model; the find
 NO_MODEL_LINE = "No applicable AI model ran on this study; no preliminary findings."
 INDETERMINATE_PHRASE = "indeterminate (no class reached its threshold)"
 _SIDES = {"R": "Right", "L": "Left"}
-_SIDE_ORDER = {"R": 0, "L": 1, None: 2}
+_SIDE_ORDER = {"R": 0, "L": 1, "image-left": 2, "image-right": 3, None: 4}
 
 
 @dataclass(frozen=True)
@@ -56,10 +56,15 @@ def ai_line(predictions: Sequence[Prediction]) -> str:
 
 
 def task_heading(task: str, laterality: str | None = None) -> str:
-    """ "hip_hardware", "R" → "Right hip hardware"; without laterality → "Hip hardware"."""
+    """ "hip_hardware", "R" → "Right hip hardware"; without laterality → "Hip hardware".
+
+    A half image whose patient side is unknown ("image-left") → "Hip hardware, image-left half (side not determined)".
+    """
     words = task.replace("_", " ").replace("-", " ").strip()
     if laterality in _SIDES:
         return f"{_SIDES[laterality]} {words.lower()}"
+    if laterality:
+        return f"{words.capitalize()}, {laterality} half (side not determined)"
     return words.capitalize()
 
 
@@ -70,7 +75,7 @@ def _grouped(predictions: Sequence[Prediction]) -> dict[tuple[str, str | None], 
         task_order.setdefault(p.task, len(task_order))
     groups: dict[tuple[str, str | None], list[Prediction]] = {}
     for p in predictions:
-        side = p.laterality.upper() if p.laterality and p.laterality.upper() in _SIDES else None
+        side = p.laterality.upper() if p.laterality and p.laterality.upper() in _SIDES else p.region
         groups.setdefault((p.task, side), []).append(p)
     return dict(sorted(groups.items(), key=lambda kv: (task_order[kv[0][0]], _SIDE_ORDER[kv[0][1]])))
 

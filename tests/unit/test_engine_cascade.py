@@ -48,9 +48,13 @@ def test_bilateral_halves_carry_the_patient_side(tmp_path: Path, hip: pydicom.Da
     ds = hip.copy()
     ds.PatientOrientation = ["L", "F"]  # rows run toward patient left: the image's left half is the right hip
     preds = Engine.load(tmp_path, device="cpu").predict([ds])
-    assert [p.laterality for p in preds] == ["R", "L"]
+    assert [(p.laterality, p.region) for p in preds] == [("R", "image-left"), ("L", "image-right")]
     ds.PatientOrientation = ["R", "F"]
     assert [p.laterality for p in Engine.load(tmp_path, device="cpu").predict([ds])] == ["L", "R"]
+    del ds.PatientOrientation  # and no ViewPosition: the side is unknown, the halves are still told apart
+    ds.ViewPosition = ""
+    preds = Engine.load(tmp_path, device="cpu").predict([ds])
+    assert [(p.laterality, p.region) for p in preds] == [(None, "image-left"), (None, "image-right")]
 
 
 def test_nothing_applies_gives_no_prediction_and_a_reason(tmp_path: Path, chest: pydicom.Dataset) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from models.card import Label, ModelCard
+from models.demo import DEMO_LABELS
 from models.prediction import Prediction
 from reporting.text import report_text
 
@@ -135,3 +136,15 @@ def test_unknown_model_or_label_is_an_error() -> None:
         report_text([_p("tha", 0.9)], {})
     with pytest.raises(ValueError, match="no label"):
         report_text([_p("bogus", 0.9)], CARDS)
+
+
+def test_halves_of_unknown_side_are_two_lines_not_a_disagreement() -> None:
+    card = ModelCard(name="m", version="1", task="hip_hardware", arch="x", labels=DEMO_LABELS)
+    preds = [
+        Prediction("m", "1", "hip_hardware", "1.2", "1.3", label, 0.9, {}, None, region=region)
+        for label, region in (("tha", "image-left"), ("none", "image-right"))
+    ]
+    text = report_text(preds, {"m": card})
+    assert "Hip hardware, image-left half (side not determined): total hip arthroplasty (probability 0.90)." in text
+    assert "Hip hardware, image-right half (side not determined): no hardware (probability 0.90)." in text
+    assert "disagree" not in text
