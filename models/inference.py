@@ -230,6 +230,15 @@ def _header(ds: pydicom.Dataset) -> pydicom.Dataset:
     return header
 
 
+def looks_bilateral(gray: np.ndarray) -> bool:
+    """An AP pelvis (both hips) is a landscape image; a single-hip view is portrait and must not be cut in two.
+
+    A stand-in for a view classifier: only images at least as wide as tall are split for bilateral cards.
+    """
+    height, width = gray.shape[:2]
+    return width >= height
+
+
 def _prepare(ds: pydicom.Dataset, plan: _Plan) -> _Prepared:
     """Decode once per VOI choice, then one input array per preprocessing (and per half for bilateral cards)."""
     grays: dict[str, np.ndarray] = {}
@@ -245,7 +254,7 @@ def _prepare(ds: pydicom.Dataset, plan: _Plan) -> _Prepared:
 
     inputs = {prep: gray_to_input(gray(prep.window), prep) for prep in plan.whole}
     halves: list[tuple[str | None, dict[Preprocessing, np.ndarray]]] = []
-    if plan.halves:
+    if plan.halves and looks_bilateral(gray(plan.halves[0].window)):
         split = {window: split_bilateral(gray(window), ds) for window in {p.window for p in plan.halves}}
         for i in range(2):
             side = split[plan.halves[0].window][i][0]

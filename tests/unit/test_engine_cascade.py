@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
+from pydicom.uid import generate_uid
 
 from models.body_part import BODY_PARTS
 from models.card import Applicability, Label
@@ -22,6 +25,18 @@ def hip() -> pydicom.Dataset:
 
 
 @pytest.fixture(scope="module")
+def pelvis(hip: pydicom.Dataset) -> pydicom.Dataset:
+    """A landscape "both hips" image made from the real hip radiograph (two copies side by side)."""
+    ds = copy.deepcopy(hip)  # a shallow copy would share (and decompress) the hip's own elements
+    ds.decompress()
+    both = np.hstack([ds.pixel_array, ds.pixel_array[:, ::-1]])
+    ds.PixelData = both.tobytes()
+    ds.Columns = both.shape[1]
+    ds.SOPInstanceUID = generate_uid()
+    return ds
+
+
+@pytest.fixture(scope="module")
 def chest() -> pydicom.Dataset:
     return pydicom.dcmread(pydicom_data_file("RG1_UNCR.dcm"))
 
@@ -30,22 +45,22 @@ def install(root: Path, name: str, **kwargs: object) -> None:
     write_model(root / name, name=name, task=f"{name}_task", labels=kwargs.pop("labels", LABELS), **kwargs)  # type: ignore[arg-type]
 
 
-def test_cards_run_only_where_they_apply(tmp_path: Path, hip: pydicom.Dataset, chest: pydicom.Dataset) -> None:
+def test_cards_run_only_where_they_apply(tmp_path: Path, pelvis: pydicom.Dataset, chest: pydicom.Dataset) -> None:
     install(tmp_path, "hipcard", applies_to=Applicability(body_parts=("hip_pelvis",)), bilateral=True)
     install(tmp_path, "chestcard", applies_to=Applicability(body_parts=("chest",)))
     install(tmp_path, "anycard")
-    result = Engine.load(tmp_path, device="cpu").classify([hip, chest])
-    hip_preds = [(p.model_name, p.laterality) for p in result.predictions if p.sop_instance_uid == hip.SOPInstanceUID]
+    result = Engine.load(tmp_path, device="cpu").classify([pelvis, chest])
+    hip_preds = [(p.model_name, p.region) for p in result.predictions if p.sop_instance_uid == pelvis.SOPInstanceUID]
     chest_preds = [p.model_name for p in result.predictions if p.sop_instance_uid == chest.SOPInstanceUID]
     assert [name for name, _ in hip_preds] == ["anycard", "hipcard", "hipcard"]  # two halves of the pelvis
     assert chest_preds == ["anycard", "chestcard"]
-    assert result.selections[hip.SOPInstanceUID].body_part == "hip_pelvis"
+    assert result.selections[pelvis.SOPInstanceUID].body_part == "hip_pelvis"
     assert result.selections[chest.SOPInstanceUID].source == "tags"
 
 
-def test_bilateral_halves_carry_the_patient_side(tmp_path: Path, hip: pydicom.Dataset) -> None:
+def test_bilateral_halves_carry_the_patient_side(tmp_path: Path, pelvis: pydicom.Dataset) -> None:
     install(tmp_path, "hipcard", applies_to=Applicability(body_parts=("hip_pelvis",)), bilateral=True)
-    ds = hip.copy()
+    ds = copy.deepcopy(pelvis)
     ds.PatientOrientation = ["L", "F"]  # rows run toward patient left: the image's left half is the right hip
     preds = Engine.load(tmp_path, device="cpu").predict([ds])
     assert [(p.laterality, p.region) for p in preds] == [("R", "image-left"), ("L", "image-right")]
@@ -55,6 +70,12 @@ def test_bilateral_halves_carry_the_patient_side(tmp_path: Path, hip: pydicom.Da
     ds.ViewPosition = ""
     preds = Engine.load(tmp_path, device="cpu").predict([ds])
     assert [(p.laterality, p.region) for p in preds] == [(None, "image-left"), (None, "image-right")]
+
+
+def test_a_single_hip_view_is_not_cut_in_two(tmp_path: Path, hip: pydicom.Dataset) -> None:
+    install(tmp_path, "hipcard", applies_to=Applicability(body_parts=("hip_pelvis",)), bilateral=True)
+    (prediction,) = Engine.load(tmp_path, device="cpu").predict([hip])  # portrait: one hip
+    assert prediction.region is None
 
 
 def test_nothing_applies_gives_no_prediction_and_a_reason(tmp_path: Path, chest: pydicom.Dataset) -> None:

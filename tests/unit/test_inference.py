@@ -167,7 +167,7 @@ def test_install_demo(tmp_path: Path, images: list[pydicom.Dataset]) -> None:
     assert (tmp_path / DEMO_NAME / card.weights_file).stat().st_size < 1_000_000
     assert ModelCard.load(tmp_path / DEMO_NAME) == card
     engine = Engine.load(tmp_path)
-    predictions = engine.predict(images[:1])  # the hip: read per hip, like the real hip_hardware card
-    assert [p.region for p in predictions] == ["image-left", "image-right"]
+    predictions = engine.predict(images[:1])  # the real hip: a portrait single-hip view, read whole
+    assert [p.region for p in predictions] == [None]
     assert all(p.task == "hip_hardware" and p.untrained for p in predictions)
     assert card.applies_to.body_parts == ("hip_pelvis", "femur") and card.bilateral
