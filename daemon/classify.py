@@ -1,9 +1,13 @@
 """Stage 4: a study's instances → models.inference → predictions saved on the run.
 
-Files are read and classified outside any transaction; only the result is written, under the claim.
+Files are read and classified outside any transaction; only the result is written, under the claim. Several ready
+studies can be classified in one engine call (:func:`run_batch`), so batches span studies and the GPU stays full.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import partial
 
 from pydicom.errors import InvalidDicomError
 
@@ -12,36 +16,73 @@ from daemon.lifecycle import StudyState
 from daemon.log import Event, get_logger
 from daemon.queue import Claim
 from daemon.stage import Advance, Outcome, StageContext, StageError
+from models.inference import Classification, Engine
 from models.preprocess import PixelDecodeError
 
 log = get_logger("classify")
 
 
-def finding_models(ctx: StageContext) -> set[str]:
-    """Models whose predictions are findings (a body-part router alone makes no report)."""
-    return {card.name for card in ctx.engine.cards if card.role != "router"} if ctx.engine else set()
-
-
 def run(ctx: StageContext, claim: Claim) -> Outcome:
+    engine = _engine(ctx)
+    view = records.start_run(ctx.db, claim)
+    return _conclude(ctx, claim, view, _classify(ctx, engine, [view]))
+
+
+def run_batch(ctx: StageContext, claims: Sequence[Claim]) -> list[Outcome | Exception]:
+    """Classify several studies in one engine call; each gets its own outcome (or the error that stopped it).
+
+    If the shared call fails (one study's pixels cannot be decoded, a file is missing), every study is classified
+    on its own, so the bad one fails alone and the others go through.
+    """
+    try:
+        engine = _engine(ctx)
+        views = [records.start_run(ctx.db, c) for c in claims]
+        result = _classify(ctx, engine, views)
+    except Exception:
+        return [_captured(partial(run, ctx, c)) for c in claims]
+    return [_captured(partial(_conclude, ctx, c, v, result)) for c, v in zip(claims, views, strict=True)]
+
+
+def _captured(fn: Callable[[], Outcome]) -> Outcome | Exception:
+    try:
+        return fn()
+    except Exception as exc:
+        return exc
+
+
+def _engine(ctx: StageContext) -> Engine:
     if ctx.engine is None:
         raise StageError("no model is installed (see `predictd models install-demo`)")
-    view = records.start_run(ctx.db, claim)
-    if not view.instances:
-        return Advance(StudyState.SKIPPED, reason="the study has no stored instances")
+    return ctx.engine
+
+
+def _classify(ctx: StageContext, engine: Engine, views: Sequence[records.RunView]) -> Classification:
     try:
         with ctx.inference_lock:
-            result = ctx.engine.classify_files([inst.path for inst in view.instances])
+            return engine.classify_files([inst.path for view in views for inst in view.instances])
     except FileNotFoundError as exc:
         raise StageError(f"spool file missing ({exc.filename})") from exc
     except InvalidDicomError as exc:
         raise StageError(f"unreadable file: {exc}", permanent=True) from exc
     except PixelDecodeError as exc:
         raise StageError(f"pixel data cannot be decoded: {exc}", permanent=True) from exc
-    predictions = result.predictions
-    if not any(p.model_name in finding_models(ctx) for p in predictions):
-        return Advance(StudyState.SKIPPED, reason=result.skip_reason)
-    records.save_predictions(ctx.db, claim, predictions, ctx.engine.model_versions)
-    for p in predictions:
+
+
+def _conclude(ctx: StageContext, claim: Claim, view: records.RunView, result: Classification) -> Outcome:
+    """This study's share of the result: saved as the run's predictions, or the study is skipped with the reason."""
+    if not view.instances:
+        return Advance(StudyState.SKIPPED, reason="the study has no stored instances")
+    engine = _engine(ctx)
+    mine = {inst.sop_instance_uid for inst in view.instances}
+    own = Classification(
+        predictions=[p for p in result.predictions if p.sop_instance_uid in mine],
+        selections={uid: s for uid, s in result.selections.items() if uid in mine},
+    )
+    findings = {card.name for card in engine.cards if card.role != "router"}
+    if not any(p.model_name in findings for p in own.predictions):
+        return Advance(StudyState.SKIPPED, reason=own.skip_reason)
+    records.save_predictions(ctx.db, claim, own.predictions, engine.model_versions)
+    for p in own.predictions:
         log.info(
             Event.PREDICTION_MADE,
             study_uid=claim.study_uid,

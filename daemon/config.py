@@ -61,6 +61,8 @@ class QueueSettings(BaseModel):
 class WorkerSettings(BaseModel):
     count: int = 1
     poll_seconds: float = 0.5
+    batch_studies: int = 8
+    """Ready studies a worker classifies in one engine call, so a GPU batch spans studies; 1 = one at a time."""
     name: str | None = None
     """Prefix of the claim owner written into the queue; defaults to host:pid."""
 

@@ -6,6 +6,7 @@ through the queue. Stopping is graceful: a worker finishes (or abandons, under l
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -59,6 +60,13 @@ class Heartbeat:
                 log.warning(Event.JOB_FAILED, job="heartbeat", study_uid=self._claim.study_uid, reason=str(exc))
 
 
+def _captured(stage: StageFunction, ctx: StageContext, claim: queue.Claim) -> Outcome | Exception:
+    try:
+        return stage(ctx, claim)
+    except Exception as exc:
+        return exc
+
+
 class Worker:
     """One claim loop on one thread."""
 
@@ -94,24 +102,58 @@ class Worker:
                 self._stop.wait(poll)
 
     def work_once(self) -> bool:
-        """Claim and process one study; False when nothing was due."""
+        """Claim and process one study (or a batch of ready ones); False when nothing was due."""
         q = self.ctx.settings.queue
         claim = queue.claim(self.ctx.db, self.name, lease_seconds=q.lease_seconds, states=list(self.pipeline))
         if claim is None:
             return False
-        bound = log.bind(study_uid=claim.study_uid, run_no=claim.run_no, stage=claim.state, worker=self.name)
-        bound.info(Event.STUDY_CLAIMED, attempt=claim.attempts + 1)
+        claims = [claim]
+        if claim.state is StudyState.READY and self.pipeline.get(StudyState.READY) is classify.run:
+            claims += self._more_ready(self.ctx.settings.workers.batch_studies - 1)
+        for c in claims:
+            log.info(
+                Event.STUDY_CLAIMED,
+                study_uid=c.study_uid,
+                run_no=c.run_no,
+                stage=c.state,
+                worker=self.name,
+                attempt=c.attempts + 1,
+            )
+        with contextlib.ExitStack() as beats:
+            for c in claims:
+                beats.enter_context(Heartbeat(self.ctx, c))
+            if len(claims) == 1:
+                results: list[Outcome | Exception] = [_captured(self.pipeline[claim.state], self.ctx, claim)]
+            else:
+                results = classify.run_batch(self.ctx, claims)
+        for c, result in zip(claims, results, strict=True):
+            self._settle(c, result)
+        return True
+
+    def _more_ready(self, n: int) -> list[queue.Claim]:
+        """Up to ``n`` more ready studies, so one forward batch spans studies."""
+        more: list[queue.Claim] = []
+        while len(more) < n:
+            c = queue.claim(
+                self.ctx.db, self.name, lease_seconds=self.ctx.settings.queue.lease_seconds, states=[StudyState.READY]
+            )
+            if c is None:
+                break
+            more.append(c)
+        return more
+
+    def _settle(self, claim: queue.Claim, result: Outcome | Exception) -> None:
+        """Apply a stage's outcome, or count its failure; a lost lease means someone else owns the study now."""
         try:
-            with Heartbeat(self.ctx, claim):
-                outcome = self.pipeline[claim.state](self.ctx, claim)
-            self._apply(claim, outcome)
+            if isinstance(result, Exception):
+                raise result
+            self._apply(claim, result)
         except queue.LeaseLost as exc:
-            bound.warning(Event.LEASE_EXPIRED, reason=str(exc))
+            log.warning(Event.LEASE_EXPIRED, study_uid=claim.study_uid, worker=self.name, reason=str(exc))
         except StageError as exc:
             self._fail(claim, exc.reason, permanent=exc.permanent)
         except Exception as exc:
             self._fail(claim, f"{type(exc).__name__}: {exc}", permanent=False)
-        return True
 
     def _apply(self, claim: queue.Claim, outcome: Outcome) -> None:
         if isinstance(outcome, Advance):
