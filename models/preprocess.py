@@ -17,6 +17,7 @@ from PIL import Image
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
 from models.card import Preprocessing
+from models.decoders import decode_pixels
 
 WINDOWS = ("first", "minmax")
 """Accepted values of ``Preprocessing.window``."""
@@ -40,11 +41,11 @@ def transfer_syntax(ds: pydicom.Dataset) -> str:
 
 
 def _decode(ds: pydicom.Dataset) -> np.ndarray:
-    """The first frame as decoded by pydicom; every failure becomes a PixelDecodeError naming the syntax."""
+    """The first frame, decoded by :func:`decode_pixels`; every failure becomes a PixelDecodeError naming the syntax."""
     if not any(kw in ds for kw in _PIXEL_KEYWORDS):
         raise PixelDecodeError(f"no pixel data (transfer syntax {transfer_syntax(ds)})")
     try:
-        arr: np.ndarray = ds.pixel_array
+        arr = decode_pixels(ds)  # the fastest plugin installed for the syntax, else pydicom's choice
     except Exception as exc:  # RuntimeError, NotImplementedError, ValueError, whatever a plugin raises
         # pydicom's message names a missing plugin ("... plugins are missing dependencies: ..."): keep it.
         detail = f"{type(exc).__name__}: {' '.join(str(exc).split())}"

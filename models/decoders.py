@@ -1,0 +1,82 @@
+"""Pixel decoding with the fastest pydicom plugin installed for each transfer syntax. Pure: no torch, no I/O.
+
+pydicom 3 tries its plugins in a fixed order (gdcm, pylibjpeg, then pyjpegls / pillow / its own RLE decoder) and
+uses the first that is installed, which is not the fastest one: JPEG-LS goes to pylibjpeg (CharLS through pyjpegls is
+~3x faster) and JPEG lossless to pylibjpeg (GDCM is 1.4-2x faster). :data:`PREFERRED` puts them in the order measured
+by ``python -m bench.decoders`` (see bench/DECODERS.md); every plugin listed there gave the source's pixels bit for bit
+on the lossless syntaxes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+from pydicom.pixels import get_decoder, pixel_array
+from pydicom.pixels.utils import get_image_pixel_ids
+from pydicom.uid import (
+    JPEG2000,
+    JPEG2000Lossless,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+
+PREFERRED: dict[str, tuple[str, ...]] = {
+    JPEGLosslessSV1: ("gdcm", "pylibjpeg"),
+    JPEGLossless: ("gdcm", "pylibjpeg"),  # process 14, other predictors: same codecs as SV1 (not measured)
+    JPEGLSLossless: ("pyjpegls", "gdcm", "pylibjpeg"),
+    JPEGLSNearLossless: ("pyjpegls", "gdcm", "pylibjpeg"),
+    JPEG2000Lossless: ("pylibjpeg", "pillow", "gdcm"),
+    JPEG2000: ("pylibjpeg", "pillow", "gdcm"),
+    JPEGExtended12Bit: ("pylibjpeg",),  # gdcm and pillow refuse 12-bit samples
+    RLELossless: ("pylibjpeg", "pydicom"),
+}
+"""Transfer syntax UID → pydicom decoding plugin names, fastest first. Syntaxes not listed (uncompressed, JPEG
+baseline, HTJ2K) use pydicom's own choice."""
+
+
+def _preferred_available(ds: pydicom.Dataset) -> tuple[str, ...]:
+    meta = getattr(ds, "file_meta", None)
+    uid = meta.get("TransferSyntaxUID") if meta is not None else None
+    if uid is None or uid not in PREFERRED:
+        return ()
+    try:
+        available = get_decoder(uid).available_plugins
+    except NotImplementedError:  # no decoder at all: let the default path raise pydicom's own error
+        return ()
+    return tuple(name for name in PREFERRED[uid] if name in available)
+
+
+def _default_path(ds: pydicom.Dataset) -> bool:
+    """Whether to leave ``ds`` to ``ds.pixel_array``: already decoded, or the caller chose pixel array options.
+
+    Reads pydicom's own cache attributes (``Dataset.convert_pixel_data`` keeps them); if a later pydicom renames them
+    this is merely slower (no cache hit), never wrong.
+    """
+    opts = getattr(ds, "_pixel_array_opts", None) or {"use_pdh": False}
+    if opts.keys() != {"use_pdh"} or opts["use_pdh"]:
+        return True  # the caller called ds.pixel_array_options (index, raw, decoding_plugin, v2 backend): honour it
+    return getattr(ds, "_pixel_array", None) is not None and getattr(ds, "_pixel_id", None) == get_image_pixel_ids(ds)
+
+
+def decode_pixels(ds: pydicom.Dataset) -> np.ndarray:
+    """All frames of ``ds`` as ``ds.pixel_array`` gives them, decoded by the fastest plugin installed.
+
+    A preferred plugin that fails on this file (a variant it does not support) hands over to the next one, then to
+    pydicom's default choice, whose exception (RuntimeError, NotImplementedError, ValueError, ...) is raised as is.
+    Like ``ds.pixel_array``, the array is cached on ``ds`` (a second call, e.g. for another window, does not decode
+    again); pixel array options the caller set with ``ds.pixel_array_options`` are honoured and left as they are.
+    """
+    if not _default_path(ds):
+        for name in _preferred_available(ds):
+            try:
+                arr: np.ndarray = pixel_array(ds, decoding_plugin=name)
+            except Exception:  # e.g. gdcm or pillow refusing 12-bit JPEG; the default path tries every plugin
+                continue
+            ds._pixel_array, ds._pixel_id = arr, get_image_pixel_ids(ds)  # what ds.pixel_array caches
+            return arr
+    default: np.ndarray = ds.pixel_array
+    return default
