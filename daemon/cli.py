@@ -293,3 +293,56 @@ def models_ls(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     for r in rows:
         table.add_row(*(str(v) for v in r.values()))
     console.print(table)
+
+
+@models_app.command("explain")
+def models_explain(
+    dicom_file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A DICOM image.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Name of an installed model.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")],
+    config: ConfigOption = None,
+    label: Annotated[str | None, typer.Option(help="Label to explain; default the predicted one.")] = None,
+) -> None:
+    """Grad-CAM of one model on one image, as a PNG overlay a person can look at."""
+    import pydicom
+
+    from models.explain import overlay_png
+    from models.inference import Engine
+    from models.preprocess import to_gray
+
+    settings = _settings(config)
+    ds = pydicom.dcmread(dicom_file)
+    with Engine.load(settings.models.dir, [model], device=settings.models.device) as engine:
+        card = next(c for c in engine.cards if c.name == model)
+        heat = engine.explain(ds, model, label)
+        prediction = next(p for p in engine.predict([ds]) if p.model_name == model)
+    overlay_png(to_gray(ds, card.preprocessing.window), heat, out)
+    console.print(
+        f"{model}: {prediction.label} ({prediction.probability:.2f}); heat map of {label or prediction.label} → {out}"
+    )
+
+
+@models_app.command("catalog")
+def models_catalog(as_json: JsonOption = False) -> None:
+    """Card templates for every task predictd knows (train weights for them with the toolkit)."""
+    from models.catalog import catalog
+
+    rows = [
+        {
+            "task": task,
+            "arch": card.arch,
+            "input_size": card.preprocessing.input_size,
+            "labels": card.label_keys,
+            "body_parts": list(card.applies_to.body_parts),
+            "bilateral": card.bilateral,
+            "role": card.role,
+        }
+        for task, card in catalog().items()
+    ]
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("task", "arch", "input_size", "labels", "body_parts", "bilateral", "role")
+    for r in rows:
+        table.add_row(*(", ".join(v) if isinstance(v, list) else str(v) for v in r.values()))
+    console.print(table)

@@ -90,3 +90,24 @@ def test_echo_reaches_a_running_receiver(tmp_path: Path) -> None:
         receiver.stop()
     code, out = invoke(config, "echo", "127.0.0.1", str(port), "--aec", "CLITEST")
     assert code == 1 and "error" in out.lower()
+
+
+def test_models_commands(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from models.demo import write_model
+    from tests.integration.pipeline_helpers import LABELS
+
+    write_model(tmp_path / "models" / "tiny", name="tiny", task="hip_hardware", labels=LABELS)
+    config = tmp_path / "predictd.toml"
+    config.write_text('[models]\ndir = "models"\ndevice = "cpu"\n')
+    code, out = invoke(config, "models", "ls", "--json")
+    assert code == 0 and [m["name"] for m in json.loads(out)] == ["tiny"]
+    png = tmp_path / "heat.png"
+    code, out = invoke(config, "models", "explain", str(RG2_HIP_JLSL), "--model", "tiny", "--out", str(png))
+    assert code == 0, out
+    with Image.open(png) as image:
+        assert image.size == (1760, 2140)  # the radiograph's own geometry
+    code, out = invoke(config, "models", "catalog", "--json")
+    tasks = {row["task"] for row in json.loads(out)}
+    assert {"hip_hardware", "body_part", "shoulder_implant_manufacturer", "hip_arthroplasty"} <= tasks
