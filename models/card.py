@@ -111,6 +111,8 @@ class ModelCard:
     """Split an AP pelvis image into its two hips and classify each alone (one prediction per side)."""
     role: str = "finding"
     """"finding" (default) or "router": the body_part card whose answer selects the finding cards."""
+    training: dict[str, Any] = field(default_factory=dict)
+    """Provenance written by ``predictd train``/``export``: data hash, split sizes, seed, options, metrics."""
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:

@@ -189,6 +189,13 @@ def _load_one(
     return _Resident(card, model, runner)
 
 
+def load_verified(directory: Path, device: str = "cpu") -> tuple[ModelCard, torch.nn.Module]:
+    """One model directory as (card, eval-mode module), weights checked by sha256: for evaluation and export."""
+    card = ModelCard.load(Path(directory))
+    resident = _load_one(Path(directory), card, _resolve_device(device), channels_last=False, compile_model=False)
+    return card, resident.model
+
+
 def _select(models_dir: Path, enabled: Sequence[str]) -> list[tuple[Path, ModelCard]]:
     dirs = find_cards(models_dir)
     if not dirs:

@@ -1,0 +1,464 @@
+"""Train a card's timm model on a manifest, as the hip-hardware paper did, on CPU or GPU.
+
+Staged fine-tuning (head only, then the whole network; the head stage runs only when ``init`` gives pretrained
+weights, since freezing a random backbone teaches nothing), one-cycle learning rate with AdamW, augmentation
+(models.augment), class-balanced sampling, AMP on a GPU, a checkpoint after every epoch that ``resume`` continues
+from, early stopping on validation loss, a CSV log and a fixed seed. The images of a manifest are decoded once
+into memory through the same preprocessing as inference (the sets this is for have hundreds to a few thousand
+images). The result is a model directory (card + weights) that the engine, ``predictd evaluate`` and
+``predictd export`` read; the temperature is fitted on the validation split.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.torch
+import timm
+import torch
+import torch.nn.functional as F
+
+from models.augment import Augmentation, augment
+from models.card import Label, ModelCard, file_sha256
+from models.data import Record, load_image, manifest_sha256
+from models.inference import build_model
+from models.metrics import fit_temperature
+
+CHECKPOINT = "checkpoint.pt"
+LOG_CSV = "log.csv"
+BEST_WEIGHTS = "best.safetensors"
+MODEL_DIR = "model"
+LOG_COLUMNS = ("stage", "epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds")
+
+
+class TrainError(ValueError):
+    """The data, the card or a checkpoint cannot be trained from as asked."""
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    head_epochs: int = 4
+    """Head-only epochs (with ``init`` only); then ``epochs`` of the whole network (defaults of the paper)."""
+    epochs: int = 50
+    batch_size: int = 16
+    lr: float = 2e-3
+    """Peak one-cycle learning rate of the whole-network stage (the head stage peaks at 5x this)."""
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    patience: int = 12
+    """Stop after this many whole-network epochs without a lower validation loss."""
+    seed: int = 0
+    balanced: bool = True
+    """Draw each batch with equal chances per class (small sets are rarely balanced)."""
+    augment: bool = True
+    hflip: bool | None = None
+    """None: flip unless the card is bilateral (a hip half keeps its side)."""
+    device: str = "auto"
+    amp: bool = True
+    """bf16 autocast on a GPU; ignored on CPU."""
+    init: str | None = None
+    """Local pretrained weights (safetensors or a timm/torch checkpoint), or a timm model name (needs the network)."""
+    threshold: float = 0.5
+    """Per-class minimum calibrated probability written into the card; below it the result is indeterminate."""
+    max_minutes: float | None = None
+    """Stop (with a checkpoint) when the next epoch would pass this wall-clock budget; resume continues."""
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    card: ModelCard
+    best_epoch: int
+    best_val_loss: float
+    epochs_run: int
+    stopped_early: bool
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _Split:
+    x: torch.Tensor
+    y: torch.Tensor
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def labels_for(card: ModelCard, records: Sequence[Record]) -> tuple[Label, ...]:
+    """The card's labels when the data uses only those; the data's own (sorted) when the card names none."""
+    seen = sorted({r.label for r in records})
+    if not card.labels:
+        return tuple(Label(key, key) for key in seen)
+    unknown = [label for label in seen if label not in card.label_keys]
+    if unknown:
+        raise TrainError(f"labels {unknown} of the data are not in card {card.name} ({card.label_keys})")
+    return card.labels
+
+
+def load_split(records: Sequence[Record], card: ModelCard, split: str) -> _Split:
+    """Decode a split's images once, through the card's preprocessing (the same as inference)."""
+    index = {key: i for i, key in enumerate(card.label_keys)}
+    chosen = [r for r in records if r.split == split]
+    if not chosen:
+        return _Split(torch.zeros((0, card.preprocessing.in_chans, 1, 1)), torch.zeros(0, dtype=torch.long))
+    x = torch.from_numpy(np.stack([load_image(r.path, card.preprocessing) for r in chosen]))
+    y = torch.tensor([index[r.label] for r in chosen], dtype=torch.long)
+    return _Split(x, y)
+
+
+def _adapt_state(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Pretrained weights made to fit: RGB stem summed to one channel, a classifier of another size dropped."""
+    own = model.state_dict()
+    fitted: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key not in own:
+            continue
+        target = own[key]
+        if value.shape == target.shape:
+            fitted[key] = value
+        elif value.ndim == 4 and value.shape[1] == 3 and target.shape[1] == 1 and value.shape[0] == target.shape[0]:
+            fitted[key] = value.sum(dim=1, keepdim=True)
+    return fitted
+
+
+def _initial_model(card: ModelCard, init: str | None) -> torch.nn.Module:
+    model = build_model(card)
+    if init is None:
+        return model
+    path = Path(init)
+    if path.is_file():
+        if path.suffix == ".safetensors":
+            state = safetensors.torch.load_file(str(path))
+        else:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+            state = loaded.get("state_dict") or loaded.get("model") or loaded
+    else:  # a timm model name: downloads its pretrained weights (needs the network)
+        state = timm.create_model(init, pretrained=True).state_dict()
+    fitted = _adapt_state(state, model)
+    if not fitted:
+        raise TrainError(f"no tensor of {init} fits {card.arch}")
+    model.load_state_dict(fitted, strict=False)
+    return model
+
+
+def _class_weights(y: torch.Tensor, k: int) -> torch.Tensor:
+    counts = torch.bincount(y, minlength=k).float()
+    return torch.where(counts > 0, 1.0 / counts.clamp(min=1), torch.zeros_like(counts))[y]
+
+
+def _batches(train: _Split, k: int, options: TrainOptions, gen: torch.Generator) -> list[torch.Tensor]:
+    n = train.y.numel()
+    if options.balanced:
+        order = torch.multinomial(_class_weights(train.y, k), n, replacement=True, generator=gen)
+    else:
+        order = torch.randperm(n, generator=gen)
+    usable = max(options.batch_size, n - n % options.batch_size) if n > options.batch_size else n
+    return list(order[:usable].split(options.batch_size))  # no tiny last batch: BatchNorm needs a few images
+
+
+def _set_trainable(model: torch.nn.Module, head_only: bool) -> list[torch.nn.Parameter]:
+    head = {id(p) for p in model.get_classifier().parameters()} if head_only else set()  # type: ignore[operator]
+    for p in model.parameters():
+        p.requires_grad_(not head_only or id(p) in head)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _evaluate_loss(model: torch.nn.Module, split: _Split, device: torch.device, batch: int) -> tuple[float, float]:
+    if split.y.numel() == 0:
+        return math.nan, math.nan
+    logits = predict_logits(model, split.x, device, batch)
+    loss = F.cross_entropy(logits, split.y).item()
+    acc = (logits.argmax(1) == split.y).float().mean().item()
+    return loss, acc
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, x: torch.Tensor, device: torch.device, batch: int = 32) -> torch.Tensor:
+    """Float32 logits on the CPU for a tensor of inputs (eval mode, in batches)."""
+    model.eval()
+    outs = [model(chunk.to(device)).float().cpu() for chunk in x.split(batch)]
+    return torch.cat(outs) if outs else torch.zeros((0, 0))
+
+
+def _stages(options: TrainOptions) -> list[tuple[str, int]]:
+    stages = [("head", options.head_epochs)] if options.init and options.head_epochs > 0 else []
+    return [*stages, ("full", options.epochs)]
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _append_log(out: Path, row: dict[str, Any]) -> None:
+    path = out / LOG_CSV
+    new = not path.exists()
+    with path.open("a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=LOG_COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+class Trainer:
+    """One training run in ``out``: build with :meth:`start` or :meth:`resume`, then :meth:`run`."""
+
+    def __init__(
+        self,
+        card: ModelCard,
+        records: Sequence[Record],
+        out: Path,
+        options: TrainOptions,
+        data_root: Path | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        self.card = replace(card, labels=labels_for(card, records))
+        self.records = list(records)
+        self.out = Path(out)
+        self.options = options
+        self.data_root = data_root
+        self.say = progress or (lambda message: None)
+        self.device = _device(options.device)
+        self.aug = Augmentation(hflip=not self.card.bilateral if options.hflip is None else options.hflip)
+        self.data_sha256 = manifest_sha256(self.records, data_root)
+        self.state: dict[str, Any] = {"stage": 0, "epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "bad": 0}
+        self.state.update({"history": [], "done": False, "stopped_early": False})
+        self.gen = torch.Generator().manual_seed(options.seed)
+        _seed_everything(options.seed)
+        self.model = _initial_model(self.card, options.init).to(self.device)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: torch.optim.lr_scheduler.OneCycleLR | None = None
+
+    # ---------------------------------------------------------------- checkpoints
+
+    def _checkpoint(self) -> dict[str, Any]:
+        assert self.optimizer is not None and self.scheduler is not None
+        return {
+            "card": self.card.to_dict(),
+            "options": asdict(self.options),
+            "data_sha256": self.data_sha256,
+            "state": self.state,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    @classmethod
+    def resume(
+        cls,
+        records: Sequence[Record],
+        out: Path,
+        data_root: Path | None = None,
+        progress: Callable[[str], None] | None = None,
+        max_minutes: float | None = None,
+    ) -> Trainer:
+        """Continue the run saved in ``out``/checkpoint.pt from the epoch after the last one it finished."""
+        path = Path(out) / CHECKPOINT
+        if not path.is_file():
+            raise TrainError(f"nothing to resume: {path} does not exist")
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        options = replace(TrainOptions(**saved["options"]), init=None, max_minutes=max_minutes)
+        trainer = cls(ModelCard.from_dict(saved["card"]), records, out, options, data_root, progress)
+        if trainer.data_sha256 != saved["data_sha256"]:
+            raise TrainError("the manifest's images, labels or splits differ from the run being resumed")
+        trainer.options = replace(TrainOptions(**saved["options"]), max_minutes=max_minutes)
+        trainer.model.load_state_dict(saved["model"])
+        trainer.state = saved["state"]
+        trainer._new_stage(resumed=saved)
+        trainer.gen.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+        return trainer
+
+    # ---------------------------------------------------------------- the loop
+
+    def _new_stage(self, resumed: dict[str, Any] | None = None, steps_per_epoch: int = 1) -> None:
+        name, epochs = _stages(self.options)[self.state["stage"]]
+        params = _set_trainable(self.model, head_only=name == "head")
+        peak = self.options.lr * (5.0 if name == "head" else 1.0)
+        self.optimizer = torch.optim.AdamW(params, lr=peak, weight_decay=self.options.weight_decay)
+        steps = resumed["scheduler"]["total_steps"] if resumed else max(1, epochs * steps_per_epoch)
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=peak, total_steps=steps)
+        if resumed:
+            self.optimizer.load_state_dict(resumed["optimizer"])
+            self.scheduler.load_state_dict(resumed["scheduler"])
+
+    def _train_epoch(self, train: _Split, k: int) -> tuple[float, float]:
+        assert self.optimizer is not None and self.scheduler is not None
+        self.model.train()
+        total, correct, seen = 0.0, 0, 0
+        use_amp = self.options.amp and self.device.type == "cuda"
+        for idx in _batches(train, k, self.options, self.gen):
+            x, y = train.x[idx], train.y[idx]
+            if self.options.augment:
+                x = augment(x, self.card.preprocessing, self.aug, self.gen)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+                logits = self.model(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=self.options.label_smoothing)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            if self.scheduler.last_epoch + 1 < self.scheduler.total_steps:
+                self.scheduler.step()
+            total += loss.item() * y.numel()
+            correct += int((logits.argmax(1) == y).sum())
+            seen += y.numel()
+        return total / max(seen, 1), correct / max(seen, 1)
+
+    def run(self) -> TrainResult:
+        """Train to the end (or early stop, or the time budget); writes the model directory when finished."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        k = len(self.card.labels)
+        self.say(f"decoding images at {self.card.preprocessing.input_size} px")
+        train, val = load_split(self.records, self.card, "train"), load_split(self.records, self.card, "val")
+        if train.y.numel() == 0:
+            raise TrainError("the manifest has no 'train' images")
+        self.say(f"{train.y.numel()} train / {val.y.numel()} val images, {k} labels, device {self.device}")
+        steps_per_epoch = len(_batches(train, k, self.options, torch.Generator().manual_seed(0)))
+        if self.optimizer is None:
+            self._new_stage(steps_per_epoch=steps_per_epoch)
+        started = time.monotonic()
+        stages = _stages(self.options)
+        while not self.state["done"]:
+            name, epochs = stages[self.state["stage"]]
+            if self.state["epoch"] >= epochs or (name == "full" and self.state["bad"] >= self.options.patience):
+                self.state["stopped_early"] = self.state["epoch"] < epochs
+                if self.state["stage"] + 1 >= len(stages):
+                    self.state["done"] = True
+                    break
+                self.state.update(stage=self.state["stage"] + 1, epoch=0)
+                self._new_stage(steps_per_epoch=steps_per_epoch)
+                continue
+            if self._out_of_time(started):
+                self.say("time budget reached: checkpoint saved, continue with --resume")
+                break
+            self._epoch(name, train, val, k)
+        return self._finish(val)
+
+    def _out_of_time(self, started: float) -> bool:
+        history = self.state["history"]
+        if self.options.max_minutes is None or not history:
+            return False
+        per_epoch = float(history[-1]["seconds"])
+        return (time.monotonic() - started + per_epoch) / 60.0 > self.options.max_minutes
+
+    def _epoch(self, name: str, train: _Split, val: _Split, k: int) -> None:
+        assert self.scheduler is not None
+        tick = time.monotonic()
+        lr = self.scheduler.get_last_lr()[0]
+        train_loss, train_acc = self._train_epoch(train, k)
+        val_loss, val_acc = _evaluate_loss(self.model, val, self.device, self.options.batch_size)
+        self.state["epoch"] += 1
+        row = {"stage": name, "epoch": self.state["epoch"], "lr": lr, "train_loss": train_loss}
+        row.update(train_acc=train_acc, val_loss=val_loss, val_acc=val_acc, seconds=time.monotonic() - tick)
+        self.state["history"].append(row)
+        _append_log(self.out, row)
+        monitored = val_loss if not math.isnan(val_loss) else train_loss
+        if monitored < self.state["best_val_loss"]:
+            self.state.update(best_val_loss=monitored, best_epoch=len(self.state["history"]), bad=0)
+            weights = {k2: v.detach().float().contiguous().cpu() for k2, v in self.model.state_dict().items()}
+            safetensors.torch.save_file(weights, str(self.out / BEST_WEIGHTS))
+        elif name == "full":
+            self.state["bad"] += 1
+        _save_atomic(self._checkpoint(), self.out / CHECKPOINT)
+        self.say(
+            f"{name} {self.state['epoch']}: train loss {train_loss:.3f} acc {train_acc:.3f} · "
+            f"val loss {val_loss:.3f} acc {val_acc:.3f} · {row['seconds']:.0f} s"
+        )
+
+    def _finish(self, val: _Split) -> TrainResult:
+        model_dir = self.out / MODEL_DIR
+        result = TrainResult(
+            model_dir=model_dir,
+            card=self.card,
+            best_epoch=int(self.state["best_epoch"]),
+            best_val_loss=float(self.state["best_val_loss"]),
+            epochs_run=len(self.state["history"]),
+            stopped_early=bool(self.state["stopped_early"]),
+            history=list(self.state["history"]),
+        )
+        if not self.state["done"]:
+            return result
+        best = safetensors.torch.load_file(str(self.out / BEST_WEIGHTS))
+        self.model.load_state_dict(best)
+        temperature = 1.0
+        if val.y.numel():
+            logits = predict_logits(self.model, val.x, self.device, self.options.batch_size)
+            temperature = fit_temperature(logits.numpy(), val.y.numpy())
+        result.card = write_model_dir(model_dir, self._final_card(temperature, result), best)
+        self.say(f"model written to {model_dir} (best epoch {result.best_epoch}, temperature {temperature:.2f})")
+        return result
+
+    def _final_card(self, temperature: float, result: TrainResult) -> ModelCard:
+        counts: dict[str, dict[str, int]] = {}
+        for r in self.records:
+            counts.setdefault(r.split or "unassigned", {}).setdefault(r.label, 0)
+            counts[r.split or "unassigned"][r.label] += 1
+        version = self.card.version if self.card.version not in ("", "0.0.0") else dt.date.today().strftime("%Y.%m.%d")
+        training = {
+            "data_sha256": self.data_sha256,
+            "split_counts": counts,
+            "seed": self.options.seed,
+            "options": {k: v for k, v in asdict(self.options).items() if k not in ("device", "max_minutes")},
+            "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run,
+            "stopped_early": result.stopped_early,
+            "best_val_loss": result.best_val_loss,
+            "temperature_fitted_on": "val" if temperature != 1.0 else None,
+            "trained": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "torch": torch.__version__,
+            "timm": timm.__version__,
+        }
+        return replace(
+            self.card,
+            version=version,
+            untrained=False,
+            temperature=temperature,
+            thresholds={key: self.options.threshold for key in self.card.label_keys},
+            training=training,
+        )
+
+
+def write_model_dir(directory: Path, card: ModelCard, state: dict[str, torch.Tensor]) -> ModelCard:
+    """Weights first, then the card with their sha256: a directory with a card is what counts as installed."""
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = directory / card.weights_file
+    safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, str(weights))
+    card = replace(card, sha256=file_sha256(weights))
+    card.save(directory)
+    return card
+
+
+def describe(result: TrainResult) -> str:
+    return json.dumps(
+        {
+            "model_dir": str(result.model_dir),
+            "best_epoch": result.best_epoch,
+            "best_val_loss": result.best_val_loss,
+            "epochs_run": result.epochs_run,
+            "stopped_early": result.stopped_early,
+        }
+    )
