@@ -1,4 +1,5 @@
-"""The ``predictd`` command: serve, db, queue, echo, models.
+"""The ``predictd`` command: serve, db, queue, echo, models (and, from daemon/cli_training.py, dataset, train,
+evaluate, export).
 
 Tables for people (rich), ``--json`` for scripts, ``--config FILE`` on every command (or once before the command,
 or PREDICTD_CONFIG in the environment).
@@ -17,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from daemon import queue, records
+from daemon import cli_training, queue, records
 from daemon.config import Settings, load_settings
 from daemon.db import Database, DatabaseNotAtHead
 from daemon.lifecycle import IllegalTransition, StudyState
@@ -30,6 +31,10 @@ models_app = typer.Typer(help="Installed models.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(queue_app, name="queue")
 app.add_typer(models_app, name="models")
+app.command("dataset")(cli_training.dataset)
+app.command("train")(cli_training.train)
+app.command("evaluate")(cli_training.evaluate)
+app.command("export")(cli_training.export)
 
 console = Console()
 err = Console(stderr=True)

@@ -1,0 +1,222 @@
+"""``predictd dataset | train | evaluate | export``: from a site's labelled radiographs to a model it can install.
+
+Kept apart from daemon/cli.py (the service's commands) because these are offline tools of the ML engineer; they
+share the same ``predictd`` entry point. torch is imported inside each command, so the rest of the CLI stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err = Console(stderr=True)
+
+ManifestOption = Annotated[
+    Path, typer.Option("--data", "-d", exists=True, dir_okay=False, help="Manifest CSV (predictd dataset).")
+]
+
+
+def _fractions(text: str) -> tuple[float, float, float]:
+    parts = [float(p) for p in text.replace("/", ",").split(",")]
+    if len(parts) != 3:
+        raise typer.BadParameter("give three numbers: train,val,test (e.g. 70,10,20)")
+    return parts[0], parts[1], parts[2]
+
+
+def dataset(
+    source: Annotated[Path, typer.Argument(exists=True, help="Folder tree (label = folder), a CSV, or DICOM folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Manifest CSV to write.")],
+    split: Annotated[str, typer.Option(help="train,val,test shares (patient-level, stratified).")] = "70,10,20",
+    seed: Annotated[int, typer.Option(help="Seed of the split.")] = 0,
+    dicom_only: Annotated[bool, typer.Option("--dicom-only", help="Only DICOM files of a folder tree.")] = False,
+    dedup: Annotated[
+        int, typer.Option(help="Merge groups of near-duplicate images (dHash bits of 256; -1 turns it off).")
+    ] = 10,
+    keep_split: Annotated[bool, typer.Option(help="Keep a CSV's own split column instead of splitting.")] = False,
+) -> None:
+    """Build a manifest (path, label, group, split, reader columns); one patient or near-duplicate group per split."""
+    from models import data
+
+    try:
+        if source.is_dir():
+            records = data.from_dicom_dir(source) if dicom_only else data.from_folder_tree(source)
+        else:
+            records = data.from_csv(source)
+        if dedup >= 0:
+            records = data.near_duplicate_groups(records, threshold=dedup)
+        if not (keep_split and all(r.split for r in records)):
+            records = data.split(records, _fractions(split), seed=seed)
+    except (data.DataError, ValueError, OSError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    out.parent.mkdir(parents=True, exist_ok=True)
+    data.write_manifest(records, out)
+    counts = Counter((r.split, r.label) for r in records)
+    labels = sorted({r.label for r in records})
+    table = Table("split", *labels, "images", "groups")
+    for name in data.SPLITS:
+        groups = len({r.group for r in records if r.split == name})
+        row = [counts[(name, label)] for label in labels]
+        table.add_row(name, *(str(n) for n in row), str(sum(row)), str(groups))
+    console.print(table)
+    console.print(f"manifest → {out}")
+
+
+def train(
+    data_path: ManifestOption,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoint, log.csv, model/.")],
+    task: Annotated[
+        str | None, typer.Option(help="Catalog task whose card to start from (predictd models catalog).")
+    ] = None,
+    card_file: Annotated[Path | None, typer.Option("--card", exists=True, dir_okay=False, help="A card.json.")] = None,
+    name: Annotated[str | None, typer.Option(help="Model name (default: the card's).")] = None,
+    version: Annotated[str | None, typer.Option(help="Model version (default: today's date).")] = None,
+    arch: Annotated[str | None, typer.Option(help="timm architecture (default: the card's).")] = None,
+    input_size: Annotated[int | None, typer.Option(help="Input side in pixels (default: the card's).")] = None,
+    epochs: Annotated[int, typer.Option(help="Whole-network epochs.")] = 50,
+    head_epochs: Annotated[int, typer.Option(help="Head-only epochs first (only with --init).")] = 4,
+    batch_size: Annotated[int, typer.Option()] = 16,
+    lr: Annotated[float, typer.Option(help="Peak one-cycle learning rate.")] = 2e-3,
+    patience: Annotated[int, typer.Option(help="Early stopping: epochs without a lower validation loss.")] = 12,
+    seed: Annotated[int, typer.Option()] = 0,
+    init: Annotated[
+        str | None, typer.Option(help="Pretrained weights: a safetensors/timm checkpoint file, or a timm model name.")
+    ] = None,
+    augment: Annotated[bool, typer.Option(help="Contrast, brightness, zoom, affine, rotation (and flips).")] = True,
+    hflip: Annotated[
+        bool | None, typer.Option(help="Horizontal flips (default: unless the card is bilateral).")
+    ] = None,
+    balanced: Annotated[bool, typer.Option(help="Class-balanced sampling.")] = True,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    threshold: Annotated[float, typer.Option(help="Per-class threshold written into the card.")] = 0.5,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop with a checkpoint after this long.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run saved in --out.")] = False,
+) -> None:
+    """Train a card's timm model on the manifest's train split (early stopping and temperature on val)."""
+    from models import data
+    from models.card import ModelCard, Preprocessing
+    from models.catalog import catalog
+    from models.train import Trainer, TrainError, TrainOptions
+
+    records = data.read_manifest(data_path)
+    root = data_path.parent
+    say = console.print
+    try:
+        if resume:
+            trainer = Trainer.resume(records, out, root, say, max_minutes=max_minutes)
+        else:
+            if (task is None) == (card_file is None):
+                raise TrainError("give exactly one of --task or --card")
+            templates = catalog()
+            if task is not None and task not in templates:
+                raise TrainError(f"unknown task {task!r}; known: {sorted(templates)}")
+            card = templates[task] if task is not None else ModelCard.from_dict(json.loads(card_file.read_text()))  # type: ignore[union-attr]
+            prep = card.preprocessing if input_size is None else replace(card.preprocessing, input_size=input_size)
+            card = replace(
+                card,
+                name=name or card.name,
+                version=version or "",
+                arch=arch or card.arch,
+                preprocessing=Preprocessing(**{**prep.__dict__}),
+            )
+            options = TrainOptions(
+                head_epochs=head_epochs,
+                epochs=epochs,
+                batch_size=batch_size,
+                lr=lr,
+                patience=patience,
+                seed=seed,
+                init=init,
+                augment=augment,
+                hflip=hflip,
+                balanced=balanced,
+                device=device,
+                threshold=threshold,
+                max_minutes=max_minutes,
+            )
+            trainer = Trainer(card, records, out, options, root, say)
+        result = trainer.run()
+    except (TrainError, data.DataError, OSError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    if not (result.model_dir / "card.json").is_file():
+        console.print(f"not finished after {result.epochs_run} epochs: `predictd train --resume --data … --out {out}`")
+        raise typer.Exit(3)
+    console.print(f"{result.card.name}@{result.card.version}: best epoch {result.best_epoch} → {result.model_dir}")
+
+
+def evaluate(
+    model: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Model folder (card.json + weights).")],
+    data_path: ManifestOption,
+    split: Annotated[str, typer.Option(help="Split to measure: train, val, test or all.")] = "test",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON.")] = None,
+    html_out: Annotated[Path | None, typer.Option("--html", help="Write a self-contained HTML report.")] = None,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% CIs.")] = 1000,
+) -> None:
+    """Accuracy, kappa, per-class precision/recall/F1/AUC with 95% CIs, calibration, readers, on one split."""
+    from models import data
+    from models.card import CardError
+    from models.evaluate import EvaluationError, evaluate_model
+    from models.report_html import write_html
+
+    records = data.read_manifest(data_path)
+    try:
+        report = evaluate_model(model, records, split, data_root=data_path.parent, n_boot=n_boot)
+    except (EvaluationError, CardError, OSError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=1) + "\n")
+    if html_out:
+        write_html(report, html_out)
+    table = Table("metric", "value", "95% CI")
+    for key in ("accuracy", "kappa", "macro_f1"):
+        value, (low, high) = report[key]["value"], report[key]["ci"]
+        table.add_row(key, _fmt(value), f"{_fmt(low)}–{_fmt(high)}")
+    table.add_row("ece", _fmt(report["ece"]), "")
+    table.add_row("n", str(report["n"]), split)
+    console.print(table)
+    for warning in report["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def export(
+    model: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Trained model folder.")],
+    out: Annotated[Path, typer.Argument(help="Folder to write (card.json + weights.safetensors).")],
+    half: Annotated[bool, typer.Option(help="fp16 weights when they change no label (checked).")] = True,
+    onnx: Annotated[bool, typer.Option(help="Also write model.onnx (needs the onnx package).")] = False,
+    data_path: Annotated[
+        Path | None, typer.Option("--data", "-d", exists=True, dir_okay=False, help="Manifest for the fp16 check.")
+    ] = None,
+    split: Annotated[str, typer.Option(help="Split of --data used for the fp16 check.")] = "val",
+    version: Annotated[str | None, typer.Option(help="Version to write into the card.")] = None,
+) -> None:
+    """Card + safetensors (fp16 where it costs no accuracy), optionally ONNX: a folder `models ls` can install."""
+    from models import data
+    from models.card import CardError
+    from models.export import ExportError, export_model
+
+    check = [r for r in data.read_manifest(data_path) if split == "all" or r.split == split] if data_path else []
+    try:
+        result = export_model(model, out, half=half, onnx=onnx, check_records=check, version=version)
+    except (ExportError, CardError, OSError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    size = (out / result.card.weights_file).stat().st_size / 1e6
+    dtype = result.card.training["export"]["dtype"]
+    console.print(f"{result.card.name}@{result.card.version} → {out} ({dtype}, {size:.1f} MB)")
+    if half and not result.half:
+        console.print(f"[yellow]kept float32:[/yellow] {result.card.training['export'].get('fp16_refused')}")
