@@ -46,7 +46,9 @@ def augment(x: torch.Tensor, prep: Preprocessing, aug: Augmentation, gen: torch.
     contrast = _uniform(n, *aug.contrast, gen).view(n, 1, 1, 1).to(x)
     brightness = _uniform(n, -aug.brightness, aug.brightness, gen).view(n, 1, 1, 1).to(x)
     gamma = _uniform(n, *aug.gamma, gen).view(n, 1, 1, 1).to(x)
+    background = gray <= 0.0  # the resize padding stays black, as inference pads
     gray = ((gray - 0.5) * contrast + 0.5 + brightness).clamp(0.0, 1.0) ** gamma
+    gray = gray.masked_fill(background, 0.0)
 
     angle = _uniform(n, -aug.rotation_degrees, aug.rotation_degrees, gen) * (math.pi / 180.0)
     zoom = torch.exp(_uniform(n, math.log(aug.zoom[0]), math.log(aug.zoom[1]), gen))

@@ -404,11 +404,15 @@ class Trainer:
             return result
         best = safetensors.torch.load_file(str(self.out / BEST_WEIGHTS))
         self.model.load_state_dict(best)
-        temperature = 1.0
+        temperature, metrics = 1.0, {}
         if val.y.numel():
             logits = predict_logits(self.model, val.x, self.device, self.options.batch_size)
             temperature = fit_temperature(logits.numpy(), val.y.numpy())
-        result.card = write_model_dir(model_dir, self._final_card(temperature, result), best)
+            accuracy = float((logits.argmax(1) == val.y).float().mean())
+            metrics["val"] = {"split": "val", "n": int(val.y.numel()), "accuracy": {"value": accuracy, "ci": None}}
+        card = self._final_card(temperature, result)
+        card = replace(card, training={**card.training, "metrics": metrics})
+        result.card = write_model_dir(model_dir, card, best)
         self.say(f"model written to {model_dir} (best epoch {result.best_epoch}, temperature {temperature:.2f})")
         return result
 
