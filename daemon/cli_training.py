@@ -80,6 +80,10 @@ def train(
     name: Annotated[str | None, typer.Option(help="Model name (default: the card's).")] = None,
     version: Annotated[str | None, typer.Option(help="Model version (default: today's date).")] = None,
     arch: Annotated[str | None, typer.Option(help="timm architecture (default: the card's).")] = None,
+    arch_kwargs: Annotated[
+        str | None,
+        typer.Option(help="JSON keyword arguments for timm.create_model, e.g. '{\"channels\": [32, 64, 128, 256]}'."),
+    ] = None,
     input_size: Annotated[int | None, typer.Option(help="Input side in pixels (default: the card's).")] = None,
     epochs: Annotated[int, typer.Option(help="Whole-network epochs.")] = 50,
     head_epochs: Annotated[int, typer.Option(help="Head-only epochs first (only with --init).")] = 4,
@@ -125,6 +129,7 @@ def train(
                 name=name or card.name,
                 version=version or "",
                 arch=arch or card.arch,
+                arch_kwargs=json.loads(arch_kwargs) if arch_kwargs else card.arch_kwargs,
                 preprocessing=Preprocessing(**{**prep.__dict__}),
             )
             options = TrainOptions(
@@ -144,7 +149,7 @@ def train(
             )
             trainer = Trainer(card, records, out, options, root, say)
         result = trainer.run()
-    except (TrainError, data.DataError, OSError) as exc:
+    except (TrainError, data.DataError, OSError, json.JSONDecodeError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     if not (result.model_dir / "card.json").is_file():
@@ -160,11 +165,12 @@ def evaluate(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON.")] = None,
     html_out: Annotated[Path | None, typer.Option("--html", help="Write a self-contained HTML report.")] = None,
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% CIs.")] = 1000,
+    record: Annotated[bool, typer.Option("--record", help="Write the headline figures into the model's card.")] = False,
 ) -> None:
     """Accuracy, kappa, per-class precision/recall/F1/AUC with 95% CIs, calibration, readers, on one split."""
     from models import data
-    from models.card import CardError
-    from models.evaluate import EvaluationError, evaluate_model
+    from models.card import CardError, ModelCard
+    from models.evaluate import EvaluationError, evaluate_model, summary
     from models.report_html import write_html
 
     records = data.read_manifest(data_path)
@@ -178,6 +184,10 @@ def evaluate(
         json_out.write_text(json.dumps(report, indent=1) + "\n")
     if html_out:
         write_html(report, html_out)
+    if record:  # the card changes, its weights (and so its sha256) do not
+        card = ModelCard.load(model)
+        metrics = {**card.training.get("metrics", {}), split: summary(report)}
+        replace(card, training={**card.training, "metrics": metrics}).save(model)
     table = Table("metric", "value", "95% CI")
     for key in ("accuracy", "kappa", "macro_f1"):
         value, (low, high) = report[key]["value"], report[key]["ci"]
