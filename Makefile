@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONFIG ?= deploy/predictd.serve.toml
 PYTEST_ARGS ?=
 
-.PHONY: serve test lint typecheck bench clean demo-model
+.PHONY: serve test lint typecheck bench clean models
 
 $(BIN)/predictd: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -15,10 +15,10 @@ $(BIN)/predictd: pyproject.toml constraints.txt
 
 venv: $(BIN)/predictd
 
-demo-model: $(BIN)/predictd
-	$(BIN)/predictd --config $(CONFIG) models install-demo --if-missing
+models: $(BIN)/predictd
+	$(BIN)/predictd --config $(CONFIG) models install
 
-serve: $(BIN)/predictd demo-model
+serve: $(BIN)/predictd models
 	$(BIN)/predictd --config $(CONFIG) db upgrade
 	$(BIN)/predictd --config $(CONFIG) serve
 

@@ -272,6 +272,68 @@ def models_install_demo(
     console.print(f"installed {card.name}@{card.version} (untrained demonstration) in {models_dir}")
 
 
+@models_app.command("install")
+def models_install(
+    models: Annotated[
+        list[str] | None, typer.Argument(help="Shipped model names (default: every shipped model).")
+    ] = None,
+    config: ConfigOption = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an installed model of the same name.")] = False,
+) -> None:
+    """Install the models that ship with predictd (trained by the project; see `predictd models shipped`)."""
+    from models.card import CardError
+    from models.install import install_shipped
+
+    models_dir = _settings(config).models.dir
+    try:
+        installed = install_shipped(models_dir, models or (), overwrite=overwrite)
+    except CardError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    for card in installed:
+        console.print(f"installed {card.name}@{card.version} in {models_dir}")
+    if not installed:
+        console.print(f"nothing to install: already in {models_dir} (--overwrite replaces them)")
+
+
+@models_app.command("shipped")
+def models_shipped(as_json: JsonOption = False) -> None:
+    """Models trained by this project and shipped with it, with the accuracy measured on their own test split."""
+    from models.card import ModelCard
+    from models.install import shipped
+
+    rows = []
+    for name, path in sorted(shipped().items()):
+        card = ModelCard.load(path)
+        test = card.training.get("metrics", {}).get("test", {})
+        accuracy = test.get("accuracy", {})
+        rows.append(
+            {
+                "name": name,
+                "version": card.version,
+                "arch": card.arch,
+                "input_size": card.preprocessing.input_size,
+                "labels": card.label_keys,
+                "test_n": test.get("n"),
+                "test_accuracy": accuracy.get("value"),
+                "test_accuracy_ci": accuracy.get("ci"),
+            }
+        )
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("name", "version", "arch", "input", "labels", "test n", "test accuracy (95% CI)")
+    for r in rows:
+        low, high = r["test_accuracy_ci"] or [None, None]
+        shown = "—" if r["test_accuracy"] is None else f"{r['test_accuracy']:.3f}"
+        if low is not None and high is not None:
+            shown += f" ({low:.3f}–{high:.3f})"
+        table.add_row(
+            r["name"], r["version"], r["arch"], str(r["input_size"]), ", ".join(r["labels"]), str(r["test_n"]), shown
+        )
+    console.print(table)
+
+
 @models_app.command("ls")
 def models_ls(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Model cards found in the models directory."""

@@ -39,6 +39,9 @@ CHECKPOINT = "checkpoint.pt"
 LOG_CSV = "log.csv"
 BEST_WEIGHTS = "best.safetensors"
 MODEL_DIR = "model"
+TEMPERATURE_RANGE = (0.5, 5.0)
+"""Bounds of the fitted temperature: a validation split of a few dozen images, often all classified right, would
+otherwise drive it towards zero and make every probability 1.0."""
 LOG_COLUMNS = ("stage", "epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds")
 
 
@@ -407,7 +410,8 @@ class Trainer:
         temperature, metrics = 1.0, {}
         if val.y.numel():
             logits = predict_logits(self.model, val.x, self.device, self.options.batch_size)
-            temperature = fit_temperature(logits.numpy(), val.y.numpy())
+            low, high = TEMPERATURE_RANGE
+            temperature = fit_temperature(logits.numpy(), val.y.numpy(), lower=low, upper=high)
             accuracy = float((logits.argmax(1) == val.y).float().mean())
             metrics["val"] = {"split": "val", "n": int(val.y.numel()), "accuracy": {"value": accuracy, "ci": None}}
         card = self._final_card(temperature, result)
