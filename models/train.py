@@ -410,9 +410,8 @@ class Trainer:
         temperature, metrics = 1.0, {}
         if val.y.numel():
             logits = predict_logits(self.model, val.x, self.device, self.options.batch_size)
-            low, high = TEMPERATURE_RANGE
-            temperature = fit_temperature(logits.numpy(), val.y.numpy(), lower=low, upper=high)
             accuracy = float((logits.argmax(1) == val.y).float().mean())
+            temperature = fitted_temperature(logits, val.y)
             metrics["val"] = {"split": "val", "n": int(val.y.numel()), "accuracy": {"value": accuracy, "ci": None}}
         card = self._final_card(temperature, result)
         card = replace(card, training={**card.training, "metrics": metrics})
@@ -448,6 +447,18 @@ class Trainer:
             thresholds={key: self.options.threshold for key in self.card.label_keys},
             training=training,
         )
+
+
+def fitted_temperature(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """Temperature fitted on validation logits, within TEMPERATURE_RANGE; 1.0 when every validation image is right.
+
+    With no error on the validation split the likelihood only grows as the temperature shrinks: the fit would say
+    "sharpen without limit" on no evidence, so the probabilities are left as the network gives them.
+    """
+    if bool((logits.argmax(1) == y).all()):
+        return 1.0
+    low, high = TEMPERATURE_RANGE
+    return fit_temperature(logits.numpy(), y.numpy(), lower=low, upper=high)
 
 
 def write_model_dir(directory: Path, card: ModelCard, state: dict[str, torch.Tensor]) -> ModelCard:

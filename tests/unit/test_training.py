@@ -23,7 +23,16 @@ from models.evaluate import EvaluationError, evaluate_model
 from models.export import export_model
 from models.inference import Engine
 from models.report_html import render_html
-from models.train import BEST_WEIGHTS, CHECKPOINT, LOG_CSV, Trainer, TrainError, TrainOptions, labels_for
+from models.train import (
+    BEST_WEIGHTS,
+    CHECKPOINT,
+    LOG_CSV,
+    Trainer,
+    TrainError,
+    TrainOptions,
+    fitted_temperature,
+    labels_for,
+)
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 HIP = SHARED / "hip_tha_radiologyai"
@@ -158,3 +167,12 @@ def test_export_halves_the_weights_and_still_loads(manifest: tuple[list[data.Rec
     with Engine.load(result.model_dir.parent, device="cpu") as engine:
         original = engine.predict([pydicom.dcmread(CR)])[0].probability
     assert engine_probability == pytest.approx(original, abs=0.01)
+
+
+def test_temperature_is_not_fitted_on_a_perfect_validation_split() -> None:
+    y = torch.tensor([0, 1, 2, 1])
+    perfect = torch.nn.functional.one_hot(y, 3).float() * 4.0
+    assert fitted_temperature(perfect, y) == 1.0
+    wrong = perfect.clone()
+    wrong[0] = torch.tensor([0.0, 4.0, 0.0])  # one confident mistake: soften
+    assert fitted_temperature(wrong, y) > 1.0
