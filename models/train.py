@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import json
 import math
 import os
 import random
@@ -225,7 +224,7 @@ def _append_log(out: Path, row: dict[str, Any]) -> None:
 
 
 class Trainer:
-    """One training run in ``out``: build with :meth:`start` or :meth:`resume`, then :meth:`run`."""
+    """One training run in ``out``: construct it (or :meth:`resume` a saved one), then :meth:`run`."""
 
     def __init__(
         self,
@@ -469,15 +468,3 @@ def write_model_dir(directory: Path, card: ModelCard, state: dict[str, torch.Ten
     card = replace(card, sha256=file_sha256(weights))
     card.save(directory)
     return card
-
-
-def describe(result: TrainResult) -> str:
-    return json.dumps(
-        {
-            "model_dir": str(result.model_dir),
-            "best_epoch": result.best_epoch,
-            "best_val_loss": result.best_val_loss,
-            "epochs_run": result.epochs_run,
-            "stopped_early": result.stopped_early,
-        }
-    )
