@@ -106,7 +106,7 @@ def train(
 ) -> None:
     """Train a card's timm model on the manifest's train split (early stopping and temperature on val)."""
     from models import data
-    from models.card import ModelCard, Preprocessing
+    from models.card import ModelCard
     from models.catalog import catalog
     from models.train import Trainer, TrainError, TrainOptions
 
@@ -130,7 +130,7 @@ def train(
                 version=version or "",
                 arch=arch or card.arch,
                 arch_kwargs=json.loads(arch_kwargs) if arch_kwargs else card.arch_kwargs,
-                preprocessing=Preprocessing(**{**prep.__dict__}),
+                preprocessing=prep,
             )
             options = TrainOptions(
                 head_epochs=head_epochs,

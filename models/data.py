@@ -218,6 +218,11 @@ def load_image(path: Path, prep: Preprocessing) -> np.ndarray:
     return gray_to_input(load_gray(path, prep.window), prep)
 
 
+def load_images(records: Sequence[Record], prep: Preprocessing) -> np.ndarray:
+    """Float32 (n, in_chans, size, size): every record's image through :func:`load_image`."""
+    return np.stack([load_image(r.path, prep) for r in records])
+
+
 # ---------------------------------------------------------------- near-duplicates
 
 

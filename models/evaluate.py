@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from models.card import ModelCard
-from models.data import Record, load_image, manifest_sha256
+from models.data import Record, load_images, manifest_sha256
 from models.inference import load_verified
 from models.metrics import evaluate, expected_calibration_error, reader_study, roc_curve, softmax
 from models.train import predict_logits
@@ -71,7 +71,7 @@ def evaluate_model(
     unknown = sorted({r.label for r in chosen} - set(labels))
     if unknown:
         raise EvaluationError(f"labels {unknown} are not among the model's {labels}")
-    x = torch.from_numpy(np.stack([load_image(r.path, card.preprocessing) for r in chosen]))
+    x = torch.from_numpy(load_images(chosen, card.preprocessing))
     logits = predict_logits(model, x, torch.device(device)).numpy().astype(np.float64)
     y = np.array([labels.index(r.label) for r in chosen], dtype=np.int64)
     probs = softmax(logits, card.temperature)

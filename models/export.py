@@ -13,11 +13,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from models.card import ModelCard
-from models.data import Record, load_image
+from models.data import Record, load_images
 from models.inference import load_verified
 from models.train import predict_logits, write_model_dir
 
@@ -42,7 +41,7 @@ class ExportResult:
 def _check_inputs(card: ModelCard, records: Sequence[Record]) -> torch.Tensor:
     """Real images when given (the behaviour that matters), else seeded noise of the right shape."""
     if records:
-        return torch.from_numpy(np.stack([load_image(r.path, card.preprocessing) for r in records]))
+        return torch.from_numpy(load_images(records, card.preprocessing))
     prep = card.preprocessing
     gen = torch.Generator().manual_seed(0)
     return torch.randn((RANDOM_CHECKS, prep.in_chans, prep.input_size, prep.input_size), generator=gen)

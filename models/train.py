@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from models.augment import Augmentation, augment
 from models.card import Label, ModelCard, file_sha256
-from models.data import Record, load_image, manifest_sha256
+from models.data import Record, load_images, manifest_sha256
 from models.inference import build_model
 from models.metrics import fit_temperature
 
@@ -123,7 +123,7 @@ def load_split(records: Sequence[Record], card: ModelCard, split: str) -> _Split
     chosen = [r for r in records if r.split == split]
     if not chosen:
         return _Split(torch.zeros((0, card.preprocessing.in_chans, 1, 1)), torch.zeros(0, dtype=torch.long))
-    x = torch.from_numpy(np.stack([load_image(r.path, card.preprocessing) for r in chosen]))
+    x = torch.from_numpy(load_images(chosen, card.preprocessing))
     y = torch.tensor([index[r.label] for r in chosen], dtype=torch.long)
     return _Split(x, y)
 
@@ -168,14 +168,18 @@ def _class_weights(y: torch.Tensor, k: int) -> torch.Tensor:
     return torch.where(counts > 0, 1.0 / counts.clamp(min=1), torch.zeros_like(counts))[y]
 
 
+def _usable(n: int, batch_size: int) -> int:
+    """Images drawn per epoch: whole batches only (BatchNorm needs a few images), or all when fewer than one batch."""
+    return n - n % batch_size if n > batch_size else n
+
+
 def _batches(train: _Split, k: int, options: TrainOptions, gen: torch.Generator) -> list[torch.Tensor]:
     n = train.y.numel()
     if options.balanced:
         order = torch.multinomial(_class_weights(train.y, k), n, replacement=True, generator=gen)
     else:
         order = torch.randperm(n, generator=gen)
-    usable = max(options.batch_size, n - n % options.batch_size) if n > options.batch_size else n
-    return list(order[:usable].split(options.batch_size))  # no tiny last batch: BatchNorm needs a few images
+    return list(order[: _usable(n, options.batch_size)].split(options.batch_size))
 
 
 def _set_trainable(model: torch.nn.Module, head_only: bool) -> list[torch.nn.Parameter]:
@@ -339,7 +343,7 @@ class Trainer:
         if train.y.numel() == 0:
             raise TrainError("the manifest has no 'train' images")
         self.say(f"{train.y.numel()} train / {val.y.numel()} val images, {k} labels, device {self.device}")
-        steps_per_epoch = len(_batches(train, k, self.options, torch.Generator().manual_seed(0)))
+        steps_per_epoch = math.ceil(_usable(train.y.numel(), self.options.batch_size) / self.options.batch_size)
         if self.optimizer is None:
             self._new_stage(steps_per_epoch=steps_per_epoch)
         started = time.monotonic()
