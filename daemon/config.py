@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Discriminator, Field, Tag, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
@@ -80,8 +80,9 @@ class ModelSettings(BaseModel):
 
 
 class DicomDestination(BaseModel):
-    """A PACS (or any Storage SCP) that receives the SRs."""
+    """A PACS (or any Storage SCP) that receives the SR and key images by C-STORE."""
 
+    type: Literal["dicom"] = "dicom"
     name: str
     ae_title: str
     host: str
@@ -91,8 +92,52 @@ class DicomDestination(BaseModel):
     timeout_seconds: float = 30.0
 
 
+class StowDestination(BaseModel):
+    """A DICOMweb server that receives the SR and key images by STOW-RS (one POST per object)."""
+
+    type: Literal["stow"]
+    name: str
+    url: str
+    """The service's base URL, e.g. ``http://pacs:8042/dicom-web``; objects are POSTed to ``{url}/studies``."""
+    username: str | None = None
+    """HTTP basic authentication, when the server asks for it."""
+    password: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    """Extra request headers, e.g. ``{ Authorization = "Bearer ..." }``."""
+    timeout_seconds: float = 30.0
+
+
+class Hl7Destination(BaseModel):
+    """A dictation or RIS system that receives the preliminary report text as HL7 v2 ORU^R01 over MLLP."""
+
+    type: Literal["hl7"]
+    name: str
+    host: str
+    port: int
+    sending_application: str = "PREDICTD"
+    sending_facility: str = ""
+    receiving_application: str = ""
+    receiving_facility: str = ""
+    timeout_seconds: float = 30.0
+
+
+def _destination_type(value: Any) -> str:
+    """Tables without ``type`` are DICOM destinations, as every destination was before STOW-RS and HL7."""
+    if isinstance(value, dict):
+        return str(value.get("type", "dicom"))
+    return str(getattr(value, "type", "dicom"))
+
+
+Destination = Annotated[
+    Annotated[DicomDestination, Tag("dicom")]
+    | Annotated[StowDestination, Tag("stow")]
+    | Annotated[Hl7Destination, Tag("hl7")],
+    Discriminator(_destination_type),
+]
+
+
 class SendSettings(BaseModel):
-    destinations: list[DicomDestination] = Field(default_factory=list)
+    destinations: list[Destination] = Field(default_factory=list)
     outbox_dir: Path = Path("var/outbox")
     """With no destination configured, documents are written here instead."""
     max_attempts: int = 20
@@ -101,7 +146,7 @@ class SendSettings(BaseModel):
 
     @field_validator("destinations")
     @classmethod
-    def _unique_names(cls, value: list[DicomDestination]) -> list[DicomDestination]:
+    def _unique_names(cls, value: list[Destination]) -> list[Destination]:
         names = [d.name for d in value]
         if len(names) != len(set(names)):
             raise ValueError("destination names must be unique")
@@ -112,6 +157,10 @@ class ReportSettings(BaseModel):
     manufacturer: str = "predictd"
     institution_name: str | None = None
     series_description: str = "predictd AI result (unverified)"
+    key_images: bool = False
+    """Grad-CAM overlays as Secondary Capture images in a new series of the study, referenced from the SR."""
+    templates: dict[str, str] = Field(default_factory=dict)
+    """Jinja2 templates that change the report wording: keys "line" (one finding) and "document" (the whole text)."""
 
 
 class LogSettings(BaseModel):

@@ -7,6 +7,7 @@ Writes are idempotent: a stage retried after a crash replaces what its earlier a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -42,6 +43,22 @@ class RunView:
     sr_sop_instance_uid: str | None
     sr_path: Path | None
     report_text: str | None
+    predecessor_sr_uid: str | None = None
+    """SOP Instance UID of the SR of the latest earlier run that built one: the new SR's predecessor document."""
+
+
+@dataclass(frozen=True)
+class Document:
+    """One file a run sends: the SR, a key image (Secondary Capture) or an HL7 message."""
+
+    kind: str
+    """"sr", "key_image" or "hl7" (see tables.Delivery.kind)."""
+    sop_instance_uid: str
+    """The DICOM object's UID; for an HL7 message, a UID derived from the SR's, so retries dedupe the same way."""
+    path: Path
+
+
+SR, KEY_IMAGE, HL7 = "sr", "key_image", "hl7"
 
 
 @dataclass(frozen=True)
@@ -54,6 +71,7 @@ class DeliveryView:
     attempts: int
     next_attempt_at: datetime | None
     last_error: str | None
+    kind: str = SR
 
 
 @dataclass(frozen=True)
@@ -133,6 +151,12 @@ def _view(s: Session, run: Run, study_uid: str) -> RunView:
     predictions = s.scalars(
         select(PredictionRow).where(PredictionRow.run_id == run.id).order_by(PredictionRow.id)
     ).all()
+    predecessor = s.scalar(
+        select(Run.sr_sop_instance_uid)
+        .where(Run.study_id == run.study_id, Run.run_no < run.run_no, Run.sr_sop_instance_uid.is_not(None))
+        .order_by(Run.run_no.desc())
+        .limit(1)
+    )
     return RunView(
         run_id=run.id,
         study_uid=study_uid,
@@ -143,6 +167,7 @@ def _view(s: Session, run: Run, study_uid: str) -> RunView:
         sr_sop_instance_uid=run.sr_sop_instance_uid,
         sr_path=Path(run.sr_path) if run.sr_path else None,
         report_text=run.report_text,
+        predecessor_sr_uid=predecessor,
     )
 
 
@@ -153,27 +178,33 @@ def save_report(
     sr_sop_instance_uid: str,
     sr_path: Path,
     report_text: str,
-    destinations: list[str],
+    deliveries: Sequence[tuple[str, Document]],
 ) -> None:
-    """Record the built document and queue one outbox row per destination (existing rows are kept)."""
+    """Record the built SR and queue one outbox row per (destination, document); existing rows are kept."""
     with db.transaction() as s:
         held(db, s, c)
         run = _run_row(s, c.study_id, c.run_no)
         run.sr_sop_instance_uid = sr_sop_instance_uid
         run.sr_path = str(sr_path)
         run.report_text = report_text
-        existing = set(s.scalars(select(Delivery.destination).where(Delivery.sop_instance_uid == sr_sop_instance_uid)))
+        uids = {doc.sop_instance_uid for _, doc in deliveries}
+        existing = set(
+            s.execute(
+                select(Delivery.destination, Delivery.sop_instance_uid).where(Delivery.sop_instance_uid.in_(uids))
+            ).tuples()
+        )
         s.add_all(
             Delivery(
                 run_id=run.id,
                 destination=name,
-                sop_instance_uid=sr_sop_instance_uid,
-                path=str(sr_path),
+                sop_instance_uid=doc.sop_instance_uid,
+                path=str(doc.path),
+                kind=doc.kind,
                 state=PENDING,
                 attempts=0,
             )
-            for name in destinations
-            if name not in existing
+            for name, doc in deliveries
+            if (name, doc.sop_instance_uid) not in existing
         )
 
 
@@ -193,6 +224,7 @@ def _delivery_view(d: Delivery) -> DeliveryView:
         d.attempts,
         d.next_attempt_at,
         d.last_error,
+        d.kind,
     )
 
 

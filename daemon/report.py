@@ -25,8 +25,23 @@ SR_SERIES_NUMBER = 9901
 log = get_logger("report")
 
 
-def destination_names(ctx: StageContext) -> list[str]:
-    return [d.name for d in ctx.settings.send.destinations] or [OUTBOX_FOLDER]
+DICOM_KINDS = frozenset({records.SR, records.KEY_IMAGE})
+"""What a DICOM destination (C-STORE or STOW-RS) and the outbox folder receive; an HL7 destination gets the message."""
+
+
+def routes(ctx: StageContext) -> list[tuple[str, frozenset[str]]]:
+    """Each destination's name and the document kinds it receives; the outbox folder when none is configured."""
+    configured = [
+        (d.name, frozenset({records.HL7}) if d.type == "hl7" else DICOM_KINDS) for d in ctx.settings.send.destinations
+    ]
+    return configured or [(OUTBOX_FOLDER, DICOM_KINDS)]
+
+
+def deliveries(ctx: StageContext, documents: list[records.Document]) -> list[tuple[str, records.Document]]:
+    """Every (destination, document) pair to queue, key images before the SR that references them."""
+    order = {records.KEY_IMAGE: 0, records.SR: 1, records.HL7: 2}
+    ordered = sorted(documents, key=lambda doc: order[doc.kind])
+    return [(name, doc) for name, kinds in routes(ctx) for doc in ordered if doc.kind in kinds]
 
 
 def run(ctx: StageContext, claim: Claim) -> Outcome:
@@ -64,7 +79,7 @@ def run(ctx: StageContext, claim: Claim) -> Outcome:
         sr_sop_instance_uid=sr_uid,
         sr_path=path,
         report_text=text,
-        destinations=destination_names(ctx),
+        deliveries=deliveries(ctx, [records.Document(records.SR, sr_uid, path)]),
     )
     log.info(Event.SR_BUILT, study_uid=claim.study_uid, run_no=claim.run_no, sr_sop_instance_uid=sr_uid)
     return Advance(StudyState.REPORTED)

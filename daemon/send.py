@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from daemon import records
-from daemon.config import DicomDestination
+from daemon.config import Destination, DicomDestination
 from daemon.db import utcnow
 from daemon.dimse import SendError, store_file
 from daemon.lifecycle import StudyState
@@ -68,10 +68,13 @@ def _deliver(ctx: StageContext, view: records.RunView, delivery: records.Deliver
         _to_folder(ctx.settings.send.outbox_dir, view, delivery)
         return
     dest = _destination(ctx, delivery.destination)
-    store_file(delivery.path, dest, dest.calling_ae_title or ctx.settings.receive.ae_title)
+    if isinstance(dest, DicomDestination):
+        store_file(delivery.path, dest, dest.calling_ae_title or ctx.settings.receive.ae_title)
+    else:
+        raise SendError(f"destination type {dest.type!r} is not supported yet", retryable=False)
 
 
-def _destination(ctx: StageContext, name: str) -> DicomDestination:
+def _destination(ctx: StageContext, name: str) -> Destination:
     for dest in ctx.settings.send.destinations:
         if dest.name == name:
             return dest
@@ -79,10 +82,11 @@ def _destination(ctx: StageContext, name: str) -> DicomDestination:
 
 
 def _to_folder(outbox: Path, view: records.RunView, delivery: records.DeliveryView) -> None:
-    """The SR and its report text side by side, one folder per study, written durably."""
+    """The SR and its report text side by side (and any key images), one folder per study, written durably."""
     folder = outbox / view.study_uid
     try:
         durable_copy(delivery.path, folder / f"{delivery.sop_instance_uid}.dcm")
-        durable_write(folder / f"{delivery.sop_instance_uid}.txt", (view.report_text or "").encode())
+        if delivery.kind == records.SR:
+            durable_write(folder / f"{delivery.sop_instance_uid}.txt", (view.report_text or "").encode())
     except OSError as exc:
         raise SendError(f"cannot write to the outbox folder {outbox}: {exc}", retryable=True) from exc

@@ -78,6 +78,11 @@ class Study(Base):
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     reason: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    patient_id: Mapped[str | None] = mapped_column(String(64))
+    """Patient ID of the first instance: the registry export's "one row per patient". PHI: never logged."""
+    accession_number: Mapped[str | None] = mapped_column(String(16))
+    study_date: Mapped[str | None] = mapped_column(String(8))
+    """DICOM DA (YYYYMMDD) as received; the registry's --since filters on it."""
 
     __table_args__ = (Index("ix_studies_state_next_attempt", "state", "next_attempt_at"),)
 
@@ -143,6 +148,8 @@ class Delivery(Base):
     destination: Mapped[str] = mapped_column(String(64))
     sop_instance_uid: Mapped[str] = mapped_column(UID)
     path: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(16), default="sr", server_default="sr")
+    """What the file is: "sr" (the Structured Report), "key_image" (a Secondary Capture) or "hl7" (an ORU message)."""
     state: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from daemon.config import Settings, load_settings
+from daemon.config import DicomDestination, Hl7Destination, Settings, StowDestination, load_settings
 from tests.support import REPO
 
 EXAMPLE = REPO / "deploy" / "predictd.example.toml"
@@ -37,7 +37,9 @@ def test_example_documents_every_key() -> None:
             documented.add(f"{section}.{m.group(1)}")
     expected = keys(Settings) - {"send.destinations"}
     expected |= {
-        f"send.destinations.{k}" for k in ("name", "ae_title", "host", "port", "calling_ae_title", "timeout_seconds")
+        f"send.destinations.{k}"
+        for model in (DicomDestination, StowDestination, Hl7Destination)
+        for k in model.model_fields
     }
     assert expected <= documented, sorted(expected - documented)
     load_settings(EXAMPLE)  # and it parses
