@@ -45,6 +45,12 @@ class IncomingInstance(Protocol):
     def size_bytes(self) -> int: ...
     @property
     def calling_ae(self) -> str | None: ...
+    @property
+    def patient_id(self) -> str | None: ...
+    @property
+    def accession_number(self) -> str | None: ...
+    @property
+    def study_date(self) -> str | None: ...
 
 
 class LeaseLost(RuntimeError):
@@ -114,6 +120,9 @@ def _note_instance_once(db: Database, inst: IncomingInstance, now: datetime) -> 
                 )
             elif state is S.READY and study.claimed_by is None:
                 lifecycle.transition(s, study, S.RECEIVING, now=now, reason="instance arrived before claim")
+        study.patient_id = study.patient_id or inst.patient_id
+        study.accession_number = study.accession_number or inst.accession_number
+        study.study_date = study.study_date or inst.study_date
         s.add(
             Instance(
                 study_id=study.id,

@@ -8,7 +8,8 @@ pixels cannot be decoded is still accepted here and fails its study in the class
 C-STORE statuses answered:
 
 ======  ===================================================================================================
-0x0000  stored and recorded; also for a repeated SOP Instance UID (idempotent) and, with
+0x0000  stored and recorded; also for a repeated SOP Instance UID (idempotent), for predictd's own key images sent
+        back by a PACS (discarded, see ``Header.made_by_predictd``) and, with
         ``unsupported_sop_classes = "ignore"``, for a SOP class predictd does not read (discarded)
 0xA700  out of resources: the spool has less than ``min_free_bytes`` free; nothing written
 0xA900  data set does not match SOP class: a required UID (study, series, SOP instance) is missing or not usable
@@ -38,6 +39,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from daemon.config import ReceiveSettings
 from daemon.log import Event, get_logger
 from daemon.spool import Spool, check_uid
+from reporting.uids import device_uid
 
 log = get_logger("receive")
 
@@ -97,6 +99,9 @@ class StoredInstance:
     path: Path
     size_bytes: int
     calling_ae: str | None
+    patient_id: str | None = None
+    accession_number: str | None = None
+    study_date: str | None = None
 
 
 Record = Callable[[StoredInstance], bool]
@@ -232,6 +237,15 @@ def handle_store(event: evt.Event, ctx: StoreContext) -> int:
             )
         with _received(event) as (fh, source):
             header = read_header(fh, sop_class, sop_instance)
+            if header.made_by_predictd:
+                log.info(
+                    Event.INSTANCE_IGNORED,
+                    reason="predictd's own output (its device UID), forwarded back",
+                    sop_class_uid=sop_class,
+                    sop_instance_uid=sop_instance,
+                    calling_ae=calling,
+                )
+                return SUCCESS
             path, size = ctx.spool.write_instance(
                 header.study_uid, header.series_uid, header.sop_instance_uid, _writer(source)
             )
@@ -245,6 +259,9 @@ def handle_store(event: evt.Event, ctx: StoreContext) -> int:
             path=path,
             size_bytes=size,
             calling_ae=calling,
+            patient_id=header.patient_id,
+            accession_number=header.accession_number,
+            study_date=header.study_date,
         )
         is_new = ctx.record(stored)
     except Rejected as exc:
@@ -315,6 +332,11 @@ class Header:
     sop_instance_uid: str
     transfer_syntax_uid: str
     modality: str | None
+    patient_id: str | None = None
+    accession_number: str | None = None
+    study_date: str | None = None
+    made_by_predictd: bool = False
+    """A key image predictd made (its device UID in Contributing Equipment), sent back by a PACS: never classified."""
 
 
 def read_header(fh: BinaryIO, sop_class: str, sop_instance: str) -> Header:
@@ -329,6 +351,8 @@ def read_header(fh: BinaryIO, sop_class: str, sop_instance: str) -> Header:
         uids = {kw: str(ds.get(kw) or "").strip() for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
         dataset_class = str(ds.get("SOPClassUID") or "").strip()
         modality = str(ds.get("Modality") or "").strip() or None
+        registry = {kw: _text(ds, kw, size) for kw, size in _REGISTRY_ATTRIBUTES.items()}
+        made_by_predictd = _made_by_predictd(ds)
     except Exception as exc:
         raise Rejected(CANNOT_UNDERSTAND, f"data set cannot be parsed ({type(exc).__name__}: {exc})") from exc
     missing = [kw for kw, value in uids.items() if not value]
@@ -352,7 +376,30 @@ def read_header(fh: BinaryIO, sop_class: str, sop_instance: str) -> Header:
         sop_instance_uid=uids["SOPInstanceUID"],
         transfer_syntax_uid=str(syntax),
         modality=modality,
+        patient_id=registry["PatientID"],
+        accession_number=registry["AccessionNumber"],
+        study_date=registry["StudyDate"],
+        made_by_predictd=made_by_predictd,
     )
+
+
+_REGISTRY_ATTRIBUTES = {"PatientID": 64, "AccessionNumber": 16, "StudyDate": 8}
+"""Kept on the study row (at most the column's length) for the registry export; never logged (PHI)."""
+
+
+def _text(ds: pydicom.Dataset, keyword: str, size: int) -> str | None:
+    value = str(ds.get(keyword) or "").strip()
+    return value[:size] or None
+
+
+def _made_by_predictd(ds: pydicom.Dataset) -> bool:
+    """True when a Contributing Equipment item carries predictd's device UID (every SR and key image predictd makes).
+
+    A PACS that auto-forwards whole studies sends predictd's key images back; classifying them would report on our
+    own overlays and loop.
+    """
+    ours = device_uid()
+    return any(str(item.get("DeviceUID") or "") == ours for item in ds.get("ContributingEquipmentSequence") or [])
 
 
 def _pixel_data_problem(fh: BinaryIO, syntax: UID) -> tuple[int, str] | None:

@@ -27,11 +27,13 @@ from daemon.db import Database
 from daemon.receive import Receiver, accepted_transfer_syntaxes
 from daemon.spool import Spool
 from daemon.tables import Instance, Study
+from reporting.uids import device_uid
 from tests.support import RG2_HIP_JLSL, free_port, pydicom_data_file
 
 CALLING = "MODALITY"
 CALLED = "PREDICTD"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
 
 
@@ -222,6 +224,44 @@ def test_ignore_mode_answers_success_and_stores_nothing(start_receiver: Callable
         assert c_store(rx.port, [ct]) == [0x0000]
     assert rx.instances() == [] and rx.spooled_files() == []
     assert any(e["event"] == "instance_ignored" for e in logs)
+
+
+def test_registry_attributes_land_on_the_study_row(start_receiver: Callable[..., Running], tmp_path: Path) -> None:
+    rx = start_receiver()
+    src = new_copy(
+        pydicom_data_file("RG1_UNCR.dcm"),
+        tmp_path / "a.dcm",
+        PatientID="PAT-0042",
+        AccessionNumber="ACC7",
+        StudyDate="20261101",
+    )
+    with capture_logs() as logs:
+        assert c_store(rx.port, [src]) == [0x0000]
+    study = rx.study(pydicom.dcmread(src).StudyInstanceUID)
+    assert study is not None
+    assert (study.patient_id, study.accession_number, study.study_date) == ("PAT-0042", "ACC7", "20261101")
+    assert "PAT-0042" not in repr(logs)  # kept for the registry, never logged
+
+
+def test_our_own_key_image_sent_back_is_acknowledged_and_dropped(
+    start_receiver: Callable[..., Running], tmp_path: Path
+) -> None:
+    """A PACS forwarding the whole study sends predictd's Secondary Captures back: they must not be classified."""
+    rx = start_receiver()
+    equipment = pydicom.Dataset()
+    equipment.DeviceUID = device_uid()
+    equipment.Manufacturer = "predictd"
+    ours = new_copy(
+        pydicom_data_file("RG1_UNCR.dcm"),
+        tmp_path / "sc.dcm",
+        SOPClassUID=SECONDARY_CAPTURE,
+        ContributingEquipmentSequence=pydicom.Sequence([equipment]),
+    )
+    theirs = new_copy(pydicom_data_file("RG1_UNCR.dcm"), tmp_path / "sc2.dcm", SOPClassUID=SECONDARY_CAPTURE)
+    with capture_logs() as logs:
+        assert c_store(rx.port, [ours, theirs]) == [0x0000, 0x0000]
+    assert [row.sop_instance_uid for row in rx.instances()] == [pydicom.dcmread(theirs).SOPInstanceUID]
+    assert any(e["event"] == "instance_ignored" and "own output" in e["reason"] for e in logs)
 
 
 # --- refused -----------------------------------------------------------------------------------------------------
