@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Discriminator, Field, Tag, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from reporting.text import check_templates
+
 
 class ReceiveSettings(BaseModel):
     """The DICOM Storage SCP that modalities and the PACS send to."""
@@ -160,7 +162,13 @@ class ReportSettings(BaseModel):
     key_images: bool = False
     """Grad-CAM overlays as Secondary Capture images in a new series of the study, referenced from the SR."""
     templates: dict[str, str] = Field(default_factory=dict)
-    """Jinja2 templates that change the report wording: keys "line" (one finding) and "document" (the whole text)."""
+    """Jinja2 templates that change the report wording: keys "line" (one region and side) and "document"."""
+
+    @field_validator("templates")
+    @classmethod
+    def _templates_render(cls, value: dict[str, str]) -> dict[str, str]:
+        check_templates(value)
+        return value
 
 
 class LogSettings(BaseModel):

@@ -87,6 +87,6 @@ def _to_folder(outbox: Path, view: records.RunView, delivery: records.DeliveryVi
     try:
         durable_copy(delivery.path, folder / f"{delivery.sop_instance_uid}.dcm")
         if delivery.kind == records.SR:
-            durable_write(folder / f"{delivery.sop_instance_uid}.txt", (view.report_text or "").encode())
+            durable_write(folder / f"{delivery.sop_instance_uid}.txt", (view.report_text or "").encode() + b"\n")
     except OSError as exc:
         raise SendError(f"cannot write to the outbox folder {outbox}: {exc}", retryable=True) from exc

@@ -42,7 +42,7 @@ def test_real_cr_study_ends_done_with_an_sr_in_the_outbox_folder(db: Database, t
     sr = hd.sr.srread(sr_file)
     assert sr.StudyInstanceUID == stored.study_uid
     assert stored.sop_instance_uid in str(sr)
-    assert (folder / f"{run['sr_sop_instance_uid']}.txt").read_text() == run["report_text"]
+    assert (folder / f"{run['sr_sop_instance_uid']}.txt").read_text() == run["report_text"] + "\n"
     assert "untrained" in run["report_text"].lower()
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
-from models.card import Label, ModelCard
+from daemon.config import Settings
+from models.card import Applicability, Label, ModelCard
 from models.demo import DEMO_LABELS
 from models.prediction import Prediction
-from reporting.text import report_text
+from reporting.text import check_templates, report_text
 
 AI_LINE = "AI-generated preliminary text (predictd, hip@1.0); not verified by a radiologist."
 BANNER = "DEMONSTRATION ONLY: produced by an untrained model; the findings below are meaningless."
@@ -100,9 +102,10 @@ def test_several_images_agreeing_give_the_best_probability() -> None:
 
 def test_several_images_disagreeing_are_mentioned() -> None:
     preds = [_p("hemi", 0.62, image="a"), _p("tha", 0.93, image="b"), _p(Prediction.INDETERMINATE, 0.4, image="c")]
-    line = report_text(preds, CARDS).splitlines()[0]
-    assert line.startswith("Hip hardware: total hip arthroplasty (probability 0.93).")
-    assert "Images disagree: hemiarthroplasty on 1 of 3 images; indeterminate on 1 of 3 images." in line
+    assert report_text(preds, CARDS).splitlines()[0] == (
+        "Hip hardware: total hip arthroplasty (probability 0.93; images disagree: hemiarthroplasty on 1 of 3 images,"
+        " indeterminate on 1 of 3 images)."
+    )
 
 
 def test_indeterminate_image_does_not_win_over_a_decided_one() -> None:
@@ -148,3 +151,98 @@ def test_halves_of_unknown_side_are_two_lines_not_a_disagreement() -> None:
     assert "Hip hardware, image-left half (side not determined): total hip arthroplasty (probability 0.90)." in text
     assert "Hip hardware, image-right half (side not determined): no hardware (probability 0.90)." in text
     assert "disagree" not in text
+
+
+# --- region headings: what a radiologist dictates -------------------------------------------------------------------
+
+HIP_REGION = ModelCard(
+    name="hiphw",
+    version="2",
+    task="hip_hardware",
+    arch="x",
+    labels=(Label("none", "no hardware"), Label("tha", "total hip arthroplasty")),
+    applies_to=Applicability(body_parts=("hip_pelvis",)),
+    bilateral=True,
+)
+FRACTURE = ModelCard(
+    name="fx",
+    version="1",
+    task="hip_fracture",
+    arch="x",
+    labels=(Label("no", "no fracture", phrase="no hip fracture identified"), Label("yes", "hip fracture suspected")),
+    applies_to=Applicability(body_parts=("hip_pelvis", "femur")),
+)
+ROUTER = ModelCard(
+    name="bp",
+    version="1",
+    task="body_part",
+    arch="x",
+    labels=(Label("hip_pelvis", "hip or pelvis"),),
+    role="router",
+)
+REGION_CARDS = {"hiphw": HIP_REGION, "fx": FRACTURE, "bp": ROUTER}
+
+
+def test_one_line_per_region_and_side_as_dictated() -> None:
+    preds = [
+        _p("hip_pelvis", 0.991, model=ROUTER),
+        _p("none", 0.914, laterality="L", model=HIP_REGION),
+        _p("tha", 0.972, laterality="R", model=HIP_REGION),
+        _p("no", 0.876, laterality="R", model=FRACTURE),
+    ]
+    assert report_text(preds, REGION_CARDS).splitlines()[:3] == [
+        "Body part: hip or pelvis (probability 0.99).",
+        "Right hip: total hip arthroplasty (probability 0.97); no hip fracture identified (probability 0.88).",
+        "Left hip: no hardware (probability 0.91).",
+    ]
+
+
+def test_indeterminate_under_a_region_heading_names_its_task() -> None:
+    preds = [_p("tha", 0.9, laterality="R", model=HIP_REGION), _p(Prediction.INDETERMINATE, 0.4, model=FRACTURE)]
+    lines = report_text(preds, REGION_CARDS).splitlines()
+    assert lines[:2] == [
+        "Right hip: total hip arthroplasty (probability 0.90).",
+        "Hip: hip fracture indeterminate (no class reached its threshold).",
+    ]
+
+
+# --- site templates ----------------------------------------------------------------------------------------------
+
+
+def test_line_template_changes_the_wording_and_rounds_nothing_again() -> None:
+    template = "{{ heading|upper }} -- {% for f in findings %}{{ f.phrase }} [{{ f.probability }}]{% endfor %}"
+    text = report_text([_p("tha", 0.9349, laterality="R", model=HIP_REGION)], REGION_CARDS, {"line": template})
+    assert text.splitlines()[0] == "RIGHT HIP -- total hip arthroplasty [0.93]"
+
+
+def test_document_template_cannot_drop_the_safety_lines() -> None:
+    preds = [_p("tha", 0.9, untrained=True, model=HIP_REGION)]
+    text = report_text(preds, REGION_CARDS, {"document": "FINDINGS:\n{{ lines | join('\n') }}\n"})
+    lines = text.splitlines()
+    assert lines[0] == BANNER
+    assert lines[1:3] == ["FINDINGS:", "Hip: total hip arthroplasty (probability 0.90)."]
+    assert lines[-1] == "AI-generated preliminary text (predictd, hiphw@2); not verified by a radiologist."
+
+
+def test_a_line_template_cannot_split_a_line() -> None:
+    text = report_text([_p("tha", 0.9, model=HIP_REGION)], REGION_CARDS, {"line": "{{ heading }}:\n  found"})
+    assert text.splitlines()[0] == "Hip: found"
+
+
+@pytest.mark.parametrize(
+    ("templates", "message"),
+    [
+        ({"lines": "x"}, "unknown report template"),
+        ({"line": "{{ heading "}, "report template 'line'"),
+        ({"line": "{{ headline }}"}, "headline"),
+        ({"document": "{{ lines.__class__.__mro__ }}"}, "report template 'document'"),
+    ],
+)
+def test_bad_templates_are_refused_by_name(templates: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        check_templates(templates)
+
+
+def test_a_bad_template_stops_the_config_from_loading() -> None:
+    with pytest.raises(ValidationError, match="headline"):
+        Settings(report={"templates": {"line": "{{ headline }}"}})
