@@ -10,11 +10,14 @@ import json
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from models.train import Trainer, TrainResult
 
 console = Console()
 err = Console(stderr=True)
@@ -148,7 +151,7 @@ def train(
                 max_minutes=max_minutes,
             )
             trainer = Trainer(card, records, out, options, root, say)
-        result = trainer.run()
+        result = _run_with_progress_bar(trainer)
     except (TrainError, data.DataError, OSError, json.JSONDecodeError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
@@ -230,3 +233,19 @@ def export(
     console.print(f"{result.card.name}@{result.card.version} → {out} ({dtype}, {size:.1f} MB)")
     if half and not result.half:
         console.print(f"[yellow]kept float32:[/yellow] {result.card.training['export'].get('fp16_refused')}")
+
+
+def _run_with_progress_bar(trainer: Trainer) -> TrainResult:
+    """Run the trainer with a bar over each epoch's batches on a terminal; plain epoch lines elsewhere (logs, CI)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
+        task_id = bar.add_task("training", total=None)
+
+        def on_batch(label: str, done: int, total: int) -> None:
+            bar.update(task_id, description=label, completed=done, total=total)
+
+        trainer.say = bar.console.print
+        trainer.on_batch = on_batch
+        return trainer.run()

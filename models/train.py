@@ -238,13 +238,17 @@ class Trainer:
         options: TrainOptions,
         data_root: Path | None = None,
         progress: Callable[[str], None] | None = None,
+        on_batch: Callable[[str, int, int], None] | None = None,
     ) -> None:
+        """``progress`` gets one line per event (an epoch's losses); ``on_batch`` (epoch label, done, total) drives a
+        progress bar, so a slow CPU epoch is visibly moving."""
         self.card = replace(card, labels=labels_for(card, records))
         self.records = list(records)
         self.out = Path(out)
         self.options = options
         self.data_root = data_root
         self.say = progress or (lambda message: None)
+        self.on_batch = on_batch or (lambda label, done, total: None)
         self.device = _device(options.device)
         self.aug = Augmentation(hflip=not self.card.bilateral if options.hflip is None else options.hflip)
         self.data_sha256 = manifest_sha256(self.records, data_root)
@@ -311,12 +315,13 @@ class Trainer:
             self.optimizer.load_state_dict(resumed["optimizer"])
             self.scheduler.load_state_dict(resumed["scheduler"])
 
-    def _train_epoch(self, train: _Split, k: int) -> tuple[float, float]:
+    def _train_epoch(self, train: _Split, k: int, label: str) -> tuple[float, float]:
         assert self.optimizer is not None and self.scheduler is not None
         self.model.train()
         total, correct, seen = 0.0, 0, 0
         use_amp = self.options.amp and self.device.type == "cuda"
-        for idx in _batches(train, k, self.options, self.gen):
+        batches = _batches(train, k, self.options, self.gen)
+        for step, idx in enumerate(batches, start=1):
             x, y = train.x[idx], train.y[idx]
             if self.options.augment:
                 x = augment(x, self.card.preprocessing, self.aug, self.gen)
@@ -332,6 +337,7 @@ class Trainer:
             total += loss.item() * y.numel()
             correct += int((logits.argmax(1) == y).sum())
             seen += y.numel()
+            self.on_batch(label, step, len(batches))
         return total / max(seen, 1), correct / max(seen, 1)
 
     def run(self) -> TrainResult:
@@ -375,7 +381,8 @@ class Trainer:
         assert self.scheduler is not None
         tick = time.monotonic()
         lr = self.scheduler.get_last_lr()[0]
-        train_loss, train_acc = self._train_epoch(train, k)
+        epochs = _stages(self.options)[self.state["stage"]][1]
+        train_loss, train_acc = self._train_epoch(train, k, f"{name} {self.state['epoch'] + 1}/{epochs}")
         val_loss, val_acc = _evaluate_loss(self.model, val, self.device, self.options.batch_size)
         self.state["epoch"] += 1
         row = {"stage": name, "epoch": self.state["epoch"], "lr": lr, "train_loss": train_loss}

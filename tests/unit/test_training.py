@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -69,6 +70,10 @@ def _options(**overrides: object) -> TrainOptions:
     return replace(TrainOptions(epochs=3, batch_size=4, patience=10, device="cpu"), **overrides)  # type: ignore[arg-type]
 
 
+def _collect(into: list[tuple[str, int, int]]) -> Callable[[str, int, int], None]:
+    return lambda label, done, total: into.append((label, done, total))
+
+
 def _log_epochs(run: Path) -> list[int]:
     with (run / LOG_CSV).open() as fh:
         return [int(row["epoch"]) for row in csv.DictReader(fh)]
@@ -76,8 +81,12 @@ def _log_epochs(run: Path) -> list[int]:
 
 def test_train_writes_a_model_the_engine_loads(manifest: tuple[list[data.Record], Path], tmp_path: Path) -> None:
     records, path = manifest
-    result = Trainer(_tiny_card(), records, tmp_path / "run", _options(), path.parent).run()
+    batches: list[tuple[str, int, int]] = []
+    trainer = Trainer(_tiny_card(), records, tmp_path / "run", _options(), path.parent, on_batch=_collect(batches))
+    result = trainer.run()
 
+    assert batches[-1] == ("full 3/3", 3, 3)  # 12 train images, batch 4: three steps an epoch, all reported
+    assert [b for b in batches if b[0] == "full 1/3"] == [("full 1/3", n, 3) for n in (1, 2, 3)]
     card = ModelCard.load(result.model_dir)
     assert card.sha256 == file_sha256(result.model_dir / card.weights_file)
     assert not card.untrained and card.temperature > 0
