@@ -66,8 +66,9 @@ def _probability_change(
 def _export_onnx(model: torch.nn.Module, card: ModelCard, path: Path) -> Path:
     try:
         import onnx  # noqa: F401  # torch's exporter needs it
+        import onnxscript  # noqa: F401  # the dynamo exporter is built on it (the torchscript one is deprecated)
     except ImportError as exc:
-        raise ExportError("ONNX export needs the onnx package: pip install onnx") from exc
+        raise ExportError("ONNX export needs the onnx and onnxscript packages: pip install onnx onnxscript") from exc
     prep = card.preprocessing
     dummy = torch.zeros((1, prep.in_chans, prep.input_size, prep.input_size))
     torch.onnx.export(
@@ -76,8 +77,9 @@ def _export_onnx(model: torch.nn.Module, card: ModelCard, path: Path) -> Path:
         str(path),
         input_names=["image"],
         output_names=["logits"],
-        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-        dynamo=False,
+        dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+        dynamo=True,
+        external_data=False,
     )
     return path
 

@@ -22,7 +22,7 @@ from models.card import ModelCard, Preprocessing, file_sha256
 from models.catalog import catalog
 from models.evaluate import EvaluationError, evaluate_model
 from models.export import export_model
-from models.inference import Engine
+from models.inference import Engine, build_model
 from models.report_html import render_html
 from models.train import (
     BEST_WEIGHTS,
@@ -185,3 +185,22 @@ def test_temperature_is_not_fitted_on_a_perfect_validation_split() -> None:
     wrong = perfect.clone()
     wrong[0] = torch.tensor([0.0, 4.0, 0.0])  # one confident mistake: soften
     assert fitted_temperature(wrong, y) > 1.0
+
+
+def test_onnx_export_gives_the_same_logits_as_torch(manifest: tuple[list[data.Record], Path], tmp_path: Path) -> None:
+    """The ONNX file is for sites that serve with another runtime: it must compute what the card's model computes."""
+    ort = pytest.importorskip("onnxruntime")
+    records, path = manifest
+    result = Trainer(_tiny_card(), records, tmp_path / "run", _options(epochs=1), path.parent).run()
+    exported = export_model(result.model_dir, tmp_path / "out", half=False, onnx=True)
+    assert exported.onnx is not None and exported.onnx.is_file()
+
+    model = build_model(exported.card)
+    model.load_state_dict(safetensors.torch.load_file(str(tmp_path / "out" / "weights.safetensors")))
+    x = torch.randn(3, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        expected = model.eval()(x).numpy()
+    session = ort.InferenceSession(str(exported.onnx), providers=["CPUExecutionProvider"])
+    (got,) = session.run(["logits"], {"image": x.numpy()})
+    assert got.shape == (3, 3)  # a batch of three through the dynamic batch axis
+    assert abs(got - expected).max() < 1e-4
