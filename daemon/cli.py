@@ -1,4 +1,4 @@
-"""The ``predictd`` command: serve, db, queue, echo, models (and, from daemon/cli_training.py, dataset, train,
+"""The ``predictd`` command: serve, db, queue, registry, echo, models (and, from daemon/cli_training.py, dataset, train,
 evaluate, export).
 
 Tables for people (rich), ``--json`` for scripts, ``--config FILE`` on every command (or once before the command,
@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,13 +24,16 @@ from daemon.config import Settings, load_settings
 from daemon.db import Database, DatabaseNotAtHead
 from daemon.lifecycle import IllegalTransition, StudyState
 from daemon.log import configure_logging
+from daemon.registry import ExportFormat
 
 app = typer.Typer(help="predictd: pre-dictation daemon for radiographs.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 queue_app = typer.Typer(help="Inspect and steer the study queue.", no_args_is_help=True)
 models_app = typer.Typer(help="Installed models.", no_args_is_help=True)
+registry_app = typer.Typer(help="Exports for patient registries.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(queue_app, name="queue")
+app.add_typer(registry_app, name="registry")
 app.add_typer(models_app, name="models")
 app.command("dataset")(cli_training.dataset)
 app.command("train")(cli_training.train)
@@ -224,6 +228,42 @@ def queue_stats(config: ConfigOption = None, as_json: JsonOption = False) -> Non
     console.print(table)
     console.print(f"deliveries: {deliveries or 'none'}")
     console.print("oldest waiting: " + ("none" if oldest is None else f"{oldest:.0f} s"))
+
+
+# --- registry ----------------------------------------------------------------------------------------------------
+
+
+@registry_app.command("export")
+def registry_export(
+    config: ConfigOption = None,
+    fmt: Annotated[ExportFormat, typer.Option("--format", "-f", help="csv, parquet or fhir (an R5 Bundle).")] = (
+        ExportFormat.CSV
+    ),
+    since: Annotated[
+        datetime | None,
+        typer.Option(formats=["%Y-%m-%d"], help="Only studies classified on or after this UTC date (YYYY-MM-DD)."),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", dir_okay=False, help="File to write; default stdout.")
+    ] = None,
+) -> None:
+    """One row per patient, study and side from each study's latest classified run (see daemon/registry.py)."""
+    from daemon import registry
+
+    if fmt is ExportFormat.PARQUET and output is None:
+        err.print("[red]error:[/red] --format parquet needs --output FILE")
+        raise typer.Exit(2)
+    rows = registry.registry_rows(_db(_settings(config)), since=since.date() if since else None)
+    writer = registry.write_csv if fmt is ExportFormat.CSV else registry.write_fhir
+    if output is None:
+        writer(rows, sys.stdout)
+        return
+    if fmt is ExportFormat.PARQUET:
+        registry.write_parquet(rows, output)
+    else:
+        with output.open("w", encoding="utf-8", newline="") as f:
+            writer(rows, f)
+    console.print(f"wrote {len(rows)} rows ({fmt}) to {output}")
 
 
 # --- network -----------------------------------------------------------------------------------------------------

@@ -82,7 +82,7 @@ class Study(Base):
     """Patient ID of the first instance: the registry export's "one row per patient". PHI: never logged."""
     accession_number: Mapped[str | None] = mapped_column(String(16))
     study_date: Mapped[str | None] = mapped_column(String(8))
-    """DICOM DA (YYYYMMDD) as received; the registry's --since filters on it."""
+    """DICOM DA (YYYYMMDD) as received, exported as the study date (the registry filters on classified_at)."""
 
     __table_args__ = (Index("ix_studies_state_next_attempt", "state", "next_attempt_at"),)
 
