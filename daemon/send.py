@@ -9,15 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from daemon import records
-from daemon.config import Destination, DicomDestination
+from daemon.config import Destination, DicomDestination, StowDestination
 from daemon.db import utcnow
 from daemon.dimse import SendError, store_file
 from daemon.lifecycle import StudyState
 from daemon.log import Event, get_logger
+from daemon.mllp import send_hl7
 from daemon.queue import Claim
 from daemon.report import OUTBOX_FOLDER
 from daemon.spool import durable_copy, durable_write
 from daemon.stage import Advance, Defer, Outcome, StageContext, StageError
+from daemon.stow import stow_file
 
 log = get_logger("send")
 
@@ -52,6 +54,7 @@ def run(ctx: StageContext, claim: Claim) -> Outcome:
             study_uid=claim.study_uid,
             run_no=claim.run_no,
             destination=delivery.destination,
+            kind=delivery.kind,
             sr_sop_instance_uid=delivery.sop_instance_uid,
         )
     summary = records.summarize(records.deliveries(ctx.db, view.run_id), utcnow())
@@ -70,8 +73,18 @@ def _deliver(ctx: StageContext, view: records.RunView, delivery: records.Deliver
     dest = _destination(ctx, delivery.destination)
     if isinstance(dest, DicomDestination):
         store_file(delivery.path, dest, dest.calling_ae_title or ctx.settings.receive.ae_title)
+    elif isinstance(dest, StowDestination):
+        stow_file(delivery.path, dest)
     else:
-        raise SendError(f"destination type {dest.type!r} is not supported yet", retryable=False)
+        send_hl7(_read_message(delivery.path), dest)
+
+
+def _read_message(path: Path) -> str:
+    """The HL7 message exactly as the report stage wrote it, so a retry sends the same bytes."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SendError(f"HL7 message file unreadable: {exc.strerror or exc}", retryable=False) from exc
 
 
 def _destination(ctx: StageContext, name: str) -> Destination:
