@@ -97,9 +97,10 @@ def jet(values: np.ndarray) -> np.ndarray:
     return np.asarray(np.round(rgb * 255), dtype=np.uint8)
 
 
-def overlay_png(gray: np.ndarray, heat: np.ndarray, path: Path, alpha: float = 0.4) -> Path:
-    """Write ``gray`` (2-D in [0, 1], e.g. models.preprocess.to_gray) with ``heat`` blended over it in jet colours.
+def overlay_rgb(gray: np.ndarray, heat: np.ndarray, alpha: float = 0.4) -> np.ndarray:
+    """``gray`` (2-D in [0, 1], e.g. models.preprocess.to_gray) with ``heat`` blended over it in jet colours.
 
+    Returns uint8 (rows, cols, 3) RGB: what overlay_png writes and what a key image (Secondary Capture) carries.
     The heat map is resized to the image if its shape differs (it should already be aligned: see
     ``Engine.explain``). Where the map is 0 the radiograph shows through more (blend weight scales with heat).
     """
@@ -118,7 +119,13 @@ def overlay_png(gray: np.ndarray, heat: np.ndarray, path: Path, alpha: float = 0
     colour = jet(heat).astype(np.float32) / 255.0
     weight = (alpha * (0.25 + 0.75 * heat))[..., np.newaxis]
     blended = (1.0 - weight) * base + weight * colour
+    return np.asarray(np.round(blended * 255), dtype=np.uint8)
+
+
+def overlay_png(gray: np.ndarray, heat: np.ndarray, path: Path, alpha: float = 0.4) -> Path:
+    """Write :func:`overlay_rgb` of ``gray`` and ``heat`` as a PNG (for people reviewing a model, not for the PACS)."""
+    rgb = overlay_rgb(gray, heat, alpha)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.asarray(np.round(blended * 255), dtype=np.uint8), mode="RGB").save(path, format="PNG")
+    Image.fromarray(rgb, mode="RGB").save(path, format="PNG")
     return path

@@ -32,10 +32,11 @@ import pydicom
 import safetensors.torch
 import timm
 import torch
+from PIL import Image
 
 from models.card import CardError, ModelCard, Preprocessing, file_sha256, find_cards
 from models.cascade import Selection, select_cards
-from models.explain import gradcam, unpad
+from models.explain import gradcam, overlay_rgb, unpad
 from models.prediction import Prediction
 from models.preprocess import PixelDecodeError, gray_to_input, laterality_of, split_bilateral, to_gray
 
@@ -615,17 +616,63 @@ class Engine:
         ``overlay_png(to_gray(ds), engine.explain(ds, name), path)``.
         """
         resident = self._resident(card_name)
+        gray = to_gray(ds, resident.card.preprocessing.window)
+        return self._heat(resident, gray, self._class_index(resident, gray, label_key))
+
+    def explain_prediction(
+        self, ds: pydicom.Dataset, prediction: Prediction, *, alpha: float = 0.4, max_side: int | None = 1024
+    ) -> np.ndarray:
+        """RGB uint8 (rows, cols, 3): the image ``prediction`` was made from, with the Grad-CAM behind it overlaid.
+
+        For a key image a person can look at. The map is for the prediction's label (the top class when it is
+        indeterminate) and is computed on exactly what the model read: the whole image, or, for a bilateral
+        model's prediction, the half named by ``prediction.region``, placed back into that half of the whole
+        image (the other half shows no heat). ``max_side`` caps the longer side (None keeps the image size): the
+        overlay shows where the evidence lies, not fine detail, and a full-size RGB radiograph is ~11 MB.
+        Raises ValueError when ``ds`` is not the prediction's image or the resident model is another version.
+        """
+        if str(ds.get("SOPInstanceUID", "")) != prediction.sop_instance_uid:
+            raise ValueError("the dataset is not the image the prediction was made from")
+        resident = self._resident(prediction.model_name)
         card = resident.card
-        prep = card.preprocessing
-        gray = to_gray(ds, prep.window)
-        batch = gray_to_input(gray, prep)[np.newaxis]
-        if label_key is None:  # the class predict would report (same forward, same autocast)
-            index = int(np.argmax(self.forward_only(batch, card_name)[0]))
+        if card.version != prediction.model_version:
+            raise ValueError(
+                f"model {card.name} is resident as version {card.version}, the prediction came from "
+                f"{prediction.model_version}: its Grad-CAM would explain another model"
+            )
+        label = None if prediction.is_indeterminate else prediction.label
+        gray = to_gray(ds, card.preprocessing.window)
+        if prediction.region in HALVES:
+            half = HALVES.index(str(prediction.region))
+            part = split_bilateral(gray, ds)[half][1]
+            width = gray.shape[1]
+            columns = slice(0, width // 2) if half == 0 else slice((width + 1) // 2, width)
+            heat = np.zeros(gray.shape, dtype=np.float32)
+            heat[:, columns] = self._heat(resident, part, self._class_index(resident, part, label))
         else:
-            try:
-                index = card.label_keys.index(label_key)
-            except ValueError:
-                raise KeyError(f"model {card.name} has no label {label_key!r} (labels: {card.label_keys})") from None
+            heat = self._heat(resident, gray, self._class_index(resident, gray, label))
+        rgb = overlay_rgb(gray, heat, alpha)
+        rows, cols = rgb.shape[:2]
+        if max_side is not None and max(rows, cols) > max_side:
+            scale = max_side / max(rows, cols)
+            size = (max(1, round(cols * scale)), max(1, round(rows * scale)))
+            rgb = np.asarray(Image.fromarray(rgb, mode="RGB").resize(size, Image.Resampling.LANCZOS), dtype=np.uint8)
+        return rgb
+
+    def _class_index(self, resident: _Resident, gray: np.ndarray, label_key: str | None) -> int:
+        """Index of ``label_key`` in the card, or of the class predict would report for ``gray`` when None."""
+        card = resident.card
+        if label_key is None:  # same forward, same autocast as predict
+            batch = gray_to_input(gray, card.preprocessing)[np.newaxis]
+            return int(np.argmax(self.forward_only(batch, card.name)[0]))
+        try:
+            return card.label_keys.index(label_key)
+        except ValueError:
+            raise KeyError(f"model {card.name} has no label {label_key!r} (labels: {card.label_keys})") from None
+
+    def _heat(self, resident: _Resident, gray: np.ndarray, index: int) -> np.ndarray:
+        """Grad-CAM of class ``index`` for one gray image, mapped back onto that image's geometry."""
+        batch = gray_to_input(gray, resident.card.preprocessing)[np.newaxis]
         x = torch.from_numpy(batch).to(self._device)
         if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

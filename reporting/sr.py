@@ -5,18 +5,26 @@ every TID 1500 reader) understands it:
 
 - observation context: predictd as the device observer (TID 1004), with a fixed device UID;
 - procedure reported: (43468-8, LN, "XR unspecified body region");
-- one TID 1501 measurement group per prediction, i.e. per (model, image, laterality), holding the algorithm
-  (TID 4019 name and version), the source image reference, a qualitative evaluation task concept → label concept,
-  laterality as SNOMED CT Right/Left when known, and the probability as (122157, DCM, "Probability") in UCUM "1";
+- one TID 1501 measurement group per prediction, i.e. per (model, image, side), holding the algorithm (TID 4019 name
+  and version), the source image reference, a finding site (the card's body region, laterality as its modifier), a
+  qualitative evaluation task concept → label concept, and the probability as (122157, DCM, "Probability") in
+  UCUM "1"; when a key image (Grad-CAM overlay, reporting.key_images) explains the finding, an IMAGE item
+  (121080, DCM, "Best illustration of finding") referencing it;
 - the prepopulated report text as a TEXT item in TID 1500's document-level "Qualitative Evaluations" container.
   highdicom's MeasurementReport constructor has no argument for that row, so the container is appended to the
   template's root after construction, built from highdicom content items.
+
+The header carries, as IHE AIR asks, a Contributing Equipment item for predictd (purpose "Processing Equipment",
+manufacturer, model, software and model versions, and predictd's Device UID: the receiver recognises our own output
+by it when a PACS forwards it back), and, when the study was reported before (late images opened a new run), the
+earlier SR in the Predecessor Documents Sequence.
 
 The document is marked UNVERIFIED, PARTIAL and PRELIMINARY: nobody accountable has read it.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 from collections.abc import Mapping, Sequence
 
 import highdicom as hd
@@ -28,6 +36,17 @@ from models.prediction import Prediction
 from reporting import codes, uids
 
 DEVICE_NAME = "predictd"
+
+
+def _installed_version() -> str:
+    try:
+        return importlib.metadata.version("predictd")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree that was never installed
+        return "0.0.0"
+
+
+SOFTWARE_VERSION = _installed_version()
+"""predictd's version, as Software Versions of the SR, the key images and their Contributing Equipment item."""
 
 _TYPE2_HEADER = (
     "PatientName",
@@ -56,17 +75,26 @@ def build_sr(
     manufacturer: str = "predictd",
     institution_name: str | None = None,
     series_description: str = "predictd AI result (unverified)",
-    software_version: str = "0.1.0",
+    software_version: str = SOFTWARE_VERSION,
+    predecessor_sr_uid: str | None = None,
+    key_images: Mapping[int, pydicom.Dataset] | None = None,
 ) -> pydicom.Dataset:
     """One Comprehensive SR for one study's predictions.
 
     ``sources`` are the study's images (read with or without pixels); each prediction must refer to one of them by
     SOP Instance UID and its model must be in ``cards``. Patient and study attributes are copied from the first
-    source. Raises ValueError on an empty or inconsistent input rather than sending a misleading document.
+    source. ``predecessor_sr_uid`` is the SOP Instance UID of the SR an earlier run of this study sent (same SR
+    series, :func:`reporting.uids.sr_series_uid`): this document supersedes it. ``key_images`` maps a prediction's
+    index in ``predictions`` to the key image (Secondary Capture, :mod:`reporting.key_images`) that explains it.
+    Raises ValueError on an empty or inconsistent input rather than sending a misleading document.
     """
     by_uid = _check_inputs(sources, predictions, cards)
+    images = dict(key_images or {})
+    _check_key_images(sources, predictions, images)
     groups = [
-        _measurement_group(p, by_uid[p.sop_instance_uid], cards[p.model_name], sop_instance_uid, index)
+        _measurement_group(
+            p, by_uid[p.sop_instance_uid], cards[p.model_name], sop_instance_uid, index, images.get(index - 1)
+        )
         for index, p in enumerate(predictions, start=1)
     ]
     report = hd.sr.MeasurementReport(
@@ -75,8 +103,15 @@ def build_sr(
         imaging_measurements=groups,
     )
     report[0].ContentSequence.append(_text_container(report_text))
+    study_uid = str(sources[0].StudyInstanceUID)
+    equipment = predictd_equipment(
+        manufacturer,
+        software_version,
+        sorted({f"{p.model_name}@{p.model_version}" for p in predictions}),
+        institution_name=institution_name,
+    )
     return hd.sr.ComprehensiveSR(
-        evidence=[_evidence(src) for src in sources],
+        evidence=[_evidence(src) for src in [*sources, *images.values()]],
         content=report[0],
         series_instance_uid=series_instance_uid,
         series_number=series_number,
@@ -91,7 +126,52 @@ def build_sr(
         software_versions=software_version,
         manufacturer_model_name=DEVICE_NAME,
         coding_schemes=[codes.coding_scheme_item()],
+        contributing_equipment=[equipment],
+        previous_versions=[_predecessor(study_uid, predecessor_sr_uid)] if predecessor_sr_uid else None,
     )
+
+
+def predictd_equipment(
+    manufacturer: str,
+    software_version: str,
+    models: Sequence[str],
+    *,
+    institution_name: str | None = None,
+) -> hd.ContributingEquipment:
+    """The Contributing Equipment item (PS3.3 C.12.1.1) naming predictd and its models, with our Device UID.
+
+    IHE AIR asks for the algorithm's manufacturer, model, software version and device UID here. ``models`` are
+    "name@version" strings; they join predictd's version in Software Versions (multi-valued, one per piece of
+    software). highdicom has no argument for Device UID (0018,1002), so it is set on the item afterwards.
+    """
+    versions = [software_version, *(m[:64] for m in models)]
+    item = hd.ContributingEquipment(
+        manufacturer=manufacturer,
+        purpose_of_reference=codes.PROCESSING_EQUIPMENT,
+        manufacturer_model_name=DEVICE_NAME,
+        software_versions=versions,
+        institution_name=institution_name,
+        contribution_description=_truncate(f"AI inference ({', '.join(models)})", 1024),
+    )
+    item.DeviceUID = uids.device_uid()
+    return item
+
+
+def _truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _predecessor(study_uid: str, sr_uid: str) -> pydicom.Dataset:
+    """The header of the earlier run's SR, as far as the Predecessor Documents Sequence needs it.
+
+    Every predictd SR of a study is a Comprehensive SR in the study's one SR series, so the UID is enough.
+    """
+    earlier = pydicom.Dataset()
+    earlier.StudyInstanceUID = study_uid
+    earlier.SeriesInstanceUID = uids.sr_series_uid(study_uid)
+    earlier.SOPClassUID = pydicom.uid.ComprehensiveSRStorage
+    earlier.SOPInstanceUID = sr_uid
+    return earlier
 
 
 def _check_inputs(
@@ -113,6 +193,17 @@ def _check_inputs(
     return by_uid
 
 
+def _check_key_images(
+    sources: Sequence[pydicom.Dataset], predictions: Sequence[Prediction], images: Mapping[int, pydicom.Dataset]
+) -> None:
+    study = str(sources[0].StudyInstanceUID)
+    for index, image in images.items():
+        if not 0 <= index < len(predictions):
+            raise ValueError(f"key image for prediction {index}, but there are {len(predictions)} predictions")
+        if str(image.StudyInstanceUID) != study:
+            raise ValueError("a key image belongs to another study than the sources")
+
+
 def _observation_context(manufacturer: str) -> hd.sr.ObservationContext:
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=uids.device_uid(),
@@ -129,24 +220,62 @@ def _observation_context(manufacturer: str) -> hd.sr.ObservationContext:
 
 
 def _measurement_group(
-    p: Prediction, source: pydicom.Dataset, card: ModelCard, sr_uid: str, index: int
+    p: Prediction,
+    source: pydicom.Dataset,
+    card: ModelCard,
+    sr_uid: str,
+    index: int,
+    key_image: pydicom.Dataset | None = None,
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     """TID 1501 group for one prediction; its tracking UID is derived from the SR UID, so rebuilds match."""
     side = p.laterality.upper() if p.laterality else None
-    key = f"{p.model_name}@{p.model_version}|{p.sop_instance_uid}|{side or '-'}"
-    evaluations = [hd.sr.QualitativeEvaluation(codes.task_concept(p.task), codes.label_concept(card, p.label))]
-    if side:
-        evaluations.append(hd.sr.QualitativeEvaluation(codes.LATERALITY, codes.laterality_concept(side)))
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
+    key = uids.finding_key(f"{p.model_name}@{p.model_version}", p.sop_instance_uid, side, p.region)
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=uids.tracking_uid(sr_uid, key),
             identifier=f"{p.task} {side + ' ' if side else ''}#{index}",
         ),
         algorithm_id=hd.sr.AlgorithmIdentification(name=p.model_name, version=p.model_version),
-        qualitative_evaluations=evaluations,
+        finding_sites=_finding_sites(card, side),
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(codes.task_concept(p.task), codes.label_concept(card, p.label))
+        ],
         measurements=[hd.sr.Measurement(name=codes.PROBABILITY, value=float(p.probability), unit=codes.NO_UNITS)],
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
     )
+    if key_image is not None:
+        # TID 1501 is extensible. The overlay is referenced here, inside the finding it explains, as an IMAGE item
+        # named "Best illustration of finding" (CID 7003), not as a source image (TID 1501's "Source of
+        # Measurement": the probability was not measured on the overlay). SR viewers (OHIF, dcm4chee, Sectra,
+        # Visage) draw an IMAGE item as a link or thumbnail next to the finding's other rows, so the reader opens
+        # the overlay that belongs to that side and that model; a document-level list would lose that pairing.
+        group[0].ContentSequence.append(
+            hd.sr.ImageContentItem(
+                name=codes.BEST_ILLUSTRATION,
+                referenced_sop_class_uid=key_image.SOPClassUID,
+                referenced_sop_instance_uid=key_image.SOPInstanceUID,
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        )
+    return group
+
+
+def _finding_sites(card: ModelCard, side: str | None) -> list[hd.sr.FindingSite] | None:
+    """The card's body region as the finding site, the side as its laterality modifier (TID 1501 row 8).
+
+    A card for any body part (none listed) gets a site only when the side is known, with the private "imaged
+    region" concept as its location: laterality has no other place in TID 1501, and a real anatomic code there
+    would be a guess.
+    """
+    site = codes.anatomic_site(card)
+    if site is None and side is None:
+        return None
+    return [
+        hd.sr.FindingSite(
+            anatomic_location=site or codes.SITE_IMAGED,
+            laterality=codes.laterality_concept(side) if side else None,
+        )
+    ]
 
 
 def _text_container(text: str) -> hd.sr.ContainerContentItem:

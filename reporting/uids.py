@@ -50,3 +50,26 @@ def device_uid() -> str:
 def tracking_uid(sr_uid: str, key: str) -> str:
     """Tracking Unique Identifier of one measurement group of an SR; stable across rebuilds of that SR."""
     return derived_uid("tracking", sr_uid, key)
+
+
+def key_image_series_uid(study_uid: str) -> str:
+    """Series Instance UID shared by every predictd key image (Grad-CAM overlay) of a study, apart from the SRs."""
+    return derived_uid("key-image-series", study_uid)
+
+
+def key_image_uid(sr_uid: str, key: str) -> str:
+    """SOP Instance UID of the key image explaining one finding of an SR; a retried run rebuilds the same UID.
+
+    ``key`` is the finding's key (:func:`finding_key`); the SR UID already stands for study, run and model versions.
+    """
+    return derived_uid("key-image", sr_uid, key)
+
+
+def finding_key(model: str, sop_instance_uid: str, side: str | None, region: str | None = None) -> str:
+    """What identifies one finding within a run: model (name@version), image, patient side and image half.
+
+    The region is only appended when there is one, so keys (and the tracking UIDs derived from them) of whole-image
+    findings are the same as before regions existed; it tells apart the two halves of one image read with no side.
+    """
+    key = f"{model}|{sop_instance_uid}|{side or '-'}"
+    return f"{key}|{region}" if region else key

@@ -9,13 +9,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import highdicom as hd
+import numpy as np
 import pydicom
 import pytest
 from pydicom.sr.codedict import codes as dcm_codes
+from pydicom.sr.coding import Code
 
-from models.card import Label, ModelCard
+from models.card import Applicability, Label, ModelCard
 from models.prediction import Prediction
 from reporting import codes, uids
+from reporting.key_images import build_key_image
 from reporting.sr import build_sr
 from reporting.text import report_text
 from tests.support import RG2_HIP_JLSL, pydicom_data_file
@@ -31,8 +34,17 @@ HIP = ModelCard(
         # A card-supplied code (here the SNOMED CT concept a card author would have verified).
         Label("hemi", "hemiarthroplasty", code_value="66546002", code_scheme="SCT", code_meaning="Hemiarthroplasty"),
     ),
+    applies_to=Applicability(body_parts=("hip_pelvis", "femur")),
 )
-CARDS = {"hip": HIP}
+ANY_PART = ModelCard(
+    name="implant",
+    version="2",
+    task="implant_presence",
+    arch="x",
+    labels=(Label("absent", "no implant"), Label("present", "implant present")),
+)
+CARDS = {"hip": HIP, "implant": ANY_PART}
+HIP_JOINT = hd.sr.CodedConcept("24136001", "SCT", "Hip joint")
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +62,13 @@ def hip_other_series(hip: pydicom.Dataset) -> pydicom.Dataset:
     return other
 
 
-def _p(src: pydicom.Dataset, label: str, probability: float, laterality: str | None = None) -> Prediction:
+def _p(
+    src: pydicom.Dataset, label: str, probability: float, laterality: str | None = None, card: ModelCard = HIP
+) -> Prediction:
     return Prediction(
-        model_name=HIP.name,
-        model_version=HIP.version,
-        task=HIP.task,
+        model_name=card.name,
+        model_version=card.version,
+        task=card.task,
         sop_instance_uid=str(src.SOPInstanceUID),
         series_instance_uid=str(src.SeriesInstanceUID),
         label=label,
@@ -121,8 +135,11 @@ def test_sr_content_reads_back(hip: pydicom.Dataset, tmp_path: Path) -> None:
     assert len(groups) == 2
     by_side = {}
     for group in groups:
-        evaluations = {str(e.name.value): _coded(e) for e in group.get_qualitative_evaluations()}
-        by_side[evaluations[codes.LATERALITY.value].meaning] = group
+        [site] = group.finding_sites
+        assert site.value == HIP_JOINT  # the card's first body part
+        assert site.laterality is not None
+        by_side[site.laterality.meaning] = group
+        assert not group.get_qualitative_evaluations(name=codes.LATERALITY)  # only a modifier of the site now
         [measurement] = group.get_measurements(name=codes.PROBABILITY)
         assert measurement.unit == codes.NO_UNITS
         assert [s.referenced_sop_instance_uid for s in group.source_images] == [hip.SOPInstanceUID]
@@ -241,3 +258,149 @@ def test_codes_never_invent_public_codes() -> None:
     )
     half_coded = ModelCard(name="m", version="1", task="t", arch="x", labels=(Label("a", "A", code_value="123"),))
     assert codes.label_concept(half_coded, "a").scheme_designator == codes.SCHEME
+
+
+def _find(
+    item: pydicom.Dataset | hd.sr.MeasurementsAndQualitativeEvaluations, name: hd.sr.CodedConcept | Code
+) -> list[pydicom.Dataset]:
+    """Content items named ``name`` anywhere below ``item`` (a measurement group's container, or any content item)."""
+    if isinstance(item, hd.sr.MeasurementsAndQualitativeEvaluations):
+        item = item[0]
+    if "ContentSequence" not in item:
+        return []
+    return hd.sr.utils.find_content_items(item, name=name, recursive=True)
+
+
+def _key_image(src: pydicom.Dataset, p: Prediction, sr_uid: str) -> hd.sc.SCImage:
+    overlay = np.zeros((48, 40, 3), dtype=np.uint8)
+    overlay[..., 0] = 200
+    return build_key_image(src, p, CARDS[p.model_name], overlay, sr_uid=sr_uid, instance_number=1, legend=False)
+
+
+def test_laterality_is_a_finding_site_modifier(hip: pydicom.Dataset) -> None:
+    preds = [
+        _p(hip, "tha", 0.9, laterality="L"),
+        _p(hip, "tha", 0.8),
+        _p(hip, "present", 0.7, laterality="R", card=ANY_PART),
+        _p(hip, "absent", 0.6, card=ANY_PART),
+    ]
+    groups = _groups(_build([hip], preds))
+    sites = [_find(g, dcm_codes.SCT.FindingSite) for g in groups]
+    assert [len(found) for found in sites] == [1, 1, 1, 0]  # any-body-part model, side unknown: no site at all
+    assert [found[0].ConceptCodeSequence[0].CodeValue for found in sites[:3]] == [
+        "24136001",  # (SCT, Hip joint): CID 4031
+        "24136001",
+        codes.SITE_IMAGED.value,  # side known, region not: the private "imaged region" concept
+    ]
+    lateralities = [_find(found[0], codes.LATERALITY) for found in sites[:3]]
+    assert [[item.ConceptCodeSequence[0].CodeMeaning for item in found] for found in lateralities] == [
+        ["Left"],
+        [],
+        ["Right"],
+    ]
+    assert all(item.RelationshipType == "HAS CONCEPT MOD" for found in lateralities for item in found)
+
+
+def test_anatomic_sites_are_pydicom_codes() -> None:
+    for part in ("shoulder", "elbow", "forearm_wrist_hand", "hip_pelvis", "femur", "knee", "leg_ankle_foot", "spine"):
+        card = ModelCard(name="m", version="1", task="t", arch="x", labels=(), applies_to=Applicability((part,)))
+        site = codes.anatomic_site(card)
+        assert site is not None and site.scheme_designator == "SCT", part
+        # every code is one of CID 4031 "Common Anatomic Regions" as pydicom has it: none typed in by hand
+        assert any(site == hd.sr.CodedConcept.from_code(c) for c in _cid_codes(4031)), part
+    shoulder = ModelCard(name="s", version="1", task="t", arch="x", labels=(), applies_to=Applicability(("shoulder",)))
+    assert codes.anatomic_site(shoulder) == hd.sr.CodedConcept("16982005", "SCT", "Shoulder")
+    assert codes.anatomic_site(ANY_PART) is None
+
+
+def _cid_codes(cid: int) -> list[Code]:
+    """The concepts of one context group, as pydicom's code dictionary (the DICOM standard's tables) has them."""
+    return list(getattr(dcm_codes, f"cid{cid}").concepts.values())
+
+
+def test_contributing_equipment_names_predictd_with_device_uid(hip: pydicom.Dataset, tmp_path: Path) -> None:
+    preds = [_p(hip, "tha", 0.9), _p(hip, "present", 0.8, card=ANY_PART)]
+    _, back = _write_and_read(_build([hip], preds, manufacturer="ACME", institution_name="Test Hospital"), tmp_path)
+    ours = [item for item in back.ContributingEquipmentSequence if item.get("DeviceUID") == uids.device_uid()]
+    assert len(ours) == 1
+    [item] = ours
+    [purpose] = item.PurposeOfReferenceCodeSequence
+    # (109102, DCM, "Processing Equipment") is CID 7005's term; CID 7005 has no "Processing Algorithm" concept
+    assert (purpose.CodeValue, purpose.CodingSchemeDesignator) == ("109102", "DCM")
+    assert hd.sr.CodedConcept.from_code(dcm_codes.DCM.ProcessingEquipment) in [
+        hd.sr.CodedConcept.from_code(c) for c in _cid_codes(7005)
+    ]
+    assert item.Manufacturer == "ACME"
+    assert item.ManufacturerModelName == "predictd"
+    assert item.InstitutionName == "Test Hospital"
+    assert list(item.SoftwareVersions)[1:] == ["hip@1.0", "implant@2"]
+    assert "hip@1.0" in item.ContributionDescription
+
+
+def test_predecessor_documents_sequence(hip: pydicom.Dataset, tmp_path: Path) -> None:
+    study = str(hip.StudyInstanceUID)
+    earlier = uids.sr_instance_uid(study, 1, "hip@1.0")
+    sr = build_sr(
+        [hip],
+        [_p(hip, "tha", 0.9)],
+        CARDS,
+        report_text="x",
+        sop_instance_uid=uids.sr_instance_uid(study, 2, "hip@1.0"),
+        series_instance_uid=uids.sr_series_uid(study),
+        instance_number=2,
+        predecessor_sr_uid=earlier,
+    )
+    path, back = _write_and_read(sr, tmp_path)
+    [study_item] = back.PredecessorDocumentsSequence
+    assert study_item.StudyInstanceUID == study
+    [series_item] = study_item.ReferencedSeriesSequence
+    assert series_item.SeriesInstanceUID == uids.sr_series_uid(study)
+    [instance_item] = series_item.ReferencedSOPSequence
+    assert instance_item.ReferencedSOPInstanceUID == earlier
+    assert instance_item.ReferencedSOPClassUID == pydicom.uid.ComprehensiveSRStorage
+    assert "PredecessorDocumentsSequence" not in _build([hip], [_p(hip, "tha", 0.9)])
+    _dciodvfy(path)
+
+
+def test_key_images_are_referenced_from_their_findings(hip: pydicom.Dataset, tmp_path: Path) -> None:
+    study = str(hip.StudyInstanceUID)
+    sr_uid = uids.sr_instance_uid(study, 2, "hip@1.0")
+    preds = [_p(hip, "tha", 0.9, laterality="R"), _p(hip, Prediction.INDETERMINATE, 0.4, laterality="L")]
+    key_image = _key_image(hip, preds[0], sr_uid)
+    sr = build_sr(
+        [hip],
+        preds,
+        CARDS,
+        report_text=report_text(preds, CARDS),
+        sop_instance_uid=sr_uid,
+        series_instance_uid=uids.sr_series_uid(study),
+        instance_number=2,
+        predecessor_sr_uid=uids.sr_instance_uid(study, 1, "hip@1.0"),
+        key_images={0: key_image},
+    )
+    path, back = _write_and_read(sr, tmp_path)
+    right, left = _groups(back)
+    [item] = _find(right, codes.BEST_ILLUSTRATION)
+    assert item.ValueType == "IMAGE" and item.RelationshipType == "CONTAINS"
+    assert item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == key_image.SOPInstanceUID
+    assert item.ReferencedSOPSequence[0].ReferencedSOPClassUID == pydicom.uid.SecondaryCaptureImageStorage
+    assert _find(left, codes.BEST_ILLUSTRATION) == []
+    # the overlay is no source of the measurement: the group still names only the radiograph as its source
+    assert [s.referenced_sop_instance_uid for s in right.source_images] == [hip.SOPInstanceUID]
+    # the key image is evidence of the SR, in its own series of the same study
+    [evidence] = back.CurrentRequestedProcedureEvidenceSequence
+    series = {s.SeriesInstanceUID: s for s in evidence.ReferencedSeriesSequence}
+    assert set(series) == {hip.SeriesInstanceUID, uids.key_image_series_uid(study)}
+    [ref] = series[uids.key_image_series_uid(study)].ReferencedSOPSequence
+    assert ref.ReferencedSOPInstanceUID == key_image.SOPInstanceUID
+    _dciodvfy(path)
+
+
+def test_key_image_checks(hip: pydicom.Dataset) -> None:
+    p = _p(hip, "tha", 0.9)
+    key_image = _key_image(hip, p, "2.25.1")
+    with pytest.raises(ValueError, match="key image for prediction 3"):
+        _build([hip], [p], key_images={3: key_image})
+    rg1 = pydicom.dcmread(pydicom_data_file("RG1_UNCR.dcm"), stop_before_pixels=True)
+    with pytest.raises(ValueError, match="another study"):
+        _build([hip], [p], key_images={0: _key_image(rg1, _p(rg1, "tha", 0.9), "2.25.1")})

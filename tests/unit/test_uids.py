@@ -73,3 +73,30 @@ def test_many_uids_are_distinct_and_valid() -> None:
     assert len(made) == 2000
     for uid in made:
         _assert_valid(uid)
+
+
+def test_key_image_uids_are_deterministic_and_distinct() -> None:
+    sr = uids.sr_instance_uid(STUDY, 1, "hip@1.0")
+    right = uids.finding_key("hip@1.0", "1.2.3", "R")
+    assert uids.key_image_uid(sr, right) == uids.key_image_uid(sr, right)
+    made = {
+        uids.key_image_uid(sr, right),
+        uids.key_image_uid(sr, uids.finding_key("hip@1.0", "1.2.3", "L")),
+        uids.key_image_uid(sr, uids.finding_key("hip@1.0", "1.2.3", None, "image-left")),
+        uids.key_image_uid(sr, uids.finding_key("hip@1.0", "1.2.3", None, "image-right")),
+        uids.key_image_uid(uids.sr_instance_uid(STUDY, 2, "hip@1.0"), right),
+        uids.key_image_series_uid(STUDY),
+        uids.sr_series_uid(STUDY),
+        uids.tracking_uid(sr, right),
+    }
+    assert len(made) == 8
+    assert uids.key_image_series_uid(STUDY) == uids.key_image_series_uid(STUDY)
+    for uid in made:
+        _assert_valid(uid)
+
+
+def test_finding_key_keeps_whole_image_keys_unchanged() -> None:
+    # Tracking UIDs of SRs sent before image halves existed are derived from keys without a region.
+    assert uids.finding_key("hip@1.0", "1.2.3", "R") == "hip@1.0|1.2.3|R"
+    assert uids.finding_key("hip@1.0", "1.2.3", None) == "hip@1.0|1.2.3|-"
+    assert uids.finding_key("hip@1.0", "1.2.3", None, "image-left") == "hip@1.0|1.2.3|-|image-left"

@@ -1,0 +1,107 @@
+"""The report stage with key images on: one Secondary Capture per decided finding, queued before the SR citing it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import highdicom as hd
+import pydicom
+import pytest
+
+from daemon import queue, records, report
+from daemon.db import Database
+from daemon.lifecycle import StudyState
+from daemon.stage import Advance, StageContext
+from daemon.worker import Worker
+from reporting import codes, uids
+from tests.integration.pipeline_helpers import context, copy_as_new_study, drain, receive_file
+from tests.support import RG2_HIP_JLSL, pydicom_data_file
+
+
+def _classify_then_report(ctx: StageContext) -> tuple[queue.Claim, records.RunView]:
+    """Run classify through the worker, then the report stage itself, so its outbox rows can be inspected."""
+    queue.sweep_ready(ctx.db, quiet_seconds=0)
+    assert Worker(ctx, "test-worker").work_once()  # classify
+    claim = queue.claim(ctx.db, "test-reporter", lease_seconds=60, states=[StudyState.CLASSIFIED])
+    assert claim is not None
+    assert report.run(ctx, claim) == Advance(StudyState.REPORTED)
+    queue.finish(ctx.db, claim, StudyState.REPORTED)
+    return claim, records.load_run(ctx.db, claim.study_id, claim.run_no)
+
+
+def _own_equipment(ds: pydicom.Dataset) -> list[pydicom.Dataset]:
+    return [item for item in ds.ContributingEquipmentSequence if item.get("DeviceUID") == uids.device_uid()]
+
+
+def test_key_images_on_queue_one_sc_per_finding_before_the_sr(db: Database, tmp_path: Path) -> None:
+    ctx = context(tmp_path, db, report={"key_images": True})
+    stored = receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "hip.dcm"))
+    _, view = _classify_then_report(ctx)
+    decided = [p for p in view.predictions if not p.is_indeterminate]
+    assert decided, "the tiny model has no thresholds: its top class is always decided"
+
+    outbox = records.deliveries(db, view.run_id)
+    assert [d.kind for d in outbox] == [records.KEY_IMAGE] * len(decided) + [records.SR]
+    assert {d.destination for d in outbox} == {report.OUTBOX_FOLDER}
+    sr_uid = view.sr_sop_instance_uid
+    assert sr_uid is not None and outbox[-1].sop_instance_uid == sr_uid
+    key_uids = [d.sop_instance_uid for d in outbox[:-1]]
+    for d in outbox[:-1]:
+        assert d.path == ctx.spool.document_path(stored.study_uid, view.run_no, d.sop_instance_uid)
+        sc = pydicom.dcmread(d.path)
+        assert sc.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage
+        assert sc.StudyInstanceUID == stored.study_uid
+        assert sc.SeriesInstanceUID == uids.key_image_series_uid(stored.study_uid)
+        assert sc.BurnedInAnnotation == "YES" and sc.PhotometricInterpretation == "RGB"
+        assert len(_own_equipment(sc)) == 1  # how the receiver recognises our own output coming back
+    sr = hd.sr.srread(outbox[-1].path)
+    assert len(_own_equipment(sr)) == 1
+    cited = [
+        item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        for item in hd.sr.utils.find_content_items(sr, name=codes.BEST_ILLUSTRATION, recursive=True)
+    ]
+    assert cited == key_uids
+
+    drain(ctx)  # send: key images and SR reach the outbox folder
+    folder = ctx.settings.send.outbox_dir / stored.study_uid
+    assert {path.stem for path in folder.glob("*.dcm")} == {*key_uids, sr_uid}
+    assert records.study_detail(db, stored.study_uid)["state"] == StudyState.DONE  # type: ignore[index]
+
+
+def test_key_images_off_sends_the_sr_alone(db: Database, tmp_path: Path) -> None:
+    ctx = context(tmp_path, db)
+    assert ctx.settings.report.key_images is False
+    receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "hip.dcm"))
+    _, view = _classify_then_report(ctx)
+    assert [d.kind for d in records.deliveries(db, view.run_id)] == [records.SR]
+    assert view.sr_path is not None
+    assert not hd.sr.utils.find_content_items(hd.sr.srread(view.sr_path), name=codes.BEST_ILLUSTRATION, recursive=True)
+
+
+@pytest.mark.filterwarnings("ignore:The string .* unlikely to represent the intended person name")
+def test_rerun_after_a_late_image_names_the_first_sr_as_predecessor(db: Database, tmp_path: Path) -> None:
+    ctx = context(tmp_path, db, report={"key_images": True})
+    first = receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "a.dcm"))
+    drain(ctx)
+    late = copy_as_new_study(pydicom_data_file("RG1_UNCR.dcm"), tmp_path / "b.dcm", study_uid=first.study_uid)
+    receive_file(ctx, late)
+    _, run2 = _classify_then_report(ctx)
+    assert run2.run_no == 2 and run2.predecessor_sr_uid is not None
+    assert run2.sr_path is not None
+    sr = pydicom.dcmread(run2.sr_path)
+    [study_item] = sr.PredecessorDocumentsSequence
+    [series_item] = study_item.ReferencedSeriesSequence
+    assert series_item.SeriesInstanceUID == uids.sr_series_uid(first.study_uid)
+    assert series_item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == run2.predecessor_sr_uid
+    # run 2 covers both images: its key images are new objects (their UIDs derive from run 2's SR)
+    kinds = [(d.kind, d.sop_instance_uid) for d in records.deliveries(db, run2.run_id)]
+    assert [kind for kind, _ in kinds].count(records.KEY_IMAGE) == 2
+    assert run2.sr_sop_instance_uid is not None
+    sr_uid = run2.sr_sop_instance_uid
+    keys = [
+        uids.finding_key(f"{p.model_name}@{p.model_version}", p.sop_instance_uid, p.laterality, p.region)
+        for p in run2.predictions
+        if not p.is_indeterminate
+    ]
+    expected = {uids.key_image_uid(sr_uid, key) for key in keys}
+    assert {uid for kind, uid in kinds if kind == records.KEY_IMAGE} == expected
