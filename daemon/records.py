@@ -43,6 +43,7 @@ class RunView:
     sr_sop_instance_uid: str | None
     sr_path: Path | None
     report_text: str | None
+    classified_at: datetime | None = None
     predecessor_sr_uid: str | None = None
     """SOP Instance UID of the SR of the latest earlier run that built one: the new SR's predecessor document."""
 
@@ -56,6 +57,8 @@ class Document:
     sop_instance_uid: str
     """The DICOM object's UID; for an HL7 message, a UID derived from the SR's, so retries dedupe the same way."""
     path: Path
+    destination: str | None = None
+    """Only for this destination (an HL7 message names its receiver in MSH-5/6); None: every one of its kind."""
 
 
 SR, KEY_IMAGE, HL7 = "sr", "key_image", "hl7"
@@ -167,6 +170,7 @@ def _view(s: Session, run: Run, study_uid: str) -> RunView:
         sr_sop_instance_uid=run.sr_sop_instance_uid,
         sr_path=Path(run.sr_path) if run.sr_path else None,
         report_text=run.report_text,
+        classified_at=run.classified_at,
         predecessor_sr_uid=predecessor,
     )
 
@@ -191,7 +195,7 @@ def save_report(
         existing = set(
             s.execute(
                 select(Delivery.destination, Delivery.sop_instance_uid).where(Delivery.sop_instance_uid.in_(uids))
-            ).tuples()
+            ).all()
         )
         s.add_all(
             Delivery(
@@ -370,6 +374,7 @@ def _run_dict(s: Session, r: Run) -> dict[str, Any]:
         "deliveries": [
             {
                 "destination": d.destination,
+                "kind": d.kind,
                 "state": d.state,
                 "attempts": d.attempts,
                 "sent_at": _iso(d.sent_at),

@@ -1,21 +1,36 @@
 """Stage 5: predictions → reporting.text + reporting.sr → a document in the spool and one outbox row per destination.
 
 The SR's SOP Instance UID comes from the study, the run and the model versions, so rebuilding it after a crash
-gives the same UID and a PACS can never hold two different SRs for one run.
+gives the same UID and a PACS can never hold two different SRs for one run. With ``report.key_images`` on, each
+decided finding also gets a key image (its Grad-CAM overlay as a Secondary Capture, reporting.key_images), whose UID
+derives from the SR's; the SR references them, and they are queued before it. A study reported again (late images
+opened a new run) names the earlier run's SR as its predecessor.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
 import pydicom
 
 from daemon import records
+from daemon.config import Hl7Destination
+from daemon.db import utcnow
 from daemon.lifecycle import StudyState
 from daemon.log import Event, get_logger
 from daemon.queue import Claim
+from daemon.spool import durable_write
 from daemon.stage import Advance, Outcome, StageContext, StageError
+from models.card import ModelCard
 from reporting import uids
+from reporting.hl7 import message_control_id, oru_r01
+from reporting.key_images import KEY_IMAGE_SERIES_NUMBER, build_key_image
 from reporting.sr import build_sr
 from reporting.text import report_text
+
+if TYPE_CHECKING:
+    from models.inference import Engine
 
 OUTBOX_FOLDER = "outbox-folder"
 """Destination name used when no PACS is configured: documents are written to ``send.outbox_dir``."""
@@ -38,10 +53,48 @@ def routes(ctx: StageContext) -> list[tuple[str, frozenset[str]]]:
 
 
 def deliveries(ctx: StageContext, documents: list[records.Document]) -> list[tuple[str, records.Document]]:
-    """Every (destination, document) pair to queue, key images before the SR that references them."""
+    """Every (destination, document) pair to queue, key images before the SR that references them.
+
+    A document addressed to one destination (an HL7 message, built for its receiver) goes there only.
+    """
     order = {records.KEY_IMAGE: 0, records.SR: 1, records.HL7: 2}
     ordered = sorted(documents, key=lambda doc: order[doc.kind])
-    return [(name, doc) for name, kinds in routes(ctx) for doc in ordered if doc.kind in kinds]
+    return [
+        (name, doc)
+        for name, kinds in routes(ctx)
+        for doc in ordered
+        if doc.kind in kinds and doc.destination in (None, name)
+    ]
+
+
+def _hl7_messages(
+    ctx: StageContext, view: records.RunView, header: pydicom.Dataset, text: str, sr_uid: str
+) -> list[records.Document]:
+    """One ORU^R01 per HL7 destination (its MSH-5/6 differ), written once so every retry sends the same bytes.
+
+    The control id derives from the SR's UID and the destination, and the message time is the run's classification
+    time, so rebuilding after a crash writes the same message again.
+    """
+    documents = []
+    for dest in ctx.settings.send.destinations:
+        if not isinstance(dest, Hl7Destination):
+            continue
+        uid = uids.derived_uid("hl7-message", sr_uid, dest.name)
+        message = oru_r01(
+            header,
+            text,
+            message_control_id=message_control_id(uid),
+            now=view.classified_at or utcnow(),
+            sending_application=dest.sending_application,
+            sending_facility=dest.sending_facility,
+            receiving_application=dest.receiving_application,
+            receiving_facility=dest.receiving_facility,
+            sr_sop_instance_uid=sr_uid,
+        )
+        path = ctx.spool.document_path(view.study_uid, view.run_no, uid).with_suffix(".hl7")
+        durable_write(path, message.encode("utf-8"))
+        documents.append(records.Document(records.HL7, uid, path, destination=dest.name))
+    return documents
 
 
 def run(ctx: StageContext, claim: Claim) -> Outcome:
@@ -56,9 +109,21 @@ def run(ctx: StageContext, claim: Claim) -> Outcome:
         sources = [pydicom.dcmread(inst.path, stop_before_pixels=True) for inst in view.instances]
     except FileNotFoundError as exc:
         raise StageError(f"spool file missing: {exc.filename}") from exc
-    text = report_text(view.predictions, cards)
+    try:
+        text = report_text(view.predictions, cards, ctx.settings.report.templates)
+    except ValueError as exc:
+        raise StageError(f"report text: {exc}", permanent=True) from exc
     sr_uid = uids.sr_instance_uid(view.study_uid, view.run_no, view.model_versions or "")
     settings = ctx.settings.report
+    key_images = _key_images(ctx, ctx.engine, view, cards, sr_uid) if settings.key_images else {}
+    documents = [
+        records.Document(
+            records.KEY_IMAGE,
+            str(sc.SOPInstanceUID),
+            ctx.spool.write_dataset(sc, ctx.spool.document_path(view.study_uid, view.run_no, str(sc.SOPInstanceUID))),
+        )
+        for sc in key_images.values()
+    ]
     sr = build_sr(
         sources,
         view.predictions,
@@ -71,15 +136,64 @@ def run(ctx: StageContext, claim: Claim) -> Outcome:
         manufacturer=settings.manufacturer,
         institution_name=settings.institution_name,
         series_description=settings.series_description,
+        predecessor_sr_uid=view.predecessor_sr_uid,
+        key_images=key_images,
     )
     path = ctx.spool.write_dataset(sr, ctx.spool.document_path(view.study_uid, view.run_no, sr_uid))
+    documents.append(records.Document(records.SR, sr_uid, path))
+    documents += _hl7_messages(ctx, view, sources[0], text, sr_uid)
     records.save_report(
         ctx.db,
         claim,
         sr_sop_instance_uid=sr_uid,
         sr_path=path,
         report_text=text,
-        deliveries=deliveries(ctx, [records.Document(records.SR, sr_uid, path)]),
+        deliveries=deliveries(ctx, documents),
     )
-    log.info(Event.SR_BUILT, study_uid=claim.study_uid, run_no=claim.run_no, sr_sop_instance_uid=sr_uid)
+    log.info(
+        Event.SR_BUILT,
+        study_uid=claim.study_uid,
+        run_no=claim.run_no,
+        sr_sop_instance_uid=sr_uid,
+        key_images=len(key_images),
+    )
     return Advance(StudyState.REPORTED)
+
+
+def _key_images(
+    ctx: StageContext, engine: Engine, view: records.RunView, cards: Mapping[str, ModelCard], sr_uid: str
+) -> dict[int, pydicom.Dataset]:
+    """One key image per decided finding, keyed by the prediction's index in the run (what build_sr expects).
+
+    Skipped: indeterminate predictions (nothing to explain), the router's body-part answer (not a finding), and
+    predictions of a model version that is no longer resident (its Grad-CAM would explain another model). Each
+    image is read with its pixels once, for all of its findings, and dropped before the next is read.
+    """
+    wanted: dict[str, list[int]] = {}
+    for index, p in enumerate(view.predictions):
+        card = cards[p.model_name]
+        if not p.is_indeterminate and card.role != "router" and card.version == p.model_version:
+            wanted.setdefault(p.sop_instance_uid, []).append(index)
+    paths = {inst.sop_instance_uid: inst.path for inst in view.instances}
+    built: dict[int, pydicom.Dataset] = {}
+    for sop_uid, indices in wanted.items():
+        try:
+            ds = pydicom.dcmread(paths[sop_uid])
+        except FileNotFoundError as exc:
+            raise StageError(f"spool file missing: {exc.filename}") from exc
+        for index in indices:
+            p = view.predictions[index]
+            with ctx.inference_lock:
+                overlay = engine.explain_prediction(ds, p)
+            built[index] = build_key_image(
+                ds,
+                p,
+                cards[p.model_name],
+                overlay,
+                sr_uid=sr_uid,
+                instance_number=len(built) + 1,
+                series_number=KEY_IMAGE_SERIES_NUMBER,
+                manufacturer=ctx.settings.report.manufacturer,
+                institution_name=ctx.settings.report.institution_name,
+            )
+    return dict(sorted(built.items()))

@@ -80,9 +80,12 @@ def _deliver(ctx: StageContext, view: records.RunView, delivery: records.Deliver
 
 
 def _read_message(path: Path) -> str:
-    """The HL7 message exactly as the report stage wrote it, so a retry sends the same bytes."""
+    """The HL7 message exactly as the report stage wrote it, so a retry sends the same bytes.
+
+    Read as bytes: text mode would turn HL7's carriage-return segment separators into newlines.
+    """
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise SendError(f"HL7 message file unreadable: {exc.strerror or exc}", retryable=False) from exc
 
