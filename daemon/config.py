@@ -25,7 +25,8 @@ class ReceiveSettings(BaseModel):
     allowed_calling_aets: list[str] = Field(default_factory=list)
     """Calling AE titles allowed to associate; empty allows every caller (a warning is logged at start-up)."""
     unsupported_sop_classes: Literal["refuse", "ignore"] = "refuse"
-    """Other SOP classes (SR, PR, CT ...): refused at negotiation, or accepted and discarded."""
+    """Other SOP classes (CT, MR ...): refused at negotiation, or accepted and discarded. SRs and presentation
+    states are always accepted and discarded (a PACS forwarding whole studies sends predictd's own SR back)."""
     min_free_bytes: int = 1_000_000_000
     """Below this much free space in the spool, C-STORE answers 0xA700 (out of resources)."""
     max_pdu_size: int = 0

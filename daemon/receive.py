@@ -9,7 +9,8 @@ C-STORE statuses answered:
 
 ======  ===================================================================================================
 0x0000  stored and recorded; also for a repeated SOP Instance UID (idempotent), for predictd's own key images sent
-        back by a PACS (discarded, see ``Header.made_by_predictd``) and, with
+        back by a PACS (discarded, see ``Header.made_by_predictd``), for SRs and presentation states (discarded,
+        see ``RESULT_SOP_CLASSES``) and, with
         ``unsupported_sop_classes = "ignore"``, for a SOP class predictd does not read (discarded)
 0xA700  out of resources: the spool has less than ``min_free_bytes`` free; nothing written
 0xA900  data set does not match SOP class: a required UID (study, series, SOP instance) is missing or not usable
@@ -58,6 +59,18 @@ IMAGE_SOP_CLASSES: tuple[str, ...] = (
     "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image Storage
 )
 """The SOP classes predictd stores and classifies: projection radiographs (and screenshots of them)."""
+
+RESULT_SOP_CLASSES: tuple[str, ...] = (
+    "1.2.840.10008.5.1.4.1.1.88.11",  # Basic Text SR
+    "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
+    "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR (what predictd sends)
+    "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR
+    "1.2.840.10008.5.1.4.1.1.88.59",  # Key Object Selection
+    "1.2.840.10008.5.1.4.1.1.11.1",  # Grayscale Softcopy Presentation State
+)
+"""Reports and presentation states, ours or a reader's: accepted even under ``unsupported_sop_classes = "refuse"`` and
+discarded with success, because a PACS forwarding whole studies sends them along (predictd's own SR among them) and a
+refused context would count as a failed forward there. Never classified, never stored."""
 
 _PIXEL_TAGS = frozenset({(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)})
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
@@ -156,7 +169,7 @@ class Receiver:
         ae.dimse_timeout = s.network_timeout_seconds
         syntaxes = accepted_transfer_syntaxes()
         ae.add_supported_context(VERIFICATION)
-        sop_classes = list(IMAGE_SOP_CLASSES)
+        sop_classes = [*IMAGE_SOP_CLASSES, *RESULT_SOP_CLASSES]
         if s.unsupported_sop_classes == "ignore":
             # Accept everything so a PACS forwarding whole studies (SR, PR, ...) sees success; the handler discards.
             sop_classes += [

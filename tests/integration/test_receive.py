@@ -34,6 +34,8 @@ CALLING = "MODALITY"
 CALLED = "PREDICTD"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
+GRAYSCALE_PR = "1.2.840.10008.5.1.4.1.1.11.1"
 JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
 
 
@@ -262,6 +264,28 @@ def test_our_own_key_image_sent_back_is_acknowledged_and_dropped(
         assert c_store(rx.port, [ours, theirs]) == [0x0000, 0x0000]
     assert [row.sop_instance_uid for row in rx.instances()] == [pydicom.dcmread(theirs).SOPInstanceUID]
     assert any(e["event"] == "instance_ignored" and "own output" in e["reason"] for e in logs)
+
+
+def test_reports_and_presentation_states_are_acknowledged_and_dropped_even_when_refusing(
+    start_receiver: Callable[..., Running],
+) -> None:
+    """A PACS forwarding a whole study sends its SRs (ours too) and PRs along: success, never stored or classified."""
+    rx = start_receiver()  # unsupported_sop_classes = "refuse"
+    documents = [_bare(COMPREHENSIVE_SR, "SR"), _bare(GRAYSCALE_PR, "PR")]
+    with capture_logs() as logs:
+        assert c_store(rx.port, documents) == [0x0000, 0x0000]
+    assert rx.instances() == [] and rx.spooled_files() == []
+    assert sum(e["event"] == "instance_ignored" for e in logs) == 2
+
+
+def _bare(sop_class: str, modality: str) -> pydicom.Dataset:
+    ds = pydicom.Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = generate_uid(), generate_uid(), modality
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = sop_class, ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    return ds
 
 
 # --- refused -----------------------------------------------------------------------------------------------------
