@@ -38,6 +38,7 @@ class PredictdServer:
         port: int | None = None,
         destinations: list[dict[str, Any]] | None = None,
         quiet_seconds: float = 1.0,
+        key_images: bool = False,
     ) -> None:
         self.root, self.ae_title, self.port = root, ae_title, port or free_port()
         self.config = root / "predictd.toml"
@@ -66,6 +67,8 @@ class PredictdServer:
             "backoff_base_seconds = 0.5",
             "[workers]",
             "poll_seconds = 0.1",
+            "[report]",
+            f"key_images = {'true' if key_images else 'false'}",
             "[log]",
             'level = "INFO"',
         ]

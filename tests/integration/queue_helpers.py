@@ -28,6 +28,9 @@ class FakeStored:
     path: Path = Path("/nonexistent.dcm")
     size_bytes: int = 1
     calling_ae: str | None = "MODALITY"
+    patient_id: str | None = None
+    accession_number: str | None = None
+    study_date: str | None = None
 
 
 def stored(study_uid: str | None = None, modality: str | None = "CR") -> FakeStored:
