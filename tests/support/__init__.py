@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,3 +48,22 @@ def pydicom_data_file(name: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{name} not in {root}")
     return path
+
+
+def assert_dciodvfy_clean(path: Path) -> str:
+    """Run dicom3tools' dciodvfy on ``path`` and fail on any "Error" line; returns its output (warnings included).
+
+    Skipped where dciodvfy is not installed, except under CI, where a missing validator must fail, not pass.
+    """
+    import pytest
+
+    binary = shutil.which("dciodvfy")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("dciodvfy (dicom3tools) is not installed, and CI must validate: apt-get install dicom3tools")
+        pytest.skip("dciodvfy (dicom3tools) is not installed: apt-get install dicom3tools")
+    result = subprocess.run([binary, str(path)], capture_output=True, text=True, timeout=60, check=False)
+    output = result.stdout + result.stderr
+    errors = [line for line in output.splitlines() if line.startswith("Error")]
+    assert not errors, f"dciodvfy reported errors:\n{output}"
+    return output

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
-import subprocess
 from pathlib import Path
 
 import highdicom as hd
@@ -22,7 +20,7 @@ from reporting import codes, uids
 from reporting.key_images import SERIES_DESCRIPTION, build_key_image
 from reporting.sr import build_sr
 from reporting.text import report_text
-from tests.support import RG2_HIP_JLSL, pydicom_data_file
+from tests.support import RG2_HIP_JLSL, assert_dciodvfy_clean, pydicom_data_file
 
 LABELS = (Label("none", "no hardware"), Label("tha", "total hip arthroplasty"), Label("dhs", "dynamic hip screw"))
 
@@ -52,23 +50,12 @@ def _sc(engine: Engine, ds: pydicom.Dataset, p: Prediction, sr_uid: str = "2.25.
     return build_key_image(ds, p, card, overlay, sr_uid=sr_uid, instance_number=1, **kwargs)  # type: ignore[arg-type]
 
 
-def _dciodvfy(path: Path) -> str:
-    binary = shutil.which("dciodvfy")
-    if binary is None:
-        pytest.skip("dciodvfy (dicom3tools) is not installed: apt-get install dicom3tools")
-    result = subprocess.run([binary, str(path)], capture_output=True, text=True, timeout=60, check=False)
-    output = result.stdout + result.stderr
-    errors = [line for line in output.splitlines() if line.startswith("Error")]
-    assert not errors, f"dciodvfy reported errors:\n{output}"
-    return output
-
-
 def test_key_image_of_a_real_radiograph(engine: Engine, hip: pydicom.Dataset, tmp_path: Path) -> None:
     [p] = engine.predict([hip])
     sc = _sc(engine, hip, p, institution_name="Test Hospital")
     path = tmp_path / "sc.dcm"
     sc.save_as(path, enforce_file_format=True)
-    _dciodvfy(path)
+    assert_dciodvfy_clean(path)
 
     back = pydicom.dcmread(path)
     image = hd.imread(path)
@@ -171,8 +158,8 @@ def test_sr_with_predecessor_and_key_images_passes_dciodvfy(
     for i, sc in key_images.items():
         sc_path = tmp_path / f"sc{i}.dcm"
         sc.save_as(sc_path, enforce_file_format=True)
-        _dciodvfy(sc_path)
-    _dciodvfy(path)
+        assert_dciodvfy_clean(sc_path)
+    assert_dciodvfy_clean(path)
     back = hd.sr.srread(path)
     referenced = [
         item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID

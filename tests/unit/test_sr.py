@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import shutil
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from reporting import codes, uids
 from reporting.key_images import build_key_image
 from reporting.sr import build_sr
 from reporting.text import report_text
-from tests.support import RG2_HIP_JLSL, pydicom_data_file
+from tests.support import RG2_HIP_JLSL, assert_dciodvfy_clean, pydicom_data_file
 
 HIP = ModelCard(
     name="hip",
@@ -116,16 +114,6 @@ def _text_items(sr: hd.sr.ComprehensiveSR) -> list[str]:
     return [item.TextValue for item in containers[0].ContentSequence if item.ValueType == "TEXT"]
 
 
-def _dciodvfy(path: Path) -> None:
-    binary = shutil.which("dciodvfy")
-    if binary is None:
-        pytest.skip("dciodvfy (dicom3tools) is not installed: apt-get install dicom3tools")
-    result = subprocess.run([binary, str(path)], capture_output=True, text=True, timeout=60, check=False)
-    output = result.stdout + result.stderr
-    errors = [line for line in output.splitlines() if line.startswith("Error")]
-    assert not errors, f"dciodvfy reported errors:\n{output}"
-
-
 def test_sr_content_reads_back(hip: pydicom.Dataset, tmp_path: Path) -> None:
     preds = [_p(hip, "tha", 0.934, laterality="R"), _p(hip, "hemi", 0.71, laterality="L")]
     sr = _build([hip], preds, institution_name="Test Hospital")
@@ -202,7 +190,7 @@ def test_report_text_in_sr(hip: pydicom.Dataset, tmp_path: Path) -> None:
 def test_sr_passes_dciodvfy(hip: pydicom.Dataset, tmp_path: Path) -> None:
     preds = [_p(hip, "tha", 0.934, laterality="R"), _p(hip, Prediction.INDETERMINATE, 0.4, laterality="L")]
     path, _ = _write_and_read(_build([hip], preds, institution_name="Test Hospital"), tmp_path)
-    _dciodvfy(path)
+    assert_dciodvfy_clean(path)
 
 
 def test_two_series_in_one_sr(hip: pydicom.Dataset, hip_other_series: pydicom.Dataset, tmp_path: Path) -> None:
@@ -215,7 +203,7 @@ def test_two_series_in_one_sr(hip: pydicom.Dataset, hip_other_series: pydicom.Da
         hip.SeriesInstanceUID,
         hip_other_series.SeriesInstanceUID,
     }
-    _dciodvfy(path)
+    assert_dciodvfy_clean(path)
 
 
 def test_fully_read_source_with_pixels(tmp_path: Path) -> None:
@@ -224,7 +212,7 @@ def test_fully_read_source_with_pixels(tmp_path: Path) -> None:
     assert "PixelData" not in back
     assert back.PatientID == src.PatientID
     assert "PixelData" in src  # the caller's dataset is left alone
-    _dciodvfy(path)
+    assert_dciodvfy_clean(path)
     from_dataset = hd.sr.ComprehensiveSR.from_dataset(pydicom.dcmread(path))
     assert from_dataset.SOPInstanceUID == back.SOPInstanceUID
 
@@ -359,7 +347,7 @@ def test_predecessor_documents_sequence(hip: pydicom.Dataset, tmp_path: Path) ->
     assert instance_item.ReferencedSOPInstanceUID == earlier
     assert instance_item.ReferencedSOPClassUID == pydicom.uid.ComprehensiveSRStorage
     assert "PredecessorDocumentsSequence" not in _build([hip], [_p(hip, "tha", 0.9)])
-    _dciodvfy(path)
+    assert_dciodvfy_clean(path)
 
 
 def test_key_images_are_referenced_from_their_findings(hip: pydicom.Dataset, tmp_path: Path) -> None:
@@ -393,7 +381,7 @@ def test_key_images_are_referenced_from_their_findings(hip: pydicom.Dataset, tmp
     assert set(series) == {hip.SeriesInstanceUID, uids.key_image_series_uid(study)}
     [ref] = series[uids.key_image_series_uid(study)].ReferencedSOPSequence
     assert ref.ReferencedSOPInstanceUID == key_image.SOPInstanceUID
-    _dciodvfy(path)
+    assert_dciodvfy_clean(path)
 
 
 def test_key_image_checks(hip: pydicom.Dataset) -> None:
