@@ -90,6 +90,15 @@ def test_late_instance_opens_run_two_with_its_own_sr(db: Database, tmp_path: Pat
     assert len(run2["predictions"]) == 2  # the new run covers the whole study
     assert run1["sr_sop_instance_uid"] != run2["sr_sop_instance_uid"]
     assert len(list((ctx.settings.send.outbox_dir / first.study_uid).glob("*.dcm"))) == 2
+    # The second SR names the first as its predecessor (IHE AIR: a result that supersedes an earlier one says so).
+    second = pydicom.dcmread(ctx.settings.send.outbox_dir / first.study_uid / f"{run2['sr_sop_instance_uid']}.dcm")
+    (study_item,) = second.PredecessorDocumentsSequence
+    (series_item,) = study_item.ReferencedSeriesSequence
+    (instance_item,) = series_item.ReferencedSOPSequence
+    assert study_item.StudyInstanceUID == first.study_uid
+    assert instance_item.ReferencedSOPInstanceUID == run1["sr_sop_instance_uid"]
+    first_sr = pydicom.dcmread(ctx.settings.send.outbox_dir / first.study_uid / f"{run1['sr_sop_instance_uid']}.dcm")
+    assert "PredecessorDocumentsSequence" not in first_sr
 
 
 @pytest.fixture
