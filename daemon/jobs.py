@@ -35,14 +35,19 @@ def reap(ctx: StageContext) -> list[str]:
 
 
 def purge(ctx: StageContext) -> int:
-    """Delete spool files of studies that ended more than ``spool.retention_days`` ago (rows stay for audit)."""
+    """Delete spool files of studies that ended more than ``spool.retention_days`` ago (rows stay for audit).
+
+    Rows are marked before the files go: a run of the study opened by late images then never counts on a file
+    that is about to disappear (at worst it retries once, having read the list just before the mark). A crash
+    between the two leaves files on disk that no row points to any more, which costs space, not a study.
+    """
     cutoff = utcnow() - timedelta(days=ctx.settings.spool.retention_days)
     removed = 0
-    for study_uid in records.ended_before(ctx.db, cutoff):
-        n = ctx.spool.purge_study(study_uid)
-        if n:
-            removed += n
-            log.info(Event.PURGED, study_uid=study_uid, files=n)
+    for batch in records.purgeable(ctx.db, cutoff):
+        records.mark_purged(ctx.db, batch.instance_ids)
+        n = ctx.spool.purge(batch.study_uid, batch.instance_paths, batch.run_nos)
+        removed += n
+        log.info(Event.PURGED, study_uid=batch.study_uid, files=n)
     return removed
 
 

@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from daemon.db import Database, utcnow
@@ -148,7 +148,12 @@ def load_run(db: Database, study_id: int, run_no: int) -> RunView:
 def _view(s: Session, run: Run, study_uid: str) -> RunView:
     instances = s.scalars(
         select(Instance)
-        .where(Instance.study_id == run.study_id, Instance.run_no.is_not(None), Instance.run_no <= run.run_no)
+        .where(
+            Instance.study_id == run.study_id,
+            Instance.run_no.is_not(None),
+            Instance.run_no <= run.run_no,
+            Instance.purged_at.is_(None),
+        )
         .order_by(Instance.series_uid, Instance.id)
     ).all()
     predictions = s.scalars(
@@ -386,17 +391,52 @@ def _run_dict(s: Session, r: Run) -> dict[str, Any]:
     }
 
 
-def ended_before(db: Database, cutoff: datetime, *, limit: int = 500) -> list[str]:
-    """UIDs of studies that ended (done, skipped, cancelled, failed) before ``cutoff``: candidates for purging."""
+@dataclass(frozen=True)
+class PurgeBatch:
+    """What retention may delete of one ended study: these instance files and the documents of these runs."""
+
+    study_uid: str
+    instance_ids: list[int]
+    instance_paths: list[Path]
+    run_nos: list[int]
+
+
+def purgeable(db: Database, cutoff: datetime, *, limit: int = 500) -> list[PurgeBatch]:
+    """Studies that ended (done, skipped, cancelled, failed) before ``cutoff`` and still have files on disk.
+
+    The files are named one by one, from the rows, so an instance that arrives for the study while the purge runs
+    (written to the same folder, its row not yet committed or newer than the list) is never deleted with them.
+    """
     with db.transaction() as s:
-        return list(
-            s.scalars(
-                select(Study.study_uid)
-                .where(Study.state.in_([str(t) for t in TERMINAL]), Study.updated_at < cutoff)
-                .order_by(Study.updated_at)
-                .limit(limit)
+        studies = s.execute(
+            select(Study.id, Study.study_uid, Study.run_no)
+            .where(
+                Study.state.in_([str(t) for t in TERMINAL]),
+                Study.updated_at < cutoff,
+                select(Instance.id).where(Instance.study_id == Study.id, Instance.purged_at.is_(None)).exists(),
             )
-        )
+            .order_by(Study.updated_at)
+            .limit(limit)
+        ).all()
+        batches = []
+        for study_id, study_uid, run_no in studies:
+            rows = s.execute(
+                select(Instance.id, Instance.path).where(
+                    Instance.study_id == study_id, Instance.purged_at.is_(None), Instance.received_at < cutoff
+                )
+            ).all()
+            batches.append(
+                PurgeBatch(study_uid, [r.id for r in rows], [Path(r.path) for r in rows], list(range(1, run_no + 1)))
+            )
+        return batches
+
+
+def mark_purged(db: Database, instance_ids: Sequence[int], *, now: datetime | None = None) -> None:
+    """Record that these instances' files are gone, so later runs leave them out instead of failing on them."""
+    if not instance_ids:
+        return
+    with db.transaction() as s:
+        s.execute(update(Instance).where(Instance.id.in_(list(instance_ids))).values(purged_at=now or utcnow()))
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -407,13 +447,15 @@ __all__ = [
     "DeliverySummary",
     "DeliveryView",
     "InstanceRef",
+    "PurgeBatch",
     "RunView",
     "deliveries",
-    "ended_before",
     "list_studies",
     "load_run",
     "mark_attempt_failed",
+    "mark_purged",
     "mark_sent",
+    "purgeable",
     "save_predictions",
     "save_report",
     "start_run",

@@ -16,7 +16,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -86,16 +86,27 @@ class Spool:
         """Free space on the spool's file system, as the receiver's out-of-space guard sees it."""
         return int(shutil.disk_usage(self.root).free)
 
-    def purge_study(self, study_uid: str) -> int:
-        """Delete a study's instances and documents; returns how many files were removed (database rows stay)."""
+    def purge(self, study_uid: str, instance_paths: Iterable[Path], run_nos: Iterable[int]) -> int:
+        """Delete these instance files and the documents of these runs of a study; returns how many files went.
+
+        Only what is named: a late instance written into the study's folder meanwhile stays. Emptied folders are
+        left in place (a receiver may be about to write into them). Missing files are fine (a purge retried after
+        a crash); database rows stay for audit.
+        """
         uid = check_uid(study_uid)
         removed = 0
-        for folder in (self.root / "instances" / uid, self.root / "documents" / uid):
-            if not folder.is_dir():
-                continue
-            removed += sum(1 for p in folder.rglob("*") if p.is_file())
-            shutil.rmtree(folder)
-            _fsync_dir(folder.parent)
+        for path in instance_paths:
+            try:
+                Path(path).unlink()
+                removed += 1
+            except FileNotFoundError:
+                pass
+        for run_no in run_nos:
+            folder = self.root / "documents" / uid / f"run-{int(run_no)}"
+            if folder.is_dir():
+                removed += sum(1 for p in folder.rglob("*") if p.is_file())
+                shutil.rmtree(folder)
+                _fsync_dir(folder.parent)
         return removed
 
 

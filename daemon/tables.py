@@ -103,6 +103,8 @@ class Instance(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
     run_no: Mapped[int | None] = mapped_column(Integer)
     """The run that classified this instance; NULL until a run takes it."""
+    purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    """When retention deleted the file; a later run (late images) classifies only the instances still on disk."""
 
 
 class Run(Base):

@@ -1,4 +1,4 @@
-"""patient/accession/study date on studies (registry export); outbox.kind (SR, key images, HL7)
+"""patient/accession/study date on studies (registry export); outbox.kind (SR, key images, HL7); instances.purged_at
 
 Revision ID: 0002
 Revises: 0001
@@ -26,9 +26,13 @@ def upgrade() -> None:
     with op.batch_alter_table("outbox", schema=None) as batch_op:
         # Every row written before this revision is an SR: the only document predictd sent until now.
         batch_op.add_column(sa.Column("kind", sa.String(length=16), nullable=False, server_default="sr"))
+    with op.batch_alter_table("instances", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("purged_at", sa.DateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("instances", schema=None) as batch_op:
+        batch_op.drop_column("purged_at")
     with op.batch_alter_table("outbox", schema=None) as batch_op:
         batch_op.drop_column("kind")
     with op.batch_alter_table("studies", schema=None) as batch_op:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon import jobs, queue
+from daemon import jobs, queue, records
 from daemon.app import load_engine
 from daemon.db import Database, utcnow
 from daemon.lifecycle import StudyState
@@ -51,3 +51,32 @@ def test_worker_without_models_leaves_ready_studies_waiting(db: Database, tmp_pa
     assert drain(ctx) == 0
     assert queue.counts_by_state(db) == {StudyState.READY: 1}
     assert stored.path.exists()
+
+
+def test_late_images_after_the_purge_are_classified_alone(db: Database, tmp_path: Path) -> None:
+    """Retention deleted the first images; a late one reopens the study and its run reads only what is on disk."""
+    ctx = context(tmp_path, db, spool={"retention_days": 0})
+    first = receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "a.dcm"))
+    drain(ctx)
+    assert jobs.purge(ctx) >= 2 and not first.path.exists()
+    late = receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "b.dcm", study_uid=first.study_uid))
+    drain(ctx)
+    detail = records.study_detail(db, first.study_uid)
+    assert detail is not None and detail["state"] == StudyState.DONE, detail.get("reason")
+    run2 = detail["runs"][-1]
+    assert [p["sop_instance_uid"] for p in run2["predictions"]] == [late.sop_instance_uid]
+    assert jobs.purge(ctx) >= 2 and not late.path.exists()
+    assert jobs.purge(ctx) == 0  # nothing left to find
+
+
+def test_purge_spares_an_instance_written_while_it_runs(db: Database, tmp_path: Path) -> None:
+    """The purge deletes the files its rows name, not the study's folder: a late image landing there survives."""
+    ctx = context(tmp_path, db, spool={"retention_days": 0})
+    first = receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "a.dcm"))
+    drain(ctx)
+    (batch,) = records.purgeable(db, utcnow())
+    late = receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "b.dcm", study_uid=first.study_uid))
+    assert late.path.parent.parent == first.path.parent.parent  # the same study folder
+    records.mark_purged(db, batch.instance_ids)
+    ctx.spool.purge(batch.study_uid, batch.instance_paths, batch.run_nos)
+    assert late.path.exists() and not first.path.exists()
