@@ -6,7 +6,6 @@ stages through the worker, real SQLite and PostgreSQL. Orthanc as a STOW-RS peer
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,21 +19,14 @@ from daemon.lifecycle import StudyState
 from daemon.stage import StageContext
 from tests.integration.pipeline_helpers import context, copy_as_new_study, drain, receive_file
 from tests.integration.test_mllp import Answer, MllpListener, ack
-from tests.integration.test_stow_http import StowServer
+from tests.integration.test_stow_http import StowServer, serving
 from tests.support import RG2_HIP_JLSL, wait_until
 
 
 @pytest.fixture
 def stow() -> Iterator[StowServer]:
-    server = StowServer()  # 200 with an empty body: stored
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with serving() as server:  # 200 with an empty body: stored
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
 
 
 @pytest.fixture

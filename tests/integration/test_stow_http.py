@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -88,8 +89,9 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def server() -> Iterator[StowServer]:
+@contextmanager
+def serving() -> Iterator[StowServer]:
+    """A StowServer answering on a free port in a thread, shut down on exit (also used by test_destinations)."""
     srv = StowServer()
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
@@ -99,6 +101,12 @@ def server() -> Iterator[StowServer]:
         srv.shutdown()
         srv.server_close()
         thread.join(10)
+
+
+@pytest.fixture
+def server() -> Iterator[StowServer]:
+    with serving() as srv:
+        yield srv
 
 
 def _refused(server: StowServer, dest: StowDestination | None = None) -> SendError:
