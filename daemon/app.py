@@ -18,7 +18,8 @@ from daemon.receive import Receiver
 from daemon.spool import Spool
 from daemon.stage import StageContext
 from daemon.worker import Worker, default_worker_name
-from models.inference import Engine, NoModelsError
+from models.inference import Engine
+from models.loading import NoModelsError
 
 log = get_logger("app")
 

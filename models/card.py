@@ -49,6 +49,9 @@ class Preprocessing:
     std: float = 0.25
     window: str = "first"
     """"first": first VOI window in the file (else VOI LUT, else min-max); "minmax": always min-max."""
+    crop_content: bool = False
+    """Remove uniform borders before resizing (models.preprocess.content_box). False only for cards trained before
+    it existed: a model is fed the way it was trained. ``predictd train`` writes True."""
 
 
 @dataclass(frozen=True)
@@ -113,10 +116,25 @@ class ModelCard:
     """"finding" (default) or "router": the body_part card whose answer selects the finding cards."""
     training: dict[str, Any] = field(default_factory=dict)
     """Provenance written by ``predictd train``/``export``: data hash, split sizes, seed, options, metrics."""
+    members: int = 1
+    """Networks in the weights file: more than one for a cross-validated ensemble (models.ensemble)."""
+    gate: dict[str, Any] = field(default_factory=dict)
+    """The domain gate (models.gate), empty when the model has none: ``method``, ``file``, ``sha256``,
+    ``threshold``, ``coverage`` (target share of in-domain images that pass), ``fitted_on``, and ``evaluation``
+    (coverage and out-of-domain refusal measured by ``predictd evaluate --ood``)."""
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise CardError(f"model card {self.name}: role must be one of {list(ROLES)}, not {self.role!r}")
+        if not isinstance(self.members, int) or self.members < 1:
+            raise CardError(f"model card {self.name}: members must be a positive integer, not {self.members!r}")
+        if self.gate and not {"file", "sha256", "threshold"} <= set(self.gate):
+            raise CardError(f"model card {self.name}: gate needs file, sha256 and threshold, has {sorted(self.gate)}")
+
+    @property
+    def gated(self) -> bool:
+        """Whether the model refuses images unlike its training images (it has a domain gate)."""
+        return bool(self.gate)
 
     @property
     def label_keys(self) -> list[str]:

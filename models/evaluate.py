@@ -17,7 +17,7 @@ import torch
 
 from models.card import ModelCard
 from models.data import Record, load_images, manifest_sha256
-from models.inference import load_verified
+from models.loading import load_verified
 from models.metrics import evaluate, expected_calibration_error, reader_study, roc_curve, softmax
 from models.train import predict_logits
 

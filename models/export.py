@@ -17,7 +17,7 @@ import torch
 
 from models.card import ModelCard
 from models.data import Record, load_images
-from models.inference import load_verified
+from models.loading import load_verified
 from models.train import predict_logits, write_model_dir
 
 HALF_TOLERANCE = 0.01

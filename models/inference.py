@@ -22,40 +22,35 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import numpy as np
 import pydicom
-import safetensors.torch
-import timm
 import torch
 from PIL import Image
 
-from models.card import CardError, ModelCard, Preprocessing, file_sha256, find_cards
+from models.card import ModelCard, Preprocessing
 from models.cascade import Selection, select_cards
+from models.ensemble import members_of
 from models.explain import gradcam, overlay_rgb, unpad
+from models.features import forward_with_features
+from models.loading import Resident, load_resident, resolve_device, select_installed
 from models.prediction import Prediction
-from models.preprocess import PixelDecodeError, gray_to_input, laterality_of, split_bilateral, to_gray
-
-
-class NoModelsError(RuntimeError):
-    """No model card is installed: the daemon can still receive and keep images, but not classify them."""
+from models.preprocess import (
+    PixelDecodeError,
+    content_box,
+    gray_to_input,
+    laterality_of,
+    split_bilateral,
+    to_gray,
+)
 
 
 class DecodeWorkerError(RuntimeError):
     """A decode worker process died (e.g. a codec crashed on a corrupt file); the pool has been rebuilt."""
-
-
-@dataclass(frozen=True)
-class _Resident:
-    card: ModelCard
-    model: torch.nn.Module
-    """The eager module (Grad-CAM needs it: gradients through a compiled graph are not worth the trouble)."""
-    runner: Callable[[torch.Tensor], torch.Tensor]
-    """What predict calls: ``model`` itself, or its ``torch.compile`` wrapper."""
 
 
 HALVES = ("image-left", "image-right")
@@ -100,18 +95,6 @@ class Classification:
         return "; ".join(dict.fromkeys(s.reason for s in self.selections.values())) or "no image to classify"
 
 
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as exc:
-        raise ValueError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
-    return resolved
-
-
 def _cpu_threads() -> int:
     """CPUs this process may run on (cgroup/affinity aware, unlike os.cpu_count())."""
     try:
@@ -133,92 +116,6 @@ def _configure_torch(device: torch.device, decode_workers: int) -> None:
         torch.set_num_threads(threads)
 
 
-def _verified_weights(directory: Path, card: ModelCard) -> Path:
-    """The weights file, only if it is exactly the one the card was written for."""
-    path = directory / card.weights_file
-    if not card.sha256:
-        raise CardError(f"model {card.name}: card in {directory} has no sha256; refusing unverified weights")
-    if not path.is_file():
-        raise CardError(f"model {card.name}: weights file {path} is missing")
-    actual = file_sha256(path)
-    if actual != card.sha256.lower():
-        raise CardError(f"model {card.name}: sha256 of {path} is {actual}, card says {card.sha256}")
-    return path
-
-
-def build_model(card: ModelCard) -> torch.nn.Module:
-    """The card's timm architecture, randomly initialised (models.demo builds it the same way)."""
-    try:
-        return timm.create_model(
-            card.arch,
-            pretrained=False,
-            num_classes=len(card.labels),
-            in_chans=card.preprocessing.in_chans,
-            **card.arch_kwargs,
-        )
-    except (RuntimeError, TypeError, ValueError) as exc:
-        raise CardError(f"model {card.name}: cannot build timm architecture {card.arch!r}: {exc}") from exc
-
-
-def _check_card(card: ModelCard) -> None:
-    if not card.labels:
-        raise CardError(f"model {card.name}: card has no labels")
-    if not card.temperature > 0:
-        raise CardError(f"model {card.name}: temperature must be positive, not {card.temperature}")
-    unknown = set(card.thresholds) - set(card.label_keys)
-    if unknown:
-        raise CardError(f"model {card.name}: thresholds for unknown labels {sorted(unknown)}")
-
-
-def _load_one(
-    directory: Path, card: ModelCard, device: torch.device, channels_last: bool, compile_model: bool
-) -> _Resident:
-    _check_card(card)
-    weights = _verified_weights(directory, card)
-    model = build_model(card)
-    try:
-        state = safetensors.torch.load_file(str(weights))
-        model.load_state_dict(state, strict=True)
-    except (RuntimeError, OSError, safetensors.SafetensorError) as exc:
-        raise CardError(f"model {card.name}: weights {weights} do not fit {card.arch}: {exc}") from exc
-    model.to(device).eval()
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    runner: Callable[[torch.Tensor], torch.Tensor] = model
-    if compile_model:
-        runner = torch.compile(model, dynamic=False)
-    return _Resident(card, model, runner)
-
-
-def load_verified(directory: Path, device: str = "cpu") -> tuple[ModelCard, torch.nn.Module]:
-    """One model directory as (card, eval-mode module), weights checked by sha256: for evaluation and export."""
-    card = ModelCard.load(Path(directory))
-    resident = _load_one(Path(directory), card, _resolve_device(device), channels_last=False, compile_model=False)
-    return card, resident.model
-
-
-def _select(models_dir: Path, enabled: Sequence[str]) -> list[tuple[Path, ModelCard]]:
-    dirs = find_cards(models_dir)
-    if not dirs:
-        raise NoModelsError(
-            f"no model card (card.json) found under {models_dir}; "
-            "`predictd models install-demo` installs an untrained demonstration model"
-        )
-    found: dict[str, tuple[Path, ModelCard]] = {}
-    for directory in dirs:
-        card = ModelCard.load(directory)
-        if card.name in found:
-            raise CardError(f"model name {card.name!r} is used by both {found[card.name][0]} and {directory}")
-        found[card.name] = (directory, card)
-    if not enabled:
-        return [found[name] for name in sorted(found)]
-    missing = [name for name in enabled if name not in found]
-    if missing:
-        installed = sorted(found)
-        raise CardError(f"enabled model(s) {missing} not found under {models_dir} (installed: {installed})")
-    return [found[name] for name in sorted(set(enabled))]
-
-
 def _batches(n: int, size: int) -> Iterator[slice]:
     for start in range(0, n, size):
         yield slice(start, min(n, start + size))
@@ -236,6 +133,13 @@ def _header(ds: pydicom.Dataset) -> pydicom.Dataset:
         if keyword in ds:
             setattr(header, keyword, ds.get(keyword))
     return header
+
+
+def framed(gray: np.ndarray, prep: Preprocessing) -> tuple[slice, slice]:
+    """The part of ``gray`` a card reads: its content box when the card crops, else the whole image."""
+    if prep.crop_content:
+        return content_box(gray)
+    return slice(0, gray.shape[0]), slice(0, gray.shape[1])
 
 
 def looks_bilateral(gray: np.ndarray) -> bool:
@@ -262,11 +166,12 @@ def _prepare(ds: pydicom.Dataset, plan: _Plan) -> _Prepared:
 
     inputs = {prep: gray_to_input(gray(prep.window), prep) for prep in plan.whole}
     halves: list[tuple[str | None, dict[Preprocessing, np.ndarray]]] = []
-    if plan.halves and looks_bilateral(gray(plan.halves[0].window)):
-        split = {window: split_bilateral(gray(window), ds) for window in {p.window for p in plan.halves}}
+    bases = {p: gray(p.window)[framed(gray(p.window), p)] for p in plan.halves}
+    if plan.halves and looks_bilateral(bases[plan.halves[0]]):
+        split = {p: split_bilateral(bases[p], ds) for p in plan.halves}
         for i in range(2):
-            side = split[plan.halves[0].window][i][0]
-            halves.append((side, {p: gray_to_input(split[p.window][i][1], p) for p in plan.halves}))
+            side = split[plan.halves[0]][i][0]
+            halves.append((side, {p: gray_to_input(split[p][i][1], p) for p in plan.halves}))
     return _Prepared(
         str(ds.get("SOPInstanceUID", "")),
         str(ds.get("SeriesInstanceUID", "")),
@@ -312,7 +217,7 @@ class Engine:
 
     def __init__(
         self,
-        residents: Sequence[_Resident],
+        residents: Sequence[Resident],
         device: torch.device,
         batch_size: int = 16,
         *,
@@ -363,11 +268,11 @@ class Engine:
         On CUDA the forward runs under bf16 autocast; on CPU in float32 unless ``cpu_bf16``.
         """
         models_dir = Path(models_dir)
-        selected = _select(models_dir, enabled)
-        dev = _resolve_device(device)
+        selected = select_installed(models_dir, enabled)
+        dev = resolve_device(device)
         _configure_torch(dev, decode_workers)
         cl = dev.type == "cuda" if channels_last is None else channels_last
-        residents = [_load_one(d, card, dev, cl, compile) for d, card in selected]
+        residents = [load_resident(d, card, dev, cl, compile) for d, card in selected]
         dtype = torch.bfloat16 if dev.type == "cuda" or cpu_bf16 else None
         return cls(
             residents,
@@ -429,7 +334,7 @@ class Engine:
         """'name@version,...' sorted by name: stored with every run, so a result traces to its models."""
         return ",".join(f"{r.card.name}@{r.card.version}" for r in self._residents)
 
-    def _resident(self, card_name: str) -> _Resident:
+    def _resident(self, card_name: str) -> Resident:
         for r in self._residents:
             if r.card.name == card_name:
                 return r
@@ -463,7 +368,7 @@ class Engine:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def _logits(self, resident: _Resident, batch: np.ndarray) -> np.ndarray:
+    def _logits(self, resident: Resident, batch: np.ndarray) -> np.ndarray:
         """float32 logits (N, classes) of one forward call; the caller holds inference_mode."""
         n = len(batch)
         if self._pad_batches and n < self._batch_size:  # one shape for torch.compile: no recompiles
@@ -473,6 +378,14 @@ class Engine:
         with self._autocast():
             out = resident.runner(x)
         return out[:n].float().cpu().numpy()
+
+    def _gated_logits(self, resident: Resident, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(logits, domain-gate scores) of one eager forward call; the caller holds inference_mode."""
+        assert resident.gate is not None
+        x = self._to_device(batch)
+        with self._autocast():
+            out, features = forward_with_features(resident.model, x)
+        return out.float().cpu().numpy(), resident.gate.scores(features)
 
     def forward_only(self, batch: np.ndarray, card_name: str) -> np.ndarray:
         """Bare forward of one resident model on an already preprocessed (N, C, H, W) float32 batch → logits.
@@ -486,14 +399,19 @@ class Engine:
         with torch.inference_mode():
             return self._logits(self._resident(card_name), batch)
 
-    def _probabilities(self, resident: _Resident, inputs: np.ndarray) -> np.ndarray:
-        chunks = []
+    def _probabilities(self, resident: Resident, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Calibrated probabilities (N, classes) and, for a gated model, the domain-gate score of each input."""
+        chunks, scores = [], []
         with torch.inference_mode():
             for part in _batches(len(inputs), self._batch_size):
-                logits = torch.from_numpy(self._logits(resident, inputs[part]))
-                probs = torch.softmax(logits / resident.card.temperature, dim=1)
+                if resident.gate is None:
+                    raw = self._logits(resident, inputs[part])
+                else:
+                    raw, score = self._gated_logits(resident, inputs[part])
+                    scores.append(score)
+                probs = torch.softmax(torch.from_numpy(raw) / resident.card.temperature, dim=1)
                 chunks.append(probs.numpy().astype(np.float64))
-        return np.concatenate(chunks)
+        return np.concatenate(chunks), (np.concatenate(scores) if scores else None)
 
     def _classify_prepared(self, items: Sequence[_Prepared]) -> Classification:
         """The cascade on prepared images: routers first, then the finding cards that apply to each image.
@@ -505,11 +423,14 @@ class Engine:
         routers = [r for r in self._residents if r.card.role == "router"]
         body_parts: dict[int, str] = {}
         for resident in routers:
-            probs = self._probabilities(resident, np.stack([it.inputs[resident.card.preprocessing] for it in items]))
+            inputs = np.stack([it.inputs[resident.card.preprocessing] for it in items])
+            probs, scores = self._probabilities(resident, inputs)
             for i, item in enumerate(items):
-                p = _prediction(resident.card, item.sop_instance_uid, item.series_instance_uid, probs[i], None, None)
+                gated = _gate_verdict(resident, scores, i)
+                uids = item.sop_instance_uid, item.series_instance_uid
+                p = _prediction(resident.card, *uids, probs[i], None, None, gated)
                 rows.append((i, resident.card.name, 0, p))
-                if not p.is_indeterminate:
+                if p.is_decided:
                     body_parts.setdefault(i, p.label)
         findings = [r.card for r in self._residents if r.card.role != "router"]
         selections = {i: select_cards(findings, item.header, body_parts.get(i)) for i, item in enumerate(items)}
@@ -527,11 +448,12 @@ class Engine:
                     jobs.append((i, 0, item.laterality, item.inputs[card.preprocessing]))
             if not jobs:
                 continue
-            probs = self._probabilities(resident, np.stack([job[3] for job in jobs]))
-            for (i, half, side, _), row in zip(jobs, probs, strict=True):
+            probs, scores = self._probabilities(resident, np.stack([job[3] for job in jobs]))
+            for j, ((i, half, side, _), row) in enumerate(zip(jobs, probs, strict=True)):
                 item = items[i]
                 region = HALVES[half] if card.bilateral and item.halves else None
-                prediction = _prediction(card, item.sop_instance_uid, item.series_instance_uid, row, side, region)
+                uids = item.sop_instance_uid, item.series_instance_uid
+                prediction = _prediction(card, *uids, row, side, region, _gate_verdict(resident, scores, j))
                 rows.append((i, card.name, half, prediction))
         rows.sort(key=lambda r: (r[0], r[1], r[2]))
         return Classification(
@@ -640,15 +562,17 @@ class Engine:
                 f"model {card.name} is resident as version {card.version}, the prediction came from "
                 f"{prediction.model_version}: its Grad-CAM would explain another model"
             )
-        label = None if prediction.is_indeterminate else prediction.label
+        label = prediction.label if prediction.is_decided else None
         gray = to_gray(ds, card.preprocessing.window)
         if prediction.region in HALVES:
             half = HALVES.index(str(prediction.region))
-            part = split_bilateral(gray, ds)[half][1]
-            width = gray.shape[1]
+            box = framed(gray, card.preprocessing)
+            base = gray[box]
+            part = split_bilateral(base, ds)[half][1]
+            width = base.shape[1]
             columns = slice(0, width // 2) if half == 0 else slice((width + 1) // 2, width)
             heat = np.zeros(gray.shape, dtype=np.float32)
-            heat[:, columns] = self._heat(resident, part, self._class_index(resident, part, label))
+            heat[box][:, columns] = self._heat(resident, part, self._class_index(resident, part, label))
         else:
             heat = self._heat(resident, gray, self._class_index(resident, gray, label))
         rgb = overlay_rgb(gray, heat, alpha)
@@ -659,7 +583,7 @@ class Engine:
             rgb = np.asarray(Image.fromarray(rgb, mode="RGB").resize(size, Image.Resampling.LANCZOS), dtype=np.uint8)
         return rgb
 
-    def _class_index(self, resident: _Resident, gray: np.ndarray, label_key: str | None) -> int:
+    def _class_index(self, resident: Resident, gray: np.ndarray, label_key: str | None) -> int:
         """Index of ``label_key`` in the card, or of the class predict would report for ``gray`` when None."""
         card = resident.card
         if label_key is None:  # same forward, same autocast as predict
@@ -670,14 +594,31 @@ class Engine:
         except ValueError:
             raise KeyError(f"model {card.name} has no label {label_key!r} (labels: {card.label_keys})") from None
 
-    def _heat(self, resident: _Resident, gray: np.ndarray, index: int) -> np.ndarray:
-        """Grad-CAM of class ``index`` for one gray image, mapped back onto that image's geometry."""
-        batch = gray_to_input(gray, resident.card.preprocessing)[np.newaxis]
+    def _heat(self, resident: Resident, gray: np.ndarray, index: int) -> np.ndarray:
+        """Grad-CAM of class ``index`` for one gray image, mapped back onto that image's geometry.
+
+        The model read the content box only (when its card crops), so the map covers that box; the cropped borders
+        get no heat: framing is not evidence.
+        """
+        prep = resident.card.preprocessing
+        box = framed(gray, prep)
+        part = gray[box]
+        batch = gray_to_input(part, replace(prep, crop_content=False))[np.newaxis]  # part is already the box
         x = torch.from_numpy(batch).to(self._device)
         if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        heat = gradcam(resident.model, x, index)  # eager model, float32: gradients need no autocast
-        return unpad(heat, gray.shape)
+        heat = np.zeros(gray.shape, dtype=np.float32)
+        # eager, float32 (gradients need no autocast); an ensemble's map is the mean of its members' maps
+        maps = [gradcam(member, x, index) for member in members_of(resident.model)]
+        heat[box] = unpad(np.mean(maps, axis=0).astype(np.float32), part.shape)
+        return heat
+
+
+def _gate_verdict(resident: Resident, scores: np.ndarray | None, index: int) -> tuple[float, float] | None:
+    """(score, threshold) of input ``index`` for a gated model, None for a model without a gate."""
+    if resident.gate is None or scores is None:
+        return None
+    return float(scores[index]), resident.gate.threshold
 
 
 def _prediction(
@@ -687,11 +628,16 @@ def _prediction(
     probs: np.ndarray,
     laterality: str | None,
     region: str | None,
+    gated: tuple[float, float] | None = None,
 ) -> Prediction:
+    """The card's answer for one input: a label, "indeterminate" below threshold, "not_assessed" past the gate."""
     keys = card.label_keys
     top = int(np.argmax(probs))
     top_p = float(probs[top])
     label = keys[top] if top_p >= card.thresholds.get(keys[top], 0.0) else Prediction.INDETERMINATE
+    score, threshold = gated if gated is not None else (None, None)
+    if score is not None and threshold is not None and not score <= threshold:  # NaN fails the gate too
+        label = Prediction.NOT_ASSESSED
     return Prediction(
         model_name=card.name,
         model_version=card.version,
@@ -704,4 +650,6 @@ def _prediction(
         laterality=laterality,
         region=region,
         untrained=card.untrained,
+        gate_score=score,
+        gate_threshold=threshold,
     )

@@ -2,7 +2,8 @@
 
 The pipeline follows the DICOM grayscale display chain so that the network sees what a radiologist sees:
 decode → (colour → luminance) → Modality LUT → VOI (first window, or min-max) → MONOCHROME1 inverted
-(bone bright) → aspect-preserving resize and centred zero pad → (x - mean) / std, repeated to the channels.
+(bone bright) → crop to the content (uniform borders and padding removed) → aspect-preserving resize and centred
+zero pad → (x - mean) / std, repeated to the channels.
 The card saved next to the weights carries the parameters (:class:`~models.card.Preprocessing`), so a model
 is always fed the way it was trained.
 """
@@ -171,6 +172,53 @@ def to_gray(ds: pydicom.Dataset, window: str = "first") -> np.ndarray:
     return gray.astype(np.float32)
 
 
+FLAT_TOLERANCE = 0.04
+"""A border row or column is padding when its 2nd-98th percentile range is within this (gray in [0, 1]): JPEG
+ringing in a black bar and a small burnt-in letter (under 2% of the line) do not make a bar look like anatomy."""
+_CROP_ANALYSIS_SIDE = 512
+
+
+def _flat_lines(small: np.ndarray, axis: int) -> np.ndarray:
+    low, high = np.percentile(small, [2.0, 98.0], axis=axis)
+    return np.asarray(high - low <= FLAT_TOLERANCE)
+
+
+def _span(flat: np.ndarray) -> tuple[int, int]:
+    """First and one-past-last index that is not flat; (0, len) when every line is flat (nothing to crop to)."""
+    kept = np.flatnonzero(~flat)
+    if kept.size == 0:
+        return 0, len(flat)
+    return int(kept[0]), int(kept[-1]) + 1
+
+
+def content_box(gray: np.ndarray) -> tuple[slice, slice]:
+    """(rows, columns) of ``gray`` without its uniform borders: black or white letterbox bars, PixelPaddingValue
+    (already 0 after :func:`to_gray`), constant rows and columns at the edges.
+
+    Why: a portrait CR padded to a square and a web JPEG cropped tight must reach the model alike, so that framing
+    cannot drive a prediction. Only leading and trailing lines are removed, never lines inside the image. The
+    analysis runs on a block-averaged copy (long side ≤ 512) so it costs a few ms on a 3000 px radiograph: each edge
+    is found to within one block (6 px on a 3000 px image). An image that is flat everywhere (blank) is
+    returned whole: there is nothing to crop to, and the domain gate refuses it.
+    """
+    if gray.ndim != 2 or 0 in gray.shape:
+        raise ValueError(f"expected a non-empty 2-D image, got shape {gray.shape}")
+    h, w = gray.shape
+    f = max(1, -(-max(h, w) // _CROP_ANALYSIS_SIDE))
+    hb, wb = -(-h // f), -(-w // f)
+    padded = np.pad(gray, ((0, hb * f - h), (0, wb * f - w)), mode="edge")
+    small = padded.reshape(hb, f, wb, f).mean(axis=(1, 3))
+    top, bottom = _span(_flat_lines(small, axis=1))
+    left, right = _span(_flat_lines(small, axis=0))
+    return slice(top * f, min(h, bottom * f)), slice(left * f, min(w, right * f))
+
+
+def crop_to_content(gray: np.ndarray) -> np.ndarray:
+    """``gray`` cut to its :func:`content_box` (a view, not a copy)."""
+    rows, cols = content_box(gray)
+    return gray[rows, cols]
+
+
 def resize_pad(img: np.ndarray, size: int) -> np.ndarray:
     """Resize keeping the aspect ratio (long side == ``size``), centred on a ``size``×``size`` zero canvas.
 
@@ -194,7 +242,12 @@ def resize_pad(img: np.ndarray, size: int) -> np.ndarray:
 
 
 def gray_to_input(gray: np.ndarray, prep: Preprocessing) -> np.ndarray:
-    """A ``to_gray`` image → float32 (in_chans, size, size) input; one decode can feed many models."""
+    """A ``to_gray`` image → float32 (in_chans, size, size) input; one decode can feed many models.
+
+    Cropped to its content first when the card says so (``crop_content``; cards trained before it read the frame).
+    """
+    if prep.crop_content:
+        gray = crop_to_content(gray)
     x = (resize_pad(gray, prep.input_size) - np.float32(prep.mean)) / np.float32(prep.std)
     return np.repeat(x[np.newaxis], prep.in_chans, axis=0).astype(np.float32, copy=False)
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from models.augment import Augmentation, augment
 from models.card import Label, ModelCard, file_sha256
 from models.data import Record, load_images, manifest_sha256
-from models.inference import build_model
+from models.loading import build_model
 from models.metrics import fit_temperature
 
 CHECKPOINT = "checkpoint.pt"

@@ -11,7 +11,8 @@ import pytest
 
 from models.card import CARD_FILE, CardError, Label, ModelCard
 from models.demo import DEMO_LABELS, DEMO_NAME, install_demo, write_model
-from models.inference import Engine, NoModelsError
+from models.inference import Engine
+from models.loading import NoModelsError
 from models.prediction import Prediction
 from models.preprocess import PixelDecodeError, laterality_of
 from tests.support import RG2_HIP_JLSL, pydicom_data_file

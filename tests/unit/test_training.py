@@ -22,7 +22,8 @@ from models.card import ModelCard, Preprocessing, file_sha256
 from models.catalog import catalog
 from models.evaluate import EvaluationError, evaluate_model
 from models.export import export_model
-from models.inference import Engine, build_model
+from models.inference import Engine
+from models.loading import build_model
 from models.report_html import render_html
 from models.train import (
     BEST_WEIGHTS,
