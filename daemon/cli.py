@@ -39,6 +39,7 @@ app.command("dataset")(cli_training.dataset)
 app.command("train")(cli_training.train)
 app.command("evaluate")(cli_training.evaluate)
 app.command("export")(cli_training.export)
+app.command("calibrate")(cli_training.calibrate)
 
 console = Console()
 err = Console(stderr=True)

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from models.train import Trainer, TrainResult
+    from models.card import ModelCard
+    from models.data import Record
+    from models.train import Trainer, TrainOptions, TrainResult
 
 console = Console()
 err = Console(stderr=True)
@@ -73,6 +76,21 @@ def dataset(
     console.print(f"manifest → {out}")
 
 
+PRESETS: dict[str, dict[str, Any]] = {
+    "cpu": {
+        "arch": "resnet10t",
+        "arch_kwargs": {"channels": [24, 48, 96, 192]},
+        "input_size": 224,
+        "epochs": 60,
+        "batch_size": 8,
+        "lr": 1e-3,
+    },
+}
+"""``--preset cpu``: the small network the shipped models use; about 3 s an epoch per 100 images on two CPU cores,
+so a first model of a few hundred images is ready in minutes. Explicit options win over the preset."""
+DEFAULTS: dict[str, Any] = {"epochs": 50, "batch_size": 16, "lr": 2e-3}
+
+
 def train(
     data_path: ManifestOption,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoint, log.csv, model/.")],
@@ -80,7 +98,8 @@ def train(
         str | None, typer.Option(help="Catalog task whose card to start from (predictd models catalog).")
     ] = None,
     card_file: Annotated[Path | None, typer.Option("--card", exists=True, dir_okay=False, help="A card.json.")] = None,
-    name: Annotated[str | None, typer.Option(help="Model name (default: the card's).")] = None,
+    preset: Annotated[str | None, typer.Option(help=f"Settings for a machine: {', '.join(PRESETS)}.")] = None,
+    name: Annotated[str | None, typer.Option(help="Model name (default: the task's, with a '_site' suffix).")] = None,
     version: Annotated[str | None, typer.Option(help="Model version (default: today's date).")] = None,
     arch: Annotated[str | None, typer.Option(help="timm architecture (default: the card's).")] = None,
     arch_kwargs: Annotated[
@@ -88,28 +107,37 @@ def train(
         typer.Option(help="JSON keyword arguments for timm.create_model, e.g. '{\"channels\": [32, 64, 128, 256]}'."),
     ] = None,
     input_size: Annotated[int | None, typer.Option(help="Input side in pixels (default: the card's).")] = None,
-    epochs: Annotated[int, typer.Option(help="Whole-network epochs.")] = 50,
+    epochs: Annotated[int | None, typer.Option(help="Whole-network epochs (default 50).")] = None,
     head_epochs: Annotated[int, typer.Option(help="Head-only epochs first (only with --init).")] = 4,
-    batch_size: Annotated[int, typer.Option()] = 16,
-    lr: Annotated[float, typer.Option(help="Peak one-cycle learning rate.")] = 2e-3,
+    batch_size: Annotated[int | None, typer.Option(help="Default 16.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak one-cycle learning rate (default 2e-3).")] = None,
     patience: Annotated[int, typer.Option(help="Early stopping: epochs without a lower validation loss.")] = 12,
     seed: Annotated[int, typer.Option()] = 0,
     init: Annotated[
         str | None, typer.Option(help="Pretrained weights: a safetensors/timm checkpoint file, or a timm model name.")
     ] = None,
-    augment: Annotated[bool, typer.Option(help="Contrast, brightness, zoom, affine, rotation (and flips).")] = True,
+    augment: Annotated[bool, typer.Option(help="Intensity, geometry, reframing, markers, bars, noise.")] = True,
     hflip: Annotated[
         bool | None, typer.Option(help="Horizontal flips (default: unless the card is bilateral).")
     ] = None,
     balanced: Annotated[bool, typer.Option(help="Class-balanced sampling.")] = True,
+    crop: Annotated[bool, typer.Option(help="Crop uniform borders before resizing (as inference will).")] = True,
+    folds: Annotated[
+        int, typer.Option(help="K > 1: a cross-validated ensemble of K members on train+val (calibrated out of fold).")
+    ] = 1,
+    coverage: Annotated[
+        float, typer.Option(help="Share of held-out in-domain images the domain gate lets through (0: no gate).")
+    ] = 0.95,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     threshold: Annotated[float, typer.Option(help="Per-class threshold written into the card.")] = 0.5,
-    max_minutes: Annotated[float | None, typer.Option(help="Stop with a checkpoint after this long.")] = None,
+    max_minutes: Annotated[
+        float | None, typer.Option(help="Stop with a checkpoint after this long (the best model so far is written).")
+    ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run saved in --out.")] = False,
 ) -> None:
-    """Train a card's timm model on the manifest's train split (early stopping and temperature on val)."""
+    """Train a card's timm model on the manifest's train split (early stopping, temperature and gate on val)."""
     from models import data
-    from models.card import ModelCard
+    from models.card import CardError, ModelCard
     from models.catalog import catalog
     from models.train import Trainer, TrainError, TrainOptions
 
@@ -117,48 +145,131 @@ def train(
     root = data_path.parent
     say = console.print
     try:
-        if resume:
+        chosen = {**DEFAULTS, **_preset(preset)}
+        for key, value in {"epochs": epochs, "batch_size": batch_size, "lr": lr}.items():
+            if value is not None:
+                chosen[key] = value
+        options = TrainOptions(
+            head_epochs=head_epochs,
+            epochs=int(chosen["epochs"]),
+            batch_size=int(chosen["batch_size"]),
+            lr=float(chosen["lr"]),
+            patience=patience,
+            seed=seed,
+            init=init,
+            augment=augment,
+            hflip=hflip,
+            balanced=balanced,
+            device=device,
+            threshold=threshold,
+            max_minutes=max_minutes,
+            coverage=coverage,
+        )
+        if resume and folds == 1:
             trainer = Trainer.resume(records, out, root, say, max_minutes=max_minutes)
-        else:
-            if (task is None) == (card_file is None):
-                raise TrainError("give exactly one of --task or --card")
-            templates = catalog()
-            if task is not None and task not in templates:
-                raise TrainError(f"unknown task {task!r}; known: {sorted(templates)}")
-            card = templates[task] if task is not None else ModelCard.from_dict(json.loads(card_file.read_text()))  # type: ignore[union-attr]
-            prep = card.preprocessing if input_size is None else replace(card.preprocessing, input_size=input_size)
-            card = replace(
-                card,
-                name=name or card.name,
-                version=version or "",
-                arch=arch or card.arch,
-                arch_kwargs=json.loads(arch_kwargs) if arch_kwargs else card.arch_kwargs,
-                preprocessing=prep,
-            )
-            options = TrainOptions(
-                head_epochs=head_epochs,
-                epochs=epochs,
-                batch_size=batch_size,
-                lr=lr,
-                patience=patience,
-                seed=seed,
-                init=init,
-                augment=augment,
-                hflip=hflip,
-                balanced=balanced,
-                device=device,
-                threshold=threshold,
-                max_minutes=max_minutes,
-            )
-            trainer = Trainer(card, records, out, options, root, say)
-        result = _run_with_progress_bar(trainer)
-    except (TrainError, data.DataError, OSError, json.JSONDecodeError) as exc:
+            _finished(_run_with_progress_bar(trainer.run, trainer), out)
+            return
+        if (task is None) == (card_file is None):
+            raise TrainError("give exactly one of --task or --card")
+        templates = catalog()
+        if task is not None and task not in templates:
+            raise TrainError(f"unknown task {task!r}; known: {sorted(templates)}")
+        card = templates[task] if task is not None else ModelCard.from_dict(json.loads(card_file.read_text()))  # type: ignore[union-attr]
+        size = input_size or chosen.get("input_size")
+        prep = replace(card.preprocessing, crop_content=crop)
+        if size:
+            prep = replace(prep, input_size=int(size))
+        kwargs = json.loads(arch_kwargs) if arch_kwargs else chosen.get("arch_kwargs", card.arch_kwargs)
+        card = replace(
+            card,
+            name=name or (f"{card.name}_site" if task is not None else card.name),
+            version=version or "",
+            arch=arch or chosen.get("arch", card.arch),
+            arch_kwargs=kwargs,
+            preprocessing=prep,
+        )
+        if folds > 1:
+            _train_folds(card, records, out, options, folds, root)
+            return
+        trainer = Trainer(card, records, out, options, root, say)
+        _finished(_run_with_progress_bar(trainer.run, trainer), out)
+    except (TrainError, CardError, data.DataError, OSError, json.JSONDecodeError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
+
+
+def _preset(name: str | None) -> dict[str, Any]:
+    from models.train import TrainError
+
+    if name is None:
+        return {}
+    if name not in PRESETS:
+        raise TrainError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
+    return dict(PRESETS[name])
+
+
+def _finished(result: TrainResult, out: Path) -> None:
     if not (result.model_dir / "card.json").is_file():
-        console.print(f"not finished after {result.epochs_run} epochs: `predictd train --resume --data … --out {out}`")
+        console.print(f"no epoch finished: `predictd train --resume --data … --out {out}` continues")
         raise typer.Exit(3)
-    console.print(f"{result.card.name}@{result.card.version}: best epoch {result.best_epoch} → {result.model_dir}")
+    card = result.card
+    if not card.training.get("complete", True):
+        console.print(
+            f"time budget reached after {result.epochs_run} epochs: {result.model_dir} holds the best model so far; "
+            f"`predictd train --resume --data … --out {out}` continues"
+        )
+    console.print(f"{card.name}@{card.version}: best epoch {result.best_epoch} → {result.model_dir}")
+
+
+def _train_folds(
+    card: ModelCard, records: list[Record], out: Path, options: TrainOptions, folds: int, root: Path
+) -> None:
+    from models.crossval import train_crossval
+
+    holder: dict[str, Any] = {}
+
+    def run() -> Any:
+        holder["result"] = train_crossval(card, records, out, options, folds, root, console.print, holder.get("bar"))
+        return holder["result"]
+
+    result = _run_with_progress_bar(run, None, holder)
+    if not result.complete:
+        console.print(
+            f"time budget reached with {result.folds_done} of {folds} members done: run the same command again "
+            "to continue"
+        )
+        raise typer.Exit(3)
+    calibration = result.card.training["calibration"]
+    console.print(
+        f"{result.card.name}@{result.card.version}: ensemble of {folds} → {result.model_dir} · out-of-fold accuracy "
+        f"{calibration['accuracy']:.3f}, ECE {calibration['ece_after']:.3f}, temperature {result.card.temperature:.2f}"
+    )
+
+
+def calibrate(
+    model: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Model folder (card.json + weights).")],
+    data_path: ManifestOption,
+    coverage: Annotated[float, typer.Option(help="Share of validation images the gate lets through.")] = 0.95,
+    temperature: Annotated[bool, typer.Option(help="Also refit the temperature on the validation split.")] = True,
+) -> None:
+    """Fit the domain gate (train split) and its threshold and the temperature (val split) of a trained model.
+
+    For models trained elsewhere: the weights are not touched; the card and a gate file beside them are written.
+    """
+    from models import data
+    from models.calibrate import calibrate_model
+    from models.card import CardError
+
+    records = data.read_manifest(data_path)
+    try:
+        card = calibrate_model(model, records, coverage=coverage, temperature=temperature)
+    except (CardError, ValueError, OSError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    console.print(
+        f"{card.name}@{card.version}: gate threshold {card.gate['threshold']:.3f} "
+        f"({coverage:.0%} of {card.gate['n_reference']} validation images pass), temperature {card.temperature:.2f}"
+    )
 
 
 def evaluate(
@@ -235,8 +346,10 @@ def export(
         console.print(f"[yellow]kept float32:[/yellow] {result.card.training['export'].get('fp16_refused')}")
 
 
-def _run_with_progress_bar(trainer: Trainer) -> TrainResult:
-    """Run the trainer with a bar over each epoch's batches on a terminal; plain epoch lines elsewhere (logs, CI)."""
+def _run_with_progress_bar(
+    run: Callable[[], Any], trainer: Trainer | None, holder: dict[str, Any] | None = None
+) -> Any:
+    """``run()`` with a bar over each epoch's batches on a terminal; plain epoch lines elsewhere (logs, CI)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -246,6 +359,9 @@ def _run_with_progress_bar(trainer: Trainer) -> TrainResult:
         def on_batch(label: str, done: int, total: int) -> None:
             bar.update(task_id, description=label, completed=done, total=total)
 
-        trainer.say = bar.console.print
-        trainer.on_batch = on_batch
-        return trainer.run()
+        if trainer is not None:
+            trainer.say = bar.console.print
+            trainer.on_batch = on_batch
+        if holder is not None:
+            holder["bar"] = on_batch
+        return run()

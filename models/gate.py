@@ -75,7 +75,7 @@ class DomainGate:
     threshold: float = float("inf")
 
     @classmethod
-    def fit(cls, features: Sequence[Sequence[np.ndarray]], y: np.ndarray) -> DomainGate:
+    def fit(cls, features: Sequence[np.ndarray], y: np.ndarray) -> DomainGate:
         """One member's gate from its training features (features[stage]: (N, D)) and their class indices."""
         return cls((tuple(fit_stage(np.asarray(f), y) for f in features),))
 

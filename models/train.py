@@ -5,8 +5,9 @@ weights, since freezing a random backbone teaches nothing), one-cycle learning r
 (models.augment), class-balanced sampling, AMP on a GPU, a checkpoint after every epoch that ``resume`` continues
 from, early stopping on validation loss, a CSV log and a fixed seed. The images of a manifest are decoded once
 into memory through the same preprocessing as inference (the sets this is for have hundreds to a few thousand
-images). The result is a model directory (card + weights) that the engine, ``predictd evaluate`` and
-``predictd export`` read; the temperature is fitted on the validation split.
+images). The result is a model directory (card, weights, domain gate) that the engine, ``predictd evaluate`` and
+``predictd export`` read; the temperature and the gate's threshold come from the validation split (models.calibrate).
+Cross-validated ensembles (``--folds``) run this trainer once per fold (models.crossval).
 """
 
 from __future__ import annotations
@@ -29,23 +30,25 @@ import torch
 import torch.nn.functional as F
 
 from models.augment import Augmentation, augment
+from models.calibrate import calibrate_single, write_gate
 from models.card import Label, ModelCard, file_sha256
 from models.data import Record, load_images, manifest_sha256
+from models.gate import DEFAULT_COVERAGE
 from models.loading import build_model
-from models.metrics import fit_temperature
 
 CHECKPOINT = "checkpoint.pt"
 LOG_CSV = "log.csv"
 BEST_WEIGHTS = "best.safetensors"
 MODEL_DIR = "model"
-TEMPERATURE_RANGE = (0.5, 5.0)
-"""Bounds of the fitted temperature: a validation split of a few dozen images, often all classified right, would
-otherwise drive it towards zero and make every probability 1.0."""
 LOG_COLUMNS = ("stage", "epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds")
 
 
 class TrainError(ValueError):
     """The data, the card or a checkpoint cannot be trained from as asked."""
+
+
+class _OutOfTime(Exception):
+    """The time budget ran out inside an epoch: that epoch is dropped, the last checkpoint stands."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,13 @@ class TrainOptions:
     threshold: float = 0.5
     """Per-class minimum calibrated probability written into the card; below it the result is indeterminate."""
     max_minutes: float | None = None
-    """Stop (with a checkpoint) when the next epoch would pass this wall-clock budget; resume continues."""
+    """Stop (with a checkpoint) at this wall-clock budget, within an epoch if need be; resume continues. The best
+    model so far is written either way."""
+    keep: str = "best"
+    """Weights of the model directory: "best" (lowest validation loss) or "last" (the end of the schedule; what
+    cross-validation keeps, so that out-of-fold figures are not chosen on the fold they measure)."""
+    coverage: float = DEFAULT_COVERAGE
+    """Share of validation images the domain gate lets through (its threshold); 0 fits no gate."""
 
 
 @dataclass
@@ -259,6 +268,7 @@ class Trainer:
         self.model = _initial_model(self.card, options.init).to(self.device)
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.OneCycleLR | None = None
+        self.deadline: float | None = None
 
     # ---------------------------------------------------------------- checkpoints
 
@@ -322,6 +332,8 @@ class Trainer:
         use_amp = self.options.amp and self.device.type == "cuda"
         batches = _batches(train, k, self.options, self.gen)
         for step, idx in enumerate(batches, start=1):
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                raise _OutOfTime
             x, y = train.x[idx], train.y[idx]
             if self.options.augment:
                 x = augment(x, self.card.preprocessing, self.aug, self.gen)
@@ -353,6 +365,8 @@ class Trainer:
         if self.optimizer is None:
             self._new_stage(steps_per_epoch=steps_per_epoch)
         started = time.monotonic()
+        if self.options.max_minutes is not None:
+            self.deadline = started + 60.0 * self.options.max_minutes
         stages = _stages(self.options)
         while not self.state["done"]:
             name, epochs = stages[self.state["stage"]]
@@ -367,8 +381,12 @@ class Trainer:
             if self._out_of_time(started):
                 self.say("time budget reached: checkpoint saved, continue with --resume")
                 break
-            self._epoch(name, train, val, k)
-        return self._finish(val)
+            try:
+                self._epoch(name, train, val, k)
+            except _OutOfTime:
+                self.say("time budget reached within an epoch: that epoch dropped, continue with --resume")
+                break
+        return self._finish(train, val)
 
     def _out_of_time(self, started: float) -> bool:
         history = self.state["history"]
@@ -402,7 +420,12 @@ class Trainer:
             f"val loss {val_loss:.3f} acc {val_acc:.3f} · {row['seconds']:.0f} s"
         )
 
-    def _finish(self, val: _Split) -> TrainResult:
+    def _finish(self, train: _Split, val: _Split) -> TrainResult:
+        """Write RUN/model: the kept weights, temperature and gate from the validation split, the card.
+
+        Also when the run stopped early for its time budget (``training.complete`` is then false): the best model
+        so far is what the next command (evaluate, export) needs; ``--resume`` continues and rewrites it.
+        """
         model_dir = self.out / MODEL_DIR
         result = TrainResult(
             model_dir=model_dir,
@@ -413,20 +436,33 @@ class Trainer:
             stopped_early=bool(self.state["stopped_early"]),
             history=list(self.state["history"]),
         )
-        if not self.state["done"]:
-            return result
-        best = safetensors.torch.load_file(str(self.out / BEST_WEIGHTS))
-        self.model.load_state_dict(best)
-        temperature, metrics = 1.0, {}
+        if not (self.out / BEST_WEIGHTS).is_file():
+            return result  # not one epoch finished
+        done = bool(self.state["done"])
+        if self.options.keep == "best" or not done:
+            self.model.load_state_dict(safetensors.torch.load_file(str(self.out / BEST_WEIGHTS)))
+        kept = {k2: v.detach().float().contiguous().cpu() for k2, v in self.model.state_dict().items()}
+        card = self._final_card(1.0, result)
+        card = replace(card, training={**card.training, "complete": done, "kept": self.options.keep})
+        gate = None
+        if val.y.numel() and self.options.coverage > 0:
+            card, gate = calibrate_single(
+                self.model, card, (train.x, train.y), (val.x, val.y), self.device, coverage=self.options.coverage
+            )
+        metrics = {}
         if val.y.numel():
             logits = predict_logits(self.model, val.x, self.device, self.options.batch_size)
             accuracy = float((logits.argmax(1) == val.y).float().mean())
-            temperature = fitted_temperature(logits, val.y)
             metrics["val"] = {"split": "val", "n": int(val.y.numel()), "accuracy": {"value": accuracy, "ci": None}}
-        card = self._final_card(temperature, result)
         card = replace(card, training={**card.training, "metrics": metrics})
-        result.card = write_model_dir(model_dir, card, best)
-        self.say(f"model written to {model_dir} (best epoch {result.best_epoch}, temperature {temperature:.2f})")
+        model_dir.mkdir(parents=True, exist_ok=True)
+        if gate is not None:
+            card = write_gate(model_dir, card, gate, self.options.coverage, "train split (gate statistics, with "
+                              "augmented copies); threshold on the validation split", int(val.y.numel()))  # fmt: skip
+        result.card = write_model_dir(model_dir, card, kept)
+        state = "" if done else " (time budget: best so far)"
+        self.say(f"model written to {model_dir}{state} (best epoch {result.best_epoch}, temperature "
+                 f"{result.card.temperature:.2f}, gate {'on' if gate is not None else 'off'})")  # fmt: skip
         return result
 
     def _final_card(self, temperature: float, result: TrainResult) -> ModelCard:
@@ -444,7 +480,6 @@ class Trainer:
             "epochs_run": result.epochs_run,
             "stopped_early": result.stopped_early,
             "best_val_loss": result.best_val_loss,
-            "temperature_fitted_on": "val" if temperature != 1.0 else None,
             "trained": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "torch": torch.__version__,
             "timm": timm.__version__,
@@ -457,18 +492,6 @@ class Trainer:
             thresholds={key: self.options.threshold for key in self.card.label_keys},
             training=training,
         )
-
-
-def fitted_temperature(logits: torch.Tensor, y: torch.Tensor) -> float:
-    """Temperature fitted on validation logits, within TEMPERATURE_RANGE; 1.0 when every validation image is right.
-
-    With no error on the validation split the likelihood only grows as the temperature shrinks: the fit would say
-    "sharpen without limit" on no evidence, so the probabilities are left as the network gives them.
-    """
-    if bool((logits.argmax(1) == y).all()):
-        return 1.0
-    low, high = TEMPERATURE_RANGE
-    return fit_temperature(logits.numpy(), y.numpy(), lower=low, upper=high)
 
 
 def write_model_dir(directory: Path, card: ModelCard, state: dict[str, torch.Tensor]) -> ModelCard:

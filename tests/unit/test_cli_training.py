@@ -40,7 +40,9 @@ def test_dataset_train_evaluate_export(tmp_path: Path) -> None:
     tiny = ("--arch", "test_efficientnet", "--input-size", "32", "--batch-size", "16", "--device", "cpu")
     _ok(runner, "train", "--data", str(manifest), "--task", "hip_arthroplasty", "--out", str(run), "--epochs=1", *tiny)
     card = ModelCard.load(run / "model")
-    assert card.name == "hip_arthroplasty" and card.arch == "test_efficientnet" and card.preprocessing.input_size == 32
+    assert card.arch == "test_efficientnet" and card.preprocessing.input_size == 32
+    assert card.name == "hip_arthroplasty_site", "a site's model must not collide with the shipped one of its task"
+    assert card.preprocessing.crop_content and card.gated
 
     report_json, report_html = tmp_path / "eval.json", tmp_path / "eval.html"
     output = _ok(
@@ -59,3 +61,52 @@ def test_dataset_train_evaluate_export(tmp_path: Path) -> None:
 
     missing = runner.invoke(app, ["train", "--data", str(manifest), "--out", str(tmp_path / "x")])
     assert missing.exit_code == 2 and "--task or --card" in missing.output
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "hip.csv"
+    _ok(CliRunner(), "dataset", str(HIP), "--out", str(path))
+    return path
+
+
+def test_cross_validated_ensemble_is_calibrated_out_of_fold(manifest: Path, tmp_path: Path) -> None:
+    run = tmp_path / "cv"
+    tiny = ("--arch", "test_efficientnet", "--input-size", "32", "--batch-size", "16", "--device", "cpu")
+    args = ("train", "--data", str(manifest), "--task", "hip_arthroplasty", "--out", str(run), "--epochs=1")
+    output = _ok(CliRunner(), *args, "--folds", "3", *tiny)
+    card = ModelCard.load(run / "model")
+    assert card.members == 3 and card.gated and "out-of-fold accuracy" in output
+    with manifest.open() as fh:
+        train_val = sum(1 for row in csv.DictReader(fh) if row["split"] in ("train", "val"))
+    calibration = card.training["calibration"]
+    assert calibration["n"] == train_val == card.gate["n_reference"]
+    assert calibration["fitted_on"].startswith("out-of-fold") and 0.9 <= calibration["gate_passed"] <= 1.0
+    assert [(run / f"fold{k}" / "model" / "card.json").is_file() for k in (1, 2, 3)] == [True] * 3
+
+    again = _ok(CliRunner(), *args, "--folds", "3", *tiny)  # finished members are not trained again
+    assert "member" not in again and ModelCard.load(run / "model").members == 3
+
+
+def test_calibrate_adds_a_gate_to_a_model_trained_elsewhere(manifest: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    tiny = ("--arch", "test_efficientnet", "--input-size", "32", "--device", "cpu", "--epochs=1", "--coverage", "0")
+    _ok(CliRunner(), "train", "--data", str(manifest), "--task", "hip_arthroplasty", "--out", str(run), *tiny)
+    before = ModelCard.load(run / "model")
+    assert not before.gated
+    output = _ok(CliRunner(), "calibrate", str(run / "model"), "--data", str(manifest), "--coverage", "0.9")
+    after = ModelCard.load(run / "model")
+    assert after.gated and after.gate["coverage"] == 0.9 and after.sha256 == before.sha256
+    assert "gate threshold" in output
+
+
+def test_cpu_preset_sets_the_small_network_and_options_still_win(manifest: Path, tmp_path: Path) -> None:
+    run = tmp_path / "preset"
+    args = ("train", "--data", str(manifest), "--task", "hip_arthroplasty", "--out", str(run), "--preset", "cpu")
+    _ok(CliRunner(), *args, "--epochs=1", "--input-size", "32", "--device", "cpu")
+    card = ModelCard.load(run / "model")
+    assert card.arch == "resnet10t" and card.arch_kwargs == {"channels": [24, 48, 96, 192]}
+    assert card.preprocessing.input_size == 32 and card.training["options"]["epochs"] == 1
+    assert card.training["options"]["batch_size"] == 8
+    unknown = CliRunner().invoke(app, [*args[:-1], "gpu-huge"])
+    assert unknown.exit_code == 2 and "unknown preset" in unknown.output
