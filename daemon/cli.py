@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from daemon import cli_training, queue, records
+from daemon import cli_evaluate, cli_training, queue, records
 from daemon.config import Settings, load_settings
 from daemon.db import Database, DatabaseNotAtHead
 from daemon.lifecycle import IllegalTransition, StudyState
@@ -37,7 +37,7 @@ app.add_typer(registry_app, name="registry")
 app.add_typer(models_app, name="models")
 app.command("dataset")(cli_training.dataset)
 app.command("train")(cli_training.train)
-app.command("evaluate")(cli_training.evaluate)
+app.command("evaluate")(cli_evaluate.evaluate)
 app.command("export")(cli_training.export)
 app.command("calibrate")(cli_training.calibrate)
 

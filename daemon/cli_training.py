@@ -272,51 +272,6 @@ def calibrate(
     )
 
 
-def evaluate(
-    model: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Model folder (card.json + weights).")],
-    data_path: ManifestOption,
-    split: Annotated[str, typer.Option(help="Split to measure: train, val, test or all.")] = "test",
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON.")] = None,
-    html_out: Annotated[Path | None, typer.Option("--html", help="Write a self-contained HTML report.")] = None,
-    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% CIs.")] = 1000,
-    record: Annotated[bool, typer.Option("--record", help="Write the headline figures into the model's card.")] = False,
-) -> None:
-    """Accuracy, kappa, per-class precision/recall/F1/AUC with 95% CIs, calibration, readers, on one split."""
-    from models import data
-    from models.card import CardError, ModelCard
-    from models.evaluate import EvaluationError, evaluate_model, summary
-    from models.report_html import write_html
-
-    records = data.read_manifest(data_path)
-    try:
-        report = evaluate_model(model, records, split, data_root=data_path.parent, n_boot=n_boot)
-    except (EvaluationError, CardError, OSError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report, indent=1) + "\n")
-    if html_out:
-        write_html(report, html_out)
-    if record:  # the card changes, its weights (and so its sha256) do not
-        card = ModelCard.load(model)
-        metrics = {**card.training.get("metrics", {}), split: summary(report)}
-        replace(card, training={**card.training, "metrics": metrics}).save(model)
-    table = Table("metric", "value", "95% CI")
-    for key in ("accuracy", "kappa", "macro_f1"):
-        value, (low, high) = report[key]["value"], report[key]["ci"]
-        table.add_row(key, _fmt(value), f"{_fmt(low)}–{_fmt(high)}")
-    table.add_row("ece", _fmt(report["ece"]), "")
-    table.add_row("n", str(report["n"]), split)
-    console.print(table)
-    for warning in report["warnings"]:
-        console.print(f"[yellow]warning:[/yellow] {warning}")
-
-
-def _fmt(value: float | None) -> str:
-    return "—" if value is None else f"{value:.3f}"
-
-
 def export(
     model: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Trained model folder.")],
     out: Annotated[Path, typer.Argument(help="Folder to write (card.json + weights.safetensors).")],

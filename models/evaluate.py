@@ -8,6 +8,7 @@ with the card's temperature (fitted on the validation split at training time, ne
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,14 +16,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.calibrate import outputs
 from models.card import ModelCard
 from models.data import Record, load_images, manifest_sha256
-from models.loading import load_verified
+from models.loading import load_verified_resident
 from models.metrics import evaluate, expected_calibration_error, reader_study, roc_curve, softmax
-from models.train import predict_logits
+from models.preprocess import gray_to_input
+from models.probes import Probe
 
 SMALL_SPLIT = 50
 """Below this many images a report warns that its confidence intervals are wide."""
+CONFIDENT = 0.9
+"""An out-of-domain image labelled with at least this probability is the failure the domain gate exists to prevent."""
 
 
 class EvaluationError(ValueError):
@@ -63,7 +68,8 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """The :func:`models.metrics.evaluate` report of ``model_dir`` on ``split`` ("all": every record), plus ROC curves,
     calibration, the reader comparison (when reader columns exist), the indeterminate rate and each case's result."""
-    card, model = load_verified(Path(model_dir), device)
+    resident = load_verified_resident(Path(model_dir), device)
+    card, model = resident.card, resident.model
     chosen = [r for r in records if split == "all" or r.split == split]
     if not chosen:
         raise EvaluationError(f"the manifest has no images in split {split!r}")
@@ -72,7 +78,8 @@ def evaluate_model(
     if unknown:
         raise EvaluationError(f"labels {unknown} are not among the model's {labels}")
     x = torch.from_numpy(load_images(chosen, card.preprocessing))
-    logits = predict_logits(model, x, torch.device(device)).numpy().astype(np.float64)
+    out = outputs(model, x, torch.device(device))
+    logits = out.logits
     y = np.array([labels.index(r.label) for r in chosen], dtype=np.int64)
     probs = softmax(logits, card.temperature)
     report = evaluate(y, probs, labels, n_boot=n_boot, seed=seed)
@@ -97,17 +104,100 @@ def evaluate_model(
     report["temperature"] = card.temperature
     report["indeterminate_rate"] = float(below.mean())
     report["readers"] = _readers(chosen, labels, predicted)
+    scores = resident.gate.scores(out.features) if resident.gate is not None else None
+    report["domain_gate"] = _gate_on_split(card, scores, y, probs) if scores is not None else None
     report["cases"] = [
         {"image": r.path.name, "label": r.label, "predicted": p, "probability": round(float(t), 4)}
-        for r, p, t in zip(chosen, predicted, top, strict=True)
+        | ({"gate_score": round(float(scores[i]), 4)} if scores is not None else {})
+        for i, (r, p, t) in enumerate(zip(chosen, predicted, top, strict=True))
     ]
     report["created"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    report["warnings"] = (
-        [f"only {len(chosen)} images in split {split!r}: the confidence intervals are wide"]
-        if len(chosen) < SMALL_SPLIT
-        else []
-    )
+    report["warnings"] = report_warnings(report, y, split)
     return report
+
+
+def _gate_on_split(card: ModelCard, scores: np.ndarray, y: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
+    """Coverage (share of in-domain images the gate lets through) and the accuracy on those it let through."""
+    passed = scores <= float(card.gate["threshold"])
+    correct = probs.argmax(axis=1) == y
+    return {
+        "method": card.gate.get("method"),
+        "threshold": card.gate["threshold"],
+        "coverage_target": card.gate.get("coverage"),
+        "coverage": float(passed.mean()),
+        "n_assessed": int(passed.sum()),
+        "accuracy_assessed": float(correct[passed].mean()) if passed.any() else None,
+    }
+
+
+def report_warnings(report: dict[str, Any], y: np.ndarray, split: str) -> list[str]:
+    """What a reader of the figures must know before trusting them."""
+    out = []
+    n = len(y)
+    if n < SMALL_SPLIT:
+        out.append(f"only {n} images in split {split!r}: the confidence intervals are wide")
+    majority = float(np.bincount(y).max() / n)
+    accuracy = report["accuracy"]["value"]
+    if accuracy is not None and accuracy <= majority:
+        out.append(
+            f"accuracy {accuracy:.3f} is no better than always answering the most frequent class ({majority:.3f})"
+        )
+    calibration = report["calibration"]
+    before, after = calibration["ece_before"], calibration["ece_after"]
+    if before is not None and after is not None and after > before:
+        out.append(
+            f"the temperature made calibration worse on this split (ECE {calibration['ece_before']:.3f} → "
+            f"{calibration['ece_after']:.3f})"
+        )
+    undefined = [label for label, c in report["per_class"].items() if c["precision"]["value"] is None]
+    if undefined:
+        out.append(f"never predicted, so precision is undefined (n/a): {', '.join(undefined)}")
+    return out
+
+
+def evaluate_ood(model_dir: Path, probes: Sequence[Probe], *, device: str = "cpu") -> dict[str, Any]:
+    """How the model treats images it must refuse: the share refused, and any labelled with probability ≥ 0.9."""
+    resident = load_verified_resident(Path(model_dir), device)
+    card = resident.card
+    if not probes:
+        raise EvaluationError("no out-of-domain probes to evaluate")
+    x = torch.from_numpy(np.stack([gray_to_input(p.gray, card.preprocessing) for p in probes]))
+    out = outputs(resident.model, x, torch.device(device))
+    probs = softmax(out.logits, card.temperature)
+    top = probs.max(axis=1)
+    threshold = float(card.gate["threshold"]) if resident.gate is not None else math.inf
+    scores = resident.gate.scores(out.features) if resident.gate is not None else np.full(len(probes), -math.inf)
+    refused = ~(scores <= threshold)
+    labelled = ~refused & np.array([top[i] >= card.thresholds.get(card.label_keys[int(probs[i].argmax())], 0.0)
+                                    for i in range(len(probes))])  # fmt: skip
+    by_category: dict[str, dict[str, Any]] = {}
+    for probe, was_refused in zip(probes, refused, strict=True):
+        entry = by_category.setdefault(probe.category, {"n": 0, "refused": 0})
+        entry["n"] += 1
+        entry["refused"] += int(was_refused)
+    return {
+        "n": len(probes),
+        "refused": float(refused.mean()),
+        "labelled": int(labelled.sum()),
+        "labelled_confident": int((labelled & (top >= CONFIDENT)).sum()),
+        "max_probability_labelled": float(top[labelled].max()) if labelled.any() else None,
+        "by_category": by_category,
+        "cases": [
+            {
+                "category": p.category,
+                "image": p.name,
+                "gate_score": _finite(s),
+                "refused": bool(r),
+                "predicted": card.label_keys[int(pr.argmax())],
+                "probability": round(float(pr.max()), 4),
+            }
+            for p, s, r, pr in zip(probes, scores, refused, probs, strict=True)
+        ],
+    }
+
+
+def _finite(value: float) -> float | None:
+    return round(float(value), 4) if math.isfinite(value) else None
 
 
 def summary(report: dict[str, Any]) -> dict[str, Any]:

@@ -379,7 +379,8 @@ def evaluate(
     if t.size == 0:
         raise ValueError("no cases to evaluate")
     pred = p.argmax(axis=1)
-    precision, recall, f1 = precision_recall_f1(t, pred, k)
+    # NaN (reported as None, shown as "n/a"): a precision of a class never predicted is undefined, not 0
+    precision, recall, f1 = precision_recall_f1(t, pred, k, zero_division=math.nan)
     auc = roc_auc_ovr(t, p)
     point = np.r_[accuracy(t, pred), cohen_kappa(t, pred, k), _macro_f1(t, pred, k), precision, recall, f1, auc]
 

@@ -16,7 +16,7 @@ from typing import Any
 
 __all__ = ["render_html", "write_html"]
 
-DASH = "—"
+DASH = "n/a"
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:60em;padding:0 1em;color:#222}
@@ -212,6 +212,30 @@ def _readers(study: dict[str, Any]) -> str:
     )
 
 
+def _domain(report: dict[str, Any]) -> str:
+    """The domain gate: coverage on this split and, when measured, what it refused of the out-of-domain probes."""
+    gate, ood = report.get("domain_gate"), report.get("ood")
+    if not gate:
+        return "<h2>Domain gate</h2><p>This model has no domain gate: it labels every image it is given.</p>"
+    parts = [
+        "<h2>Domain gate</h2>",
+        f"<p>{_e(gate.get('method'))}, threshold {_num(gate.get('threshold'))}: {_num(gate.get('coverage'))} of this "
+        f"split passes (target {_num(gate.get('coverage_target'), 2)}); accuracy on the images it lets through "
+        f"{_num(gate.get('accuracy_assessed'))} (n = {_e(gate.get('n_assessed'))}).</p>",
+    ]
+    if ood:
+        rows = [
+            [_e(category), _e(c["n"]), _num(c["refused"] / c["n"] if c["n"] else None)]
+            for category, c in sorted(ood.get("by_category", {}).items())
+        ]
+        parts.append(
+            f"<p>Out-of-domain probes: {_num(ood.get('refused'))} refused of {_e(ood.get('n'))}; "
+            f"{_e(ood.get('labelled_confident'))} labelled with probability ≥ 0.9.</p>"
+        )
+        parts.append(_table(["Probe category", "n", "Refused"], rows))
+    return "".join(parts)
+
+
 def render_html(report: dict[str, Any]) -> str:
     """The whole page as one string (deterministic: the same report gives the same bytes)."""
     model = report.get("model") or {}
@@ -249,6 +273,7 @@ def render_html(report: dict[str, Any]) -> str:
     if report.get("reliability"):
         body += ["<h2>Reliability</h2>", _reliability_svg(report["reliability"])]
     body.append(_calibration(report))
+    body.append(_domain(report))
     if report.get("readers"):
         body.append(_readers(report["readers"]))
     data = report.get("data") or {}

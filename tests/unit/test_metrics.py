@@ -225,3 +225,12 @@ def test_evaluate_rejects_mismatched_labels() -> None:
     y, probs = _data(3, 0, n=10)
     with pytest.raises(ValueError, match="labels"):
         m.evaluate(y, probs, ["a", "b"], n_boot=0)
+
+
+def test_precision_of_a_class_never_predicted_is_undefined_not_zero() -> None:
+    y = np.array([0, 1, 2, 0, 1, 2])
+    probs = np.array([[0.8, 0.2, 0.0], [0.1, 0.9, 0.0], [0.6, 0.4, 0.0]] * 2)  # class 2 is never the answer
+    report = m.evaluate(y, probs, ["a", "b", "c"], n_boot=20)
+    assert report["per_class"]["c"]["precision"]["value"] is None
+    assert report["per_class"]["c"]["recall"]["value"] == 0.0
+    assert report["per_class"]["a"]["precision"]["value"] == 0.5

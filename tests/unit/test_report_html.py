@@ -228,7 +228,7 @@ def test_bare_evaluate_output_renders(base: tuple[dict[str, Any], dict[str, Any]
     assert render_html(bare) == html  # deterministic
 
 
-def test_undefined_values_render_as_dashes() -> None:
+def test_undefined_values_render_as_not_available() -> None:
     y = np.arange(30) % 2  # the third class never occurs: its AUC and recall are undefined
     probs = _data(y, seed=3)
     report = m.evaluate(y, probs, LABELS, n_boot=50)
@@ -245,12 +245,12 @@ def test_undefined_values_render_as_dashes() -> None:
     )
     assert report["roc"]["plate"]["tpr"][-1] is None
     page = Page(render_html(report))
-    assert page.row("plate")[-1] == "—"
-    assert page.row("Cohen's kappa") == ["—"]
-    assert page.row("Log loss") == ["—"] and page.row("ECE (top label)") == ["—"]
+    assert page.row("plate")[-1] == "n/a"
+    assert page.row("Cohen's kappa") == ["n/a"]
+    assert page.row("Log loss") == ["n/a"] and page.row("ECE (top label)") == ["n/a"]
     roc = page.svg("ROC curves, one-vs-rest")
     assert sum(e[0] == "polyline" for e in roc) == 2
-    assert "plate (AUC —)" in "".join(page.text)
+    assert "plate (AUC n/a)" in "".join(page.text)
 
 
 def test_write_html(base: tuple[dict[str, Any], dict[str, Any]], tmp_path: Path) -> None:
