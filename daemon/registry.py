@@ -48,7 +48,8 @@ label can be read against the right vocabulary. Predictions of tasks not listed 
 """
 
 FINDING_FIELDS = ("", "_probability", "_task", "_model", "_side")
-"""Per registry column ``c``: ``c`` (the label, or "indeterminate"), ``c_probability``, ``c_task``, ``c_model``
+"""Per registry column ``c``: ``c`` (the label, "indeterminate" or "not_assessed"), ``c_probability`` (empty when
+not assessed), ``c_task``, ``c_model``
 ("name@version") and ``c_side`` (the laterality of the winning prediction: "R", "L", or "" when it was unsided and so
 applies to every side row of the study)."""
 
@@ -173,14 +174,23 @@ def _study_rows(head: _StudyRun, preds: Sequence[_Pred]) -> list[dict[str, Any]]
 
 
 def _finding(column: str, candidates: Sequence[_Pred]) -> dict[str, Any]:
-    """The winning prediction for one column and side; all indeterminate → "indeterminate" at the top probability."""
+    """The winning prediction for one column and side.
+
+    None decided: "not_assessed" (without probability: it would belong to a class the model may not name) when the
+    domain gate refused every candidate, else "indeterminate" at the top probability.
+    """
     if not candidates:
         return {f"{column}{suffix}": None for suffix in FINDING_FIELDS}
-    decided = [p for p in candidates if p.label != Prediction.INDETERMINATE]
+    undecided = (Prediction.INDETERMINATE, Prediction.NOT_ASSESSED)
+    decided = [p for p in candidates if p.label not in undecided]
+    refused = not decided and all(p.label == Prediction.NOT_ASSESSED for p in candidates)
     best = max(decided or candidates, key=lambda p: p.probability)
+    label = best.label if decided else (Prediction.NOT_ASSESSED if refused else Prediction.INDETERMINATE)
+    if not decided and not refused:
+        best = max((p for p in candidates if p.label == Prediction.INDETERMINATE), key=lambda p: p.probability)
     return {
-        column: best.label if decided else Prediction.INDETERMINATE,
-        f"{column}_probability": best.probability,
+        column: label,
+        f"{column}_probability": None if refused else best.probability,
         f"{column}_task": best.task,
         f"{column}_model": best.model,
         f"{column}_side": best.laterality or "",

@@ -165,14 +165,15 @@ def _key_images(
 ) -> dict[int, pydicom.Dataset]:
     """One key image per decided finding, keyed by the prediction's index in the run (what build_sr expects).
 
-    Skipped: indeterminate predictions (nothing to explain), the router's body-part answer (not a finding), and
-    predictions of a model version that is no longer resident (its Grad-CAM would explain another model). Each
+    Skipped: indeterminate and not-assessed predictions (nothing to explain), the router's body-part answer (not a
+    finding), and predictions of a model version that is no longer resident (its Grad-CAM would explain another
+    model). Each
     image is read with its pixels once, for all of its findings, and dropped before the next is read.
     """
     wanted: dict[str, list[int]] = {}
     for index, p in enumerate(view.predictions):
         card = cards[p.model_name]
-        if not p.is_indeterminate and card.role != "router" and card.version == p.model_version:
+        if p.is_decided and card.role != "router" and card.version == p.model_version:
             wanted.setdefault(p.sop_instance_uid, []).append(index)
     paths = {inst.sop_instance_uid: inst.path for inst in view.instances}
     built: dict[int, pydicom.Dataset] = {}

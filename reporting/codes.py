@@ -10,6 +10,9 @@ it is identified in every SR through the Coding Scheme Identification Sequence (
 - label concepts: ``PRD-LBL-<task>.<label key>``, meaning the label's display name, used when the model card does not
   carry a code for that label (the task is part of the value because label keys are only unique within a card);
 - ``PRD-INDET`` "Indeterminate (no class reached its threshold)";
+- ``PRD-NOT-ASSESSED`` "Not assessed (image unlike the model's training images)": the value of a qualitative
+  evaluation whose image the model's domain gate refused (not a finding), and ``PRD-NA-REASON`` "Reason not
+  assessed", the concept name of the TEXT item that says why, with the gate's score;
 - ``PRD-RPT-TEXT`` "Preliminary report text (AI-generated)", the concept name of the prepopulated report text;
 - ``PRD-SITE-IMAGED`` "Imaged region (not specified by the model)", the anatomic location of a finding site whose
   model is not restricted to one body part (its card lists none) but whose side is known: TID 1501 carries laterality
@@ -45,6 +48,8 @@ _MAX_MEANING = 64
 """Code Meaning is LO: at most 64 characters."""
 
 INDETERMINATE = CodedConcept("PRD-INDET", SCHEME, "Indeterminate (no class reached its threshold)")
+NOT_ASSESSED = CodedConcept("PRD-NOT-ASSESSED", SCHEME, "Not assessed (image unlike the model's training images)")
+NOT_ASSESSED_REASON = CodedConcept("PRD-NA-REASON", SCHEME, "Reason not assessed")
 REPORT_TEXT = CodedConcept("PRD-RPT-TEXT", SCHEME, "Preliminary report text (AI-generated)")
 SITE_IMAGED = CodedConcept("PRD-SITE-IMAGED", SCHEME, "Imaged region (not specified by the model)")
 
@@ -108,6 +113,8 @@ def label_concept(card: ModelCard, label_key: str) -> CodedConcept:
     """
     if label_key == Prediction.INDETERMINATE:
         return INDETERMINATE
+    if label_key == Prediction.NOT_ASSESSED:
+        return NOT_ASSESSED
     label = card.label(label_key)
     if label.code_value and label.code_scheme and label.code_meaning:
         return CodedConcept(label.code_value, label.code_scheme, _meaning(label.code_meaning))

@@ -9,7 +9,8 @@ Built only from fhir.resources classes, so the bundle is validated as it is cons
   issuer is stored, so no system); ``result`` = its Observations; a one-line AI-disclaimer ``conclusion``;
 * one Observation per finding (status "preliminary"): ``code`` = the model task, ``valueCodeableConcept`` = the label,
   a ``component`` holding the probability as a ``valueQuantity`` (UCUM unit "1"), ``bodySite`` = laterality, and
-  ``device`` naming the model as "name@version".
+  ``device`` naming the model as "name@version". A finding the model's domain gate refused ("not_assessed") has no
+  value and no probability: ``dataAbsentReason`` "not-applicable" with the reason as its text.
 
 Codes: tasks and labels are not in any public terminology, so they use predictd-local URIs (:data:`TASK_SYSTEM`,
 ``urn:predictd:label:<task>``); no code is invented in a public system. The public codes used are SNOMED CT 24028007
@@ -38,6 +39,8 @@ from fhir.resources.identifier import Identifier
 from fhir.resources.observation import Observation, ObservationComponent
 from fhir.resources.quantity import Quantity
 from fhir.resources.reference import Reference
+
+from models.prediction import Prediction
 
 TASK_SYSTEM = "urn:predictd:task"
 """Local CodeSystem for model tasks (Observation.code); a task's labels use ``urn:predictd:label:<task>``."""
@@ -125,7 +128,8 @@ def _observation(
     issued: datetime,
 ) -> Observation:
     task, label = str(row[f"{column}_task"]), str(row[column])
-    probability = float(row[f"{column}_probability"])
+    probability = row[f"{column}_probability"]
+    not_assessed = label == Prediction.NOT_ASSESSED
     return Observation(
         id=obs_id,
         status="preliminary",
@@ -144,20 +148,41 @@ def _observation(
         subject=subject,
         effectiveDateTime=effective,
         issued=issued,
-        valueCodeableConcept=CodeableConcept(coding=[Coding(system=label_system(task), code=label, display=label)]),
-        component=[
+        valueCodeableConcept=None
+        if not_assessed
+        else CodeableConcept(coding=[Coding(system=label_system(task), code=label, display=label)]),
+        dataAbsentReason=_NOT_APPLICABLE if not_assessed else None,
+        component=None
+        if probability is None
+        else [
             ObservationComponent(
                 code=CodeableConcept(
                     coding=[Coding(system=MEASURE_SYSTEM, code="probability", display="Calibrated model probability")]
                 ),
                 valueQuantity=Quantity(
-                    value=Decimal(str(round(probability, 6))), unit="1", system="http://unitsofmeasure.org", code="1"
+                    value=Decimal(str(round(float(probability), 6))),
+                    unit="1",
+                    system="http://unitsofmeasure.org",
+                    code="1",
                 ),
             )
         ],
         bodySite=_laterality(side),
         device=Reference(display=str(row[f"{column}_model"])),
     )
+
+
+_NOT_APPLICABLE = CodeableConcept(
+    coding=[
+        Coding(
+            system="http://terminology.hl7.org/CodeSystem/data-absent-reason",
+            code="not-applicable",
+            display="Not Applicable",
+        )
+    ],
+    text=Prediction.NOT_ASSESSED_REASON,
+)
+"""Why a finding has no value: the model's domain gate refused the image (FHIR's data-absent-reason code system)."""
 
 
 def _laterality(side: str) -> CodeableConcept | None:

@@ -107,7 +107,7 @@ def build_key_image(
 
 def _finding_text(prediction: Prediction, card: ModelCard, side: str | None) -> str:
     """E.g. "hip_hardware: total hip arthroplasty (p=0.93), right" (no patient data: it is burned into pixels)."""
-    answer = "indeterminate" if prediction.is_indeterminate else card.label(prediction.label).display
+    answer = card.label(prediction.label).display if prediction.is_decided else prediction.label.replace("_", " ")
     where = _SIDE_WORDS.get(side or "") or (prediction.region or "")
     text = f"{prediction.task}: {answer} (p={prediction.probability:.2f})"
     return f"{text}, {where}" if where else text

@@ -8,7 +8,8 @@ every TID 1500 reader) understands it:
 - one TID 1501 measurement group per prediction, i.e. per (model, image, side), holding the algorithm (TID 4019 name
   and version), the source image reference, a finding site (the card's body region, laterality as its modifier), a
   qualitative evaluation task concept → label concept, and the probability as (122157, DCM, "Probability") in
-  UCUM "1"; when a key image (Grad-CAM overlay, reporting.key_images) explains the finding, an IMAGE item
+  UCUM "1" (an image the model's domain gate refused gets the value "not assessed", no probability, and a TEXT
+  item with the reason); when a key image (Grad-CAM overlay, reporting.key_images) explains the finding, an IMAGE item
   (121080, DCM, "Best illustration of finding") referencing it;
 - the prepopulated report text as a TEXT item in TID 1500's document-level "Qualitative Evaluations" container.
   highdicom's MeasurementReport constructor has no argument for that row, so the container is appended to the
@@ -240,9 +241,20 @@ def _measurement_group(
         qualitative_evaluations=[
             hd.sr.QualitativeEvaluation(codes.task_concept(p.task), codes.label_concept(card, p.label))
         ],
-        measurements=[hd.sr.Measurement(name=codes.PROBABILITY, value=float(p.probability), unit=codes.NO_UNITS)],
+        # A refused image carries no probability: it would be the probability of a class the model may not name.
+        measurements=None
+        if p.is_not_assessed
+        else [hd.sr.Measurement(name=codes.PROBABILITY, value=float(p.probability), unit=codes.NO_UNITS)],
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
     )
+    if p.is_not_assessed:
+        group[0].ContentSequence.append(
+            hd.sr.TextContentItem(
+                name=codes.NOT_ASSESSED_REASON,
+                value=p.not_assessed_reason,
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        )
     if key_image is not None:
         # TID 1501 is extensible. The overlay is referenced here, inside the finding it explains, as an IMAGE item
         # named "Best illustration of finding" (CID 7003), not as a source image (TID 1501's "Source of

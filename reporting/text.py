@@ -28,6 +28,8 @@ from models.prediction import Prediction
 UNTRAINED_BANNER = "DEMONSTRATION ONLY: produced by an untrained model; the findings below are meaningless."
 NO_MODEL_LINE = "No applicable AI model ran on this study; no preliminary findings."
 INDETERMINATE_PHRASE = "indeterminate (no class reached its threshold)"
+NOT_ASSESSED_PHRASE = "not assessed (the image is unlike those this model was trained on)"
+"""For images the model's domain gate refused: never a class name, never a probability."""
 
 LINE_TEMPLATE = (
     "{{ heading }}: "
@@ -39,7 +41,7 @@ LINE_TEMPLATE = (
     "{% endfor %}."
 )
 """The built-in wording of one line. Variables: heading, region, side, findings (each: task, label, phrase,
-probability (None when indeterminate), indeterminate, disagreement)."""
+probability (None when indeterminate or not assessed), indeterminate, not_assessed, disagreement)."""
 DOCUMENT_TEMPLATE = "{% for line in lines %}{{ line }}\n{% endfor %}"
 """The built-in arrangement: one line per region and side. Variables: lines (rendered), findings (all of them)."""
 TEMPLATE_KEYS = ("line", "document")
@@ -62,9 +64,11 @@ class Finding:
     label: str
     phrase: str
     probability: float | None
-    """Rounded to two decimals, once; None when every image was indeterminate."""
+    """Rounded to two decimals, once; None when no image gave a class (indeterminate or not assessed)."""
     indeterminate: bool
     disagreement: str
+    not_assessed: bool = False
+    """Every image of the group was refused by the model's domain gate."""
     """"" or e.g. "images disagree: hemiarthroplasty on 1 of 3 images"."""
 
 
@@ -178,10 +182,13 @@ def _task_words(task: str) -> str:
 
 def _finding(task: str, group: Sequence[Prediction], cards: Mapping[str, ModelCard], *, named: bool) -> Finding:
     """One task on one line. ``named``: the heading is a region, so an indeterminate result names its task."""
-    decided = [p for p in group if not p.is_indeterminate]
+    decided = [p for p in group if p.is_decided]
     if not decided:
-        phrase = f"{_task_words(task)} {INDETERMINATE_PHRASE}" if named else INDETERMINATE_PHRASE
-        return Finding(task, Prediction.INDETERMINATE, phrase, None, True, "")
+        refused = all(p.is_not_assessed for p in group)
+        words = NOT_ASSESSED_PHRASE if refused else INDETERMINATE_PHRASE
+        phrase = f"{_task_words(task)} {words}" if named else words
+        label = Prediction.NOT_ASSESSED if refused else Prediction.INDETERMINATE
+        return Finding(task, label, phrase, None, not refused, "", not_assessed=refused)
     best = max(decided, key=lambda p: p.probability)
     phrase = _phrase(best, cards)
     others: dict[str, int] = {}
@@ -189,10 +196,13 @@ def _finding(task: str, group: Sequence[Prediction], cards: Mapping[str, ModelCa
         other = _phrase(p, cards)
         if other != phrase:
             others[other] = others.get(other, 0) + 1
-    undecided = len(group) - len(decided)
+    n_refused = sum(p.is_not_assessed for p in group)
+    undecided = len(group) - len(decided) - n_refused
     parts = [f"{other} on {n} of {len(group)} images" for other, n in sorted(others.items())]
     if undecided and len(group) > 1:
         parts.append(f"indeterminate on {undecided} of {len(group)} images")
+    if n_refused:
+        parts.append(f"not assessed on {n_refused} of {len(group)} images")
     disagreement = "images disagree: " + ", ".join(parts) if parts else ""
     return Finding(task, best.label, phrase, round(best.probability, 2), False, disagreement)
 
@@ -220,6 +230,7 @@ def _finding_context(f: Finding) -> dict[str, Any]:
         "phrase": f.phrase,
         "probability": f.probability,
         "indeterminate": f.indeterminate,
+        "not_assessed": f.not_assessed,
         "disagreement": f.disagreement,
     }
 

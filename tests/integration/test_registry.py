@@ -210,6 +210,34 @@ def test_all_indeterminate_side_says_indeterminate(db: Database) -> None:
     assert (left["side"], left["hardware_type"], left["hardware_type_probability"]) == ("L", "indeterminate", 0.45)
 
 
+def test_not_assessed_side_names_no_class_and_no_probability(db: Database) -> None:
+    """The domain gate refused every image of the side: the registry says so and keeps no class's probability."""
+    refused = [
+        pred("hip_hardware", Prediction.NOT_ASSESSED, 0.99, "R"),
+        pred("hip_hardware", "indeterminate", 0.4, "L"),
+    ]
+    add_study(db, [(T0, refused)])
+    right, left = registry_rows(db)
+    assert finding(right, "hardware_type") == ("not_assessed", None, "hip_hardware", "hiphw@2.1", "R")
+    assert left["hardware_type"] == "indeterminate"
+    bundle = json.loads(bundle_json([right, left]))
+    observations = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Observation"]
+    refused_obs = next(
+        o for o in observations if o.get("bodySite", {}).get("coding", [{}])[0].get("code") == "24028007"
+    )
+    assert "valueCodeableConcept" not in refused_obs and "component" not in refused_obs
+    assert refused_obs["dataAbsentReason"]["coding"][0]["code"] == "not-applicable"
+    Bundle.model_validate_json(bundle_json([right, left]))
+
+
+def test_a_decided_image_wins_over_a_refused_one(db: Database) -> None:
+    add_study(
+        db, [(T0, [pred("hip_hardware", Prediction.NOT_ASSESSED, 0.99, "R"), pred("hip_hardware", "tha", 0.8, "R")])]
+    )
+    (right,) = registry_rows(db)
+    assert (right["hardware_type"], right["hardware_type_probability"]) == ("tha", 0.8)
+
+
 def test_latest_classified_run_wins(db: Database) -> None:
     uid = add_study(
         db,

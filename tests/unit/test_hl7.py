@@ -238,3 +238,17 @@ def test_ack_text_from_err_segment() -> None:
 def test_malformed_ack(raw: str) -> None:
     with pytest.raises(ValueError):
         ack_code(raw)
+
+
+def test_not_assessed_text_reaches_dictation_without_a_class() -> None:
+    """The HL7 message carries the report text: a refused image's line, with no class and no probability."""
+    from models.card import Label, ModelCard
+    from models.prediction import Prediction
+    from reporting.text import report_text
+
+    card = ModelCard("hip", "1.0", "hip_arthroplasty", "x", (Label("yes_THA", "total hip arthroplasty"),))
+    refused = Prediction("hip", "1.0", "hip_arthroplasty", "1.2.3.4.5.1", "1.2.3.4.5", Prediction.NOT_ASSESSED, 0.99)
+    message = hl7.parse(_build(_header(), report_text([refused], {"hip": card})).replace("\n", "\r"))
+    lines = [str(segment[5]) for segment in message.segments("OBX") if str(segment[2]) == "TX"]
+    assert any("not assessed (the image is unlike those this model was trained on)" in line for line in lines)
+    assert not any("arthroplasty (" in line or "0.99" in line for line in lines)

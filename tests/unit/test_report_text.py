@@ -246,3 +246,37 @@ def test_bad_templates_are_refused_by_name(templates: dict[str, str], message: s
 def test_a_bad_template_stops_the_config_from_loading() -> None:
     with pytest.raises(ValidationError, match="headline"):
         Settings(report={"templates": {"line": "{{ headline }}"}})
+
+
+def _refused(probability: float = 0.99, **kwargs: object) -> Prediction:
+    p = _p(Prediction.NOT_ASSESSED, probability, **kwargs)  # type: ignore[arg-type]
+    return Prediction(**{**p.to_dict(), "gate_score": 4.2, "gate_threshold": 1.1})
+
+
+def test_not_assessed_never_names_a_class_or_a_probability() -> None:
+    refused = _refused(0.99, laterality="R")
+    text = report_text([refused], CARDS)
+    first = text.splitlines()[0]
+    assert first == "Right hip hardware: not assessed (the image is unlike those this model was trained on)."
+    for label in HIP.labels:
+        assert label.display not in text and label.report_phrase not in text
+    assert "0.99" not in text and "probability" not in first
+
+
+def test_a_refused_image_beside_decided_ones_is_named() -> None:
+    text = report_text([_p("tha", 0.9, image="1.2.3.1"), _refused(image="1.2.3.2")], CARDS)
+    assert text.splitlines()[0] == (
+        "Hip hardware: total hip arthroplasty (probability 0.90; images disagree: not assessed on 1 of 2 images)."
+    )
+
+
+def test_templates_see_not_assessed() -> None:
+    line = "{{ heading }}: {% for f in findings %}{{ 'NA' if f.not_assessed else f.phrase }}{% endfor %}"
+    assert report_text([_refused()], CARDS, {"line": line}).splitlines()[0] == "Hip hardware: NA"
+    check_templates({"line": line})
+
+
+def test_not_assessed_reason_carries_the_gate_score() -> None:
+    assert _refused().not_assessed_reason == (
+        "not assessed: the image is unlike those this model was trained on (domain score 4.20 > 1.10)"
+    )

@@ -392,3 +392,19 @@ def test_key_image_checks(hip: pydicom.Dataset) -> None:
     rg1 = pydicom.dcmread(pydicom_data_file("RG1_UNCR.dcm"), stop_before_pixels=True)
     with pytest.raises(ValueError, match="another study"):
         _build([hip], [p], key_images={0: _key_image(rg1, _p(rg1, "tha", 0.9), "2.25.1")})
+
+
+def test_not_assessed_is_a_coded_non_finding_with_its_reason(hip: pydicom.Dataset, tmp_path: Path) -> None:
+    refused = Prediction(
+        **{**_p(hip, Prediction.NOT_ASSESSED, 0.99).to_dict(), "gate_score": 5.0, "gate_threshold": 1.0}
+    )
+    path, back = _write_and_read(_build([hip], [refused, _p(hip, "tha", 0.9, laterality="L")]), tmp_path)
+    groups = _groups(back)
+    values = [_coded(group.get_qualitative_evaluations()[0]) for group in groups]
+    assert values[0] == codes.NOT_ASSESSED and values[1] != codes.NOT_ASSESSED
+    assert not groups[0].get_measurements(name=codes.PROBABILITY), "no probability of a class it may not name"
+    assert groups[1].get_measurements(name=codes.PROBABILITY)
+    reasons = hd.sr.utils.find_content_items(groups[0][0], name=codes.NOT_ASSESSED_REASON)
+    assert [item.TextValue for item in reasons] == [refused.not_assessed_reason]
+    assert "not assessed" in _text_items(back)[0]
+    assert_dciodvfy_clean(path)
