@@ -80,7 +80,14 @@ def _conclude(ctx: StageContext, claim: Claim, view: records.RunView, result: Cl
     )
     findings = {card.name for card in engine.cards if card.role != "router"}
     if not any(p.model_name in findings for p in own.predictions):
-        return Advance(StudyState.SKIPPED, reason=own.skip_reason)
+        if not ctx.settings.report.send_not_assessed:
+            return Advance(StudyState.SKIPPED, reason=own.skip_reason)
+        # The reading room gets an answer: the report stage sends a "not assessed" SR naming the reason.
+        records.save_predictions(
+            ctx.db, claim, own.predictions, engine.model_versions, not_assessed_reason=own.skip_reason
+        )
+        log.info(Event.STUDY_NOT_ASSESSED, study_uid=claim.study_uid, run_no=claim.run_no, reason=own.skip_reason)
+        return Advance(StudyState.CLASSIFIED)
     records.save_predictions(ctx.db, claim, own.predictions, engine.model_versions)
     for p in own.predictions:
         log.info(

@@ -164,6 +164,9 @@ class ReportSettings(BaseModel):
     """Grad-CAM overlays as Secondary Capture images in a new series of the study, referenced from the SR."""
     templates: dict[str, str] = Field(default_factory=dict)
     """Jinja2 templates that change the report wording: keys "line" (one region and side) and "document"."""
+    send_not_assessed: bool = True
+    """A study no model applies to gets a short SR and report text saying which models were considered and why none
+    applied (the reading room sees an answer, not silence); off: it ends "skipped" with nothing sent."""
 
     @field_validator("templates")
     @classmethod

@@ -36,6 +36,7 @@ class Event(StrEnum):
     STATE_CHANGED = "state_changed"
     PREDICTION_MADE = "prediction_made"
     STUDY_SKIPPED = "study_skipped"
+    STUDY_NOT_ASSESSED = "study_not_assessed"
     SR_BUILT = "sr_built"
     SR_SENT = "sr_sent"
     SEND_FAILED = "send_failed"

@@ -46,6 +46,8 @@ class RunView:
     classified_at: datetime | None = None
     predecessor_sr_uid: str | None = None
     """SOP Instance UID of the SR of the latest earlier run that built one: the new SR's predecessor document."""
+    not_assessed_reason: str | None = None
+    """Why no model applied to the study: the run has no predictions and reports "not assessed"."""
 
 
 @dataclass(frozen=True)
@@ -111,9 +113,18 @@ def start_run(db: Database, c: Claim, *, now: datetime | None = None) -> RunView
 
 
 def save_predictions(
-    db: Database, c: Claim, predictions: list[Prediction], model_versions: str, *, now: datetime | None = None
+    db: Database,
+    c: Claim,
+    predictions: list[Prediction],
+    model_versions: str,
+    *,
+    now: datetime | None = None,
+    not_assessed_reason: str | None = None,
 ) -> None:
-    """Replace the run's predictions (a retried classification leaves exactly one set)."""
+    """Replace the run's predictions (a retried classification leaves exactly one set).
+
+    ``not_assessed_reason``: no model applied (``predictions`` is then empty); the report stage says so.
+    """
     now = now or utcnow()
     with db.transaction() as s:
         held(db, s, c)
@@ -135,6 +146,7 @@ def save_predictions(
         )
         run.model_versions = model_versions
         run.classified_at = now
+        run.not_assessed_reason = not_assessed_reason
 
 
 def load_run(db: Database, study_id: int, run_no: int) -> RunView:
@@ -177,6 +189,7 @@ def _view(s: Session, run: Run, study_uid: str) -> RunView:
         report_text=run.report_text,
         classified_at=run.classified_at,
         predecessor_sr_uid=predecessor,
+        not_assessed_reason=run.not_assessed_reason,
     )
 
 

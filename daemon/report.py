@@ -4,12 +4,14 @@ The SR's SOP Instance UID comes from the study, the run and the model versions, 
 gives the same UID and a PACS can never hold two different SRs for one run. With ``report.key_images`` on, each
 decided finding also gets a key image (its Grad-CAM overlay as a Secondary Capture, reporting.key_images), whose UID
 derives from the SR's; the SR references them, and they are queued before it. A study reported again (late images
-opened a new run) names the earlier run's SR as its predecessor.
+opened a new run) names the earlier run's SR as its predecessor. A study no model applied to (classify kept the
+reason, ``report.send_not_assessed``) gets a short "not assessed" SR and text naming the models considered.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pydicom
@@ -27,7 +29,7 @@ from reporting import uids
 from reporting.hl7 import message_control_id, oru_r01
 from reporting.key_images import KEY_IMAGE_SERIES_NUMBER, build_key_image
 from reporting.sr import build_sr
-from reporting.text import report_text
+from reporting.text import not_assessed_text, report_text
 
 if TYPE_CHECKING:
     from models.inference import Engine
@@ -110,12 +112,72 @@ def run(ctx: StageContext, claim: Claim) -> Outcome:
     except FileNotFoundError as exc:
         raise StageError(f"spool file missing: {exc.filename}") from exc
     try:
-        text = report_text(view.predictions, cards, ctx.settings.report.templates)
+        if view.not_assessed_reason is not None:
+            considered = [card for card in cards.values() if card.role != "router"]
+            text = not_assessed_text(view.not_assessed_reason, considered)
+        else:
+            text = report_text(view.predictions, cards, ctx.settings.report.templates)
     except ValueError as exc:
         raise StageError(f"report text: {exc}", permanent=True) from exc
     sr_uid = uids.sr_instance_uid(view.study_uid, view.run_no, view.model_versions or "")
+    try:
+        documents, path = _documents(ctx, ctx.engine, view, cards, sources, text, sr_uid)
+    except (ValueError, AttributeError, TypeError, KeyError) as exc:
+        # The same inputs fail the same way every time: a retry would only delay the failure (and the reason).
+        raise StageError(f"cannot build the documents: {phi_free_message(exc, sources)}", permanent=True) from exc
+    records.save_report(
+        ctx.db,
+        claim,
+        sr_sop_instance_uid=sr_uid,
+        sr_path=path,
+        report_text=text,
+        deliveries=deliveries(ctx, documents),
+    )
+    log.info(
+        Event.SR_BUILT,
+        study_uid=claim.study_uid,
+        run_no=claim.run_no,
+        sr_sop_instance_uid=sr_uid,
+        key_images=sum(doc.kind == records.KEY_IMAGE for doc in documents),
+    )
+    return Advance(StudyState.REPORTED)
+
+
+PHI_KEYWORDS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "OtherPatientIDs",
+    "OtherPatientNames",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "InstitutionName",
+)
+
+
+def phi_free_message(exc: Exception, sources: Sequence[pydicom.Dataset]) -> str:
+    """``Type: message`` with every patient value of the sources cut out: library messages quote values."""
+    message = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    for ds in sources:
+        for keyword in PHI_KEYWORDS:
+            value = str(ds.get(keyword) or "").strip()
+            if len(value) >= 2:
+                message = message.replace(value, "[redacted]")
+    return message[:500]
+
+
+def _documents(
+    ctx: StageContext,
+    engine: Engine,
+    view: records.RunView,
+    cards: Mapping[str, ModelCard],
+    sources: Sequence[pydicom.Dataset],
+    text: str,
+    sr_uid: str,
+) -> tuple[list[records.Document], Path]:
+    """Key images, the SR and the HL7 messages of one run, written to the spool; the SR's path."""
     settings = ctx.settings.report
-    key_images = _key_images(ctx, ctx.engine, view, cards, sr_uid) if settings.key_images else {}
+    key_images = _key_images(ctx, engine, view, cards, sr_uid) if settings.key_images else {}
     documents = [
         records.Document(
             records.KEY_IMAGE,
@@ -138,26 +200,13 @@ def run(ctx: StageContext, claim: Claim) -> Outcome:
         series_description=settings.series_description,
         predecessor_sr_uid=view.predecessor_sr_uid,
         key_images=key_images,
+        not_assessed_reason=view.not_assessed_reason,
+        considered_models=[f"{c.name}@{c.version}" for c in cards.values()] if view.not_assessed_reason else (),
     )
     path = ctx.spool.write_dataset(sr, ctx.spool.document_path(view.study_uid, view.run_no, sr_uid))
     documents.append(records.Document(records.SR, sr_uid, path))
     documents += _hl7_messages(ctx, view, sources[0], text, sr_uid)
-    records.save_report(
-        ctx.db,
-        claim,
-        sr_sop_instance_uid=sr_uid,
-        sr_path=path,
-        report_text=text,
-        deliveries=deliveries(ctx, documents),
-    )
-    log.info(
-        Event.SR_BUILT,
-        study_uid=claim.study_uid,
-        run_no=claim.run_no,
-        sr_sop_instance_uid=sr_uid,
-        key_images=len(key_images),
-    )
-    return Advance(StudyState.REPORTED)
+    return documents, path
 
 
 def _key_images(

@@ -120,6 +120,8 @@ class Run(Base):
     sr_sop_instance_uid: Mapped[str | None] = mapped_column(UID)
     sr_path: Mapped[str | None] = mapped_column(Text)
     report_text: Mapped[str | None] = mapped_column(Text)
+    not_assessed_reason: Mapped[str | None] = mapped_column(Text)
+    """Why no model applied to the study (the cascade's reason); set when a "not assessed" SR is to be sent."""
 
     __table_args__ = (UniqueConstraint("study_id", "run_no", name="uq_runs_study_id_run_no"),)
 

@@ -12,7 +12,8 @@ it is identified in every SR through the Coding Scheme Identification Sequence (
 - ``PRD-INDET`` "Indeterminate (no class reached its threshold)";
 - ``PRD-NOT-ASSESSED`` "Not assessed (image unlike the model's training images)": the value of a qualitative
   evaluation whose image the model's domain gate refused (not a finding), and ``PRD-NA-REASON`` "Reason not
-  assessed", the concept name of the TEXT item that says why, with the gate's score;
+  assessed", the concept name of the TEXT item that says why, with the gate's score; ``PRD-AI-ASSESSMENT`` "AI
+  assessment of the study", the concept name whose value is "not assessed" when no installed model applied;
 - ``PRD-RPT-TEXT`` "Preliminary report text (AI-generated)", the concept name of the prepopulated report text;
 - ``PRD-SITE-IMAGED`` "Imaged region (not specified by the model)", the anatomic location of a finding site whose
   model is not restricted to one body part (its card lists none) but whose side is known: TID 1501 carries laterality
@@ -50,6 +51,7 @@ _MAX_MEANING = 64
 INDETERMINATE = CodedConcept("PRD-INDET", SCHEME, "Indeterminate (no class reached its threshold)")
 NOT_ASSESSED = CodedConcept("PRD-NOT-ASSESSED", SCHEME, "Not assessed (image unlike the model's training images)")
 NOT_ASSESSED_REASON = CodedConcept("PRD-NA-REASON", SCHEME, "Reason not assessed")
+AI_ASSESSMENT = CodedConcept("PRD-AI-ASSESSMENT", SCHEME, "AI assessment of the study")
 REPORT_TEXT = CodedConcept("PRD-RPT-TEXT", SCHEME, "Preliminary report text (AI-generated)")
 SITE_IMAGED = CodedConcept("PRD-SITE-IMAGED", SCHEME, "Imaged region (not specified by the model)")
 

@@ -79,6 +79,8 @@ def build_sr(
     software_version: str = SOFTWARE_VERSION,
     predecessor_sr_uid: str | None = None,
     key_images: Mapping[int, pydicom.Dataset] | None = None,
+    not_assessed_reason: str | None = None,
+    considered_models: Sequence[str] = (),
 ) -> pydicom.Dataset:
     """One Comprehensive SR for one study's predictions.
 
@@ -87,9 +89,13 @@ def build_sr(
     source. ``predecessor_sr_uid`` is the SOP Instance UID of the SR an earlier run of this study sent (same SR
     series, :func:`reporting.uids.sr_series_uid`): this document supersedes it. ``key_images`` maps a prediction's
     index in ``predictions`` to the key image (Secondary Capture, :mod:`reporting.key_images`) that explains it.
+    ``not_assessed_reason``: no model applied to the study (``predictions`` may then be empty): one measurement
+    group says "not assessed" with the reason, and ``considered_models`` ("name@version") are the models that were
+    installed and did not apply.
     Raises ValueError on an empty or inconsistent input rather than sending a misleading document.
     """
-    by_uid = _check_inputs(sources, predictions, cards)
+    sources = [_evidence(src) for src in sources]  # headers only, with what highdicom needs and DICOM allows
+    by_uid = _check_inputs(sources, predictions, cards, allow_none=not_assessed_reason is not None)
     images = dict(key_images or {})
     _check_key_images(sources, predictions, images)
     groups = [
@@ -98,6 +104,8 @@ def build_sr(
         )
         for index, p in enumerate(predictions, start=1)
     ]
+    if not_assessed_reason is not None:
+        groups.append(_not_assessed_group(sources[0], not_assessed_reason, sop_instance_uid, software_version))
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(manufacturer),
         procedure_reported=codes.PROCEDURE_REPORTED,
@@ -108,11 +116,11 @@ def build_sr(
     equipment = predictd_equipment(
         manufacturer,
         software_version,
-        sorted({f"{p.model_name}@{p.model_version}" for p in predictions}),
+        sorted({f"{p.model_name}@{p.model_version}" for p in predictions} | set(considered_models)),
         institution_name=institution_name,
     )
     return hd.sr.ComprehensiveSR(
-        evidence=[_evidence(src) for src in [*sources, *images.values()]],
+        evidence=[*sources, *(_evidence(image) for image in images.values())],
         content=report[0],
         series_instance_uid=series_instance_uid,
         series_number=series_number,
@@ -176,11 +184,15 @@ def _predecessor(study_uid: str, sr_uid: str) -> pydicom.Dataset:
 
 
 def _check_inputs(
-    sources: Sequence[pydicom.Dataset], predictions: Sequence[Prediction], cards: Mapping[str, ModelCard]
+    sources: Sequence[pydicom.Dataset],
+    predictions: Sequence[Prediction],
+    cards: Mapping[str, ModelCard],
+    *,
+    allow_none: bool = False,
 ) -> dict[str, pydicom.Dataset]:
     if not sources:
         raise ValueError("an SR needs at least one source image")
-    if not predictions:
+    if not predictions and not allow_none:
         raise ValueError("an SR needs at least one prediction (TID 1500 needs a measurement group)")
     studies = {str(src.StudyInstanceUID) for src in sources}
     if len(studies) != 1:
@@ -272,6 +284,26 @@ def _measurement_group(
     return group
 
 
+def _not_assessed_group(
+    source: pydicom.Dataset, reason: str, sr_uid: str, software_version: str
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """The one group of a study no model applied to: "AI assessment of the study" = not assessed, and why."""
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=uids.tracking_uid(sr_uid, "not-assessed"), identifier="not assessed"
+        ),
+        algorithm_id=hd.sr.AlgorithmIdentification(name=DEVICE_NAME, version=software_version),
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.AI_ASSESSMENT, codes.NOT_ASSESSED)],
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
+    )
+    group[0].ContentSequence.append(
+        hd.sr.TextContentItem(
+            name=codes.NOT_ASSESSED_REASON, value=reason, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+        )
+    )
+    return group
+
+
 def _finding_sites(card: ModelCard, side: str | None) -> list[hd.sr.FindingSite] | None:
     """The card's body region as the finding site, the side as its laterality modifier (TID 1501 row 8).
 
@@ -312,7 +344,9 @@ def _evidence(src: pydicom.Dataset) -> pydicom.Dataset:
     """The source's header without pixel data, with absent Type 2 patient/study attributes present but empty.
 
     highdicom copies patient and study information from the evidence and reads a few attributes unconditionally;
-    a header-only copy also keeps a fully read 15 MB radiograph from being deep-copied.
+    a header-only copy also keeps a fully read 15 MB radiograph from being deep-copied. A source without Modality
+    (a film scan turned into a Secondary Capture by ``img2dcm``) gets "OT" (other), the defined term for what no other
+    modality describes: highdicom reads it to refuse SR and other non-image sources.
     """
     header = pydicom.Dataset()
     for element in src:
@@ -321,4 +355,6 @@ def _evidence(src: pydicom.Dataset) -> pydicom.Dataset:
     for keyword in _TYPE2_HEADER:
         if keyword not in header:
             setattr(header, keyword, None)
+    if not header.get("Modality"):
+        header.Modality = "OT"
     return header

@@ -115,6 +115,22 @@ def report_text(
     return "\n".join(out)
 
 
+def not_assessed_text(reason: str, considered: Sequence[ModelCard]) -> str:
+    """The report text of a study no installed model applies to: which models were considered and why none ran."""
+    lines = [f"Not assessed by AI: {reason.rstrip('.')}."]
+    if considered:
+        described = [f"{card.name}@{card.version} ({_scope(card)})" for card in considered]
+        lines.append(f"Models considered: {', '.join(described)}.")
+    lines.append("AI-generated preliminary text (predictd, no model applied); not verified by a radiologist.")
+    return "\n".join(lines)
+
+
+def _scope(card: ModelCard) -> str:
+    parts = [p.replace("_", " ") for p in card.applies_to.body_parts] or ["any body part"]
+    views = f", views {'/'.join(card.applies_to.views)}" if card.applies_to.views else ""
+    return f"{' or '.join(parts)}{views}"
+
+
 def check_templates(templates: Mapping[str, str]) -> None:
     """Raise ValueError naming the key of a template that is unknown, does not compile or does not render.
 

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import highdicom as hd
+import numpy as np
 import pydicom
 import pytest
+from PIL import Image
 
 from daemon import queue, records
 from daemon.db import Database
 from daemon.lifecycle import StudyState
 from daemon.worker import Worker
 from models.card import Applicability
-from reporting import uids
+from reporting import codes, uids
 from tests.integration.pipeline_helpers import context, copy_as_new_study, drain, receive_file
-from tests.support import RG2_HIP_JLSL, free_port, pydicom_data_file, wait_until
+from tests.support import RG2_HIP_JLSL, assert_dciodvfy_clean, free_port, pydicom_data_file, wait_until
 
 
 def study(db: Database, uid: str) -> dict:
@@ -66,7 +69,12 @@ def test_one_classify_call_spans_several_ready_studies(db: Database, tmp_path: P
 
 
 def test_study_no_model_applies_to_ends_skipped_with_the_reason(db: Database, tmp_path: Path) -> None:
-    ctx = context(tmp_path, db, model={"applies_to": Applicability(body_parts=("hip_pelvis",)), "bilateral": True})
+    ctx = context(
+        tmp_path,
+        db,
+        model={"applies_to": Applicability(body_parts=("hip_pelvis",)), "bilateral": True},
+        report={"send_not_assessed": False},
+    )
     chest = receive_file(ctx, copy_as_new_study(pydicom_data_file("RG1_UNCR.dcm"), tmp_path / "chest.dcm"))
     hip = receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "hip.dcm"))
     drain(ctx)
@@ -143,3 +151,71 @@ def test_unreachable_destination_retries_without_blocking_the_other(
     assert "down" in detail["reason"]
     (received,) = list(peer_dir.iterdir())
     assert pydicom.dcmread(received).SOPInstanceUID == detail["runs"][0]["sr_sop_instance_uid"]
+
+
+def test_study_no_model_applies_to_gets_a_not_assessed_sr_naming_the_models(db: Database, tmp_path: Path) -> None:
+    """The reading room sees an answer, not silence: a short SR and text, which models were considered and why."""
+    ctx = context(tmp_path, db, model={"applies_to": Applicability(body_parts=("hip_pelvis",))})
+    chest = receive_file(ctx, copy_as_new_study(pydicom_data_file("RG1_UNCR.dcm"), tmp_path / "chest.dcm"))
+    drain(ctx)
+    detail = study(db, chest.study_uid)
+    assert detail["state"] == StudyState.DONE
+    (run,) = detail["runs"]
+    assert run["predictions"] == []
+    text = run["report_text"]
+    assert text.splitlines()[0] == "Not assessed by AI: no installed model applies to body part chest (from tags)."
+    assert "Models considered: tiny_hip@" in text and "(hip pelvis)" in text
+    sr_file = ctx.settings.send.outbox_dir / chest.study_uid / f"{run['sr_sop_instance_uid']}.dcm"
+    sr = hd.sr.srread(sr_file)
+    (group,) = hd.sr.MeasurementReport.from_sequence([sr]).get_image_measurement_groups()
+    (evaluation,) = group.get_qualitative_evaluations()
+    assert evaluation[0].value == codes.NOT_ASSESSED
+    reasons = hd.sr.utils.find_content_items(group[0], name=codes.NOT_ASSESSED_REASON)
+    assert [r.TextValue for r in reasons] == ["no installed model applies to body part chest (from tags)"]
+    assert_dciodvfy_clean(sr_file)
+
+
+def test_secondary_capture_without_modality_gets_an_sr(db: Database, tmp_path: Path) -> None:
+    """img2dcm of a JPEG (as film scanners make them) has no Modality: the report must not fail on it."""
+    if shutil.which("img2dcm") is None:
+        if os.environ.get("CI"):
+            pytest.fail("img2dcm (dcmtk) is missing under CI")
+        pytest.skip("img2dcm (dcmtk) is not installed")
+    jpeg = tmp_path / "hip.jpg"
+    Image.fromarray(np.asarray(pydicom.dcmread(RG2_HIP_JLSL).pixel_array >> 2, dtype=np.uint8)).save(jpeg)
+    sc = tmp_path / "sc.dcm"
+    subprocess.run(["img2dcm", str(jpeg), str(sc)], check=True, capture_output=True)
+    ds = pydicom.dcmread(sc)
+    assert "Modality" not in ds
+    ds.BodyPartExamined = "HIP"
+    ds.save_as(sc)
+    ctx = context(tmp_path, db, report={"key_images": True})
+    stored = receive_file(ctx, sc)
+    drain(ctx)
+    detail = study(db, stored.study_uid)
+    assert detail["state"] == StudyState.DONE, detail.get("reason")
+    assert detail["runs"][0]["sr_sop_instance_uid"]
+
+
+def test_a_document_that_cannot_be_built_fails_at_once_without_phi(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deterministic error in building the SR is not retried, and its reason quotes no patient value."""
+    from daemon import report
+
+    def broken(sources: list[pydicom.Dataset], *args: object, **kwargs: object) -> pydicom.Dataset:
+        raise AttributeError(f"'FileDataset' has no attribute 'X' (patient {sources[0].PatientName})")
+
+    monkeypatch.setattr(report, "build_sr", broken)
+    ctx = context(tmp_path, db, queue={"max_attempts": 5})
+    src = copy_as_new_study(RG2_HIP_JLSL, tmp_path / "hip.dcm")
+    ds = pydicom.dcmread(src)
+    ds.PatientName = "Doe^Jane"
+    ds.save_as(src)
+    stored = receive_file(ctx, src)
+    drain(ctx)
+    detail = study(db, stored.study_uid)
+    assert detail["state"] == StudyState.FAILED
+    assert "cannot build the documents: AttributeError" in detail["reason"]
+    assert "Doe^Jane" not in detail["reason"] and "[redacted]" in detail["reason"]
+    assert detail["attempts"] <= 1
