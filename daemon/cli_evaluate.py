@@ -38,6 +38,9 @@ def evaluate(
     ood_dir: Annotated[
         list[Path] | None, typer.Option(help="A folder of DICOM images this model must refuse (repeatable).")
     ] = None,
+    ood_split: Annotated[
+        str, typer.Option(help="Split of the --ood-data manifests to use (test: never used for outlier exposure).")
+    ] = "test",
 ) -> None:
     """Accuracy, kappa, per-class precision/recall/F1/AUC with 95% CIs, calibration, the domain gate's coverage;
     with --ood, the share of out-of-domain images refused."""
@@ -50,7 +53,7 @@ def evaluate(
     try:
         report = evaluate_model(model, records, split, data_root=data_path.parent, n_boot=n_boot)
         if ood or ood_data or ood_dir:
-            report["ood"] = evaluate_ood(model, _probes(ood_data or [], ood_dir or []))
+            report["ood"] = evaluate_ood(model, _probes(ood_data or [], ood_dir or [], ood_split))
     except (EvaluationError, CardError, OSError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
@@ -64,12 +67,13 @@ def evaluate(
     _print(report, split)
 
 
-def _probes(manifests: list[Path], folders: list[Path]) -> list[Any]:
+def _probes(manifests: list[Path], folders: list[Path], split: str) -> list[Any]:
     from models import data, probes
 
     found = probes.default_probes()
     for manifest in manifests:
-        found += probes.manifest_images(data.read_manifest(manifest), f"other manifest {manifest.parent.name}")
+        chosen = [r for r in data.read_manifest(manifest) if split == "all" or r.split == split]
+        found += probes.manifest_images(chosen, f"other manifest {manifest.parent.name} ({split})")
     for folder in folders:
         found += probes.dicom_folder(folder)
     return found

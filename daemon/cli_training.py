@@ -128,6 +128,12 @@ def train(
     coverage: Annotated[
         float, typer.Option(help="Share of held-out in-domain images the domain gate lets through (0: no gate).")
     ] = 0.95,
+    outliers: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Manifest of images the model must not label (outlier exposure; train+val only; repeatable)."
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     threshold: Annotated[float, typer.Option(help="Per-class threshold written into the card.")] = 0.5,
     max_minutes: Annotated[
@@ -164,6 +170,7 @@ def train(
             threshold=threshold,
             max_minutes=max_minutes,
             coverage=coverage,
+            outliers=tuple(str(path.resolve()) for path in outliers or ()),
         )
         if resume and folds == 1:
             trainer = Trainer.resume(records, out, root, say, max_minutes=max_minutes)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from models.augment import Augmentation, augment
 from models.calibrate import calibrate_single, write_gate
 from models.card import Label, ModelCard, file_sha256
-from models.data import Record, load_images, manifest_sha256
+from models.data import Record, load_images, manifest_sha256, read_manifest
 from models.gate import DEFAULT_COVERAGE
 from models.loading import build_model
 
@@ -84,6 +84,11 @@ class TrainOptions:
     cross-validation keeps, so that out-of-fold figures are not chosen on the fold they measure)."""
     coverage: float = DEFAULT_COVERAGE
     """Share of validation images the domain gate lets through (its threshold); 0 fits no gate."""
+    outliers: tuple[str, ...] = ()
+    """Manifests of images this model must not label (outlier exposure, Hendrycks et al. 2019): their train and val
+    images, augmented, are pushed towards a uniform answer, so that a radiograph of another body part lands far from
+    every class. Their test images stay unseen, to measure the refusals on. Each batch adds half as many outliers."""
+    outlier_weight: float = 0.5
 
 
 @dataclass
@@ -269,6 +274,7 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.OneCycleLR | None = None
         self.deadline: float | None = None
+        self.outliers: torch.Tensor | None = None
 
     # ---------------------------------------------------------------- checkpoints
 
@@ -338,9 +344,15 @@ class Trainer:
             if self.options.augment:
                 x = augment(x, self.card.preprocessing, self.aug, self.gen)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device)
+            n = y.numel()
+            if self.outliers is not None:
+                x = torch.cat([x, self._outlier_batch(max(1, n // 2)).to(self.device, non_blocking=True)])
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = self.model(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=self.options.label_smoothing)
+                out = self.model(x).float()
+                logits = out[:n]
+                loss = F.cross_entropy(logits, y, label_smoothing=self.options.label_smoothing)
+                if self.outliers is not None:  # cross-entropy to the uniform distribution
+                    loss = loss - self.options.outlier_weight * F.log_softmax(out[n:], dim=1).mean()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -352,11 +364,32 @@ class Trainer:
             self.on_batch(label, step, len(batches))
         return total / max(seen, 1), correct / max(seen, 1)
 
+    def _outlier_batch(self, n: int) -> torch.Tensor:
+        assert self.outliers is not None
+        idx = torch.randint(len(self.outliers), (n,), generator=self.gen)
+        batch = self.outliers[idx]
+        return augment(batch, self.card.preprocessing, self.aug, self.gen) if self.options.augment else batch
+
+    def _load_outliers(self) -> None:
+        if not self.options.outliers:
+            return
+        chosen = [
+            r
+            for manifest in self.options.outliers
+            for r in read_manifest(Path(manifest))
+            if r.split in ("train", "val")
+        ]
+        if not chosen:
+            raise TrainError(f"no train or val images in the outlier manifests {list(self.options.outliers)}")
+        self.outliers = torch.from_numpy(load_images(chosen, self.card.preprocessing))
+        self.say(f"{len(chosen)} outlier images (exposed towards a uniform answer)")
+
     def run(self) -> TrainResult:
         """Train to the end (or early stop, or the time budget); writes the model directory when finished."""
         self.out.mkdir(parents=True, exist_ok=True)
         k = len(self.card.labels)
         self.say(f"decoding images at {self.card.preprocessing.input_size} px")
+        self._load_outliers()
         train, val = load_split(self.records, self.card, "train"), load_split(self.records, self.card, "val")
         if train.y.numel() == 0:
             raise TrainError("the manifest has no 'train' images")

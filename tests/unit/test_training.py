@@ -215,3 +215,25 @@ def test_onnx_export_gives_the_same_logits_as_torch(manifest: tuple[list[data.Re
     (got,) = session.run(["logits"], {"image": x.numpy()})
     assert got.shape == (3, 3)  # a batch of three through the dynamic batch axis
     assert abs(got - expected).max() < 1e-4
+
+
+def test_outlier_exposure_trains_on_another_set_and_records_it(
+    manifest: tuple[list[data.Record], Path], tmp_path: Path
+) -> None:
+    """Shoulder images as outliers of a hip model: only their train/val images are used, and the card says so."""
+    records, path = manifest
+    shoulder = SHARED / "shoulder_implant_uci"
+    others = [
+        replace(r, split=s)
+        for r, s in zip(data.from_folder_tree(shoulder)[:6], ["train"] * 4 + ["val", "test"], strict=True)
+    ]
+    outliers = tmp_path / "shoulder.csv"
+    data.write_manifest(others, outliers)
+    said: list[str] = []
+    trainer = Trainer(
+        _tiny_card(), records, tmp_path / "run", _options(outliers=(str(outliers),)), path.parent, said.append
+    )
+    result = trainer.run()
+    assert trainer.outliers is not None and len(trainer.outliers) == 5  # the test image stays unseen
+    assert any("5 outlier images" in line for line in said)
+    assert ModelCard.load(result.model_dir).training["options"]["outliers"] == [str(outliers)]
