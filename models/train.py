@@ -12,14 +12,12 @@ Cross-validated ensembles (``--folds``) run this trainer once per fold (models.c
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,81 +29,30 @@ import torch.nn.functional as F
 
 from models.augment import Augmentation, augment
 from models.calibrate import calibrate_single, write_gate
-from models.card import Label, ModelCard, file_sha256
+from models.card import ModelCard
 from models.data import Record, load_images, manifest_sha256, read_manifest
-from models.gate import DEFAULT_COVERAGE
-from models.loading import build_model
+from models.init_weights import initial_model
+from models.run_files import BEST_WEIGHTS, CHECKPOINT, LOG_CSV, MODEL_DIR, append_log, save_atomic, write_model_dir
+from models.train_data import Split, draw_batches, evaluate_loss, labels_for, load_split, predict_logits, usable
+from models.train_options import TrainError, TrainOptions, TrainResult
 
-CHECKPOINT = "checkpoint.pt"
-LOG_CSV = "log.csv"
-BEST_WEIGHTS = "best.safetensors"
-MODEL_DIR = "model"
-LOG_COLUMNS = ("stage", "epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds")
-
-
-class TrainError(ValueError):
-    """The data, the card or a checkpoint cannot be trained from as asked."""
+__all__ = [
+    "BEST_WEIGHTS",
+    "CHECKPOINT",
+    "LOG_CSV",
+    "MODEL_DIR",
+    "TrainError",
+    "TrainOptions",
+    "TrainResult",
+    "Trainer",
+    "labels_for",
+    "predict_logits",
+    "write_model_dir",
+]
 
 
 class _OutOfTime(Exception):
     """The time budget ran out inside an epoch: that epoch is dropped, the last checkpoint stands."""
-
-
-@dataclass(frozen=True)
-class TrainOptions:
-    head_epochs: int = 4
-    """Head-only epochs (with ``init`` only); then ``epochs`` of the whole network (defaults of the paper)."""
-    epochs: int = 50
-    batch_size: int = 16
-    lr: float = 2e-3
-    """Peak one-cycle learning rate of the whole-network stage (the head stage peaks at 5x this)."""
-    weight_decay: float = 0.05
-    label_smoothing: float = 0.1
-    patience: int = 12
-    """Stop after this many whole-network epochs without a lower validation loss."""
-    seed: int = 0
-    balanced: bool = True
-    """Draw each batch with equal chances per class (small sets are rarely balanced)."""
-    augment: bool = True
-    hflip: bool | None = None
-    """None: flip unless the card is bilateral (a hip half keeps its side)."""
-    device: str = "auto"
-    amp: bool = True
-    """bf16 autocast on a GPU; ignored on CPU."""
-    init: str | None = None
-    """Local pretrained weights (safetensors or a timm/torch checkpoint), or a timm model name (needs the network)."""
-    threshold: float = 0.5
-    """Per-class minimum calibrated probability written into the card; below it the result is indeterminate."""
-    max_minutes: float | None = None
-    """Stop (with a checkpoint) at this wall-clock budget, within an epoch if need be; resume continues. The best
-    model so far is written either way."""
-    keep: str = "best"
-    """Weights of the model directory: "best" (lowest validation loss) or "last" (the end of the schedule; what
-    cross-validation keeps, so that out-of-fold figures are not chosen on the fold they measure)."""
-    coverage: float = DEFAULT_COVERAGE
-    """Share of validation images the domain gate lets through (its threshold); 0 fits no gate."""
-    outliers: tuple[str, ...] = ()
-    """Manifests of images this model must not label (outlier exposure, Hendrycks et al. 2019): their train and val
-    images, augmented, are pushed towards a uniform answer, so that a radiograph of another body part lands far from
-    every class. Their test images stay unseen, to measure the refusals on. Each batch adds half as many outliers."""
-    outlier_weight: float = 0.5
-
-
-@dataclass
-class TrainResult:
-    model_dir: Path
-    card: ModelCard
-    best_epoch: int
-    best_val_loss: float
-    epochs_run: int
-    stopped_early: bool
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass
-class _Split:
-    x: torch.Tensor
-    y: torch.Tensor
 
 
 def _seed_everything(seed: int) -> None:
@@ -120,82 +67,6 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def labels_for(card: ModelCard, records: Sequence[Record]) -> tuple[Label, ...]:
-    """The card's labels when the data uses only those; the data's own (sorted) when the card names none."""
-    seen = sorted({r.label for r in records})
-    if not card.labels:
-        return tuple(Label(key, key) for key in seen)
-    unknown = [label for label in seen if label not in card.label_keys]
-    if unknown:
-        raise TrainError(f"labels {unknown} of the data are not in card {card.name} ({card.label_keys})")
-    return card.labels
-
-
-def load_split(records: Sequence[Record], card: ModelCard, split: str) -> _Split:
-    """Decode a split's images once, through the card's preprocessing (the same as inference)."""
-    index = {key: i for i, key in enumerate(card.label_keys)}
-    chosen = [r for r in records if r.split == split]
-    if not chosen:
-        return _Split(torch.zeros((0, card.preprocessing.in_chans, 1, 1)), torch.zeros(0, dtype=torch.long))
-    x = torch.from_numpy(load_images(chosen, card.preprocessing))
-    y = torch.tensor([index[r.label] for r in chosen], dtype=torch.long)
-    return _Split(x, y)
-
-
-def _adapt_state(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Pretrained weights made to fit: RGB stem summed to one channel, a classifier of another size dropped."""
-    own = model.state_dict()
-    fitted: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        if key not in own:
-            continue
-        target = own[key]
-        if value.shape == target.shape:
-            fitted[key] = value
-        elif value.ndim == 4 and value.shape[1] == 3 and target.shape[1] == 1 and value.shape[0] == target.shape[0]:
-            fitted[key] = value.sum(dim=1, keepdim=True)
-    return fitted
-
-
-def _initial_model(card: ModelCard, init: str | None) -> torch.nn.Module:
-    model = build_model(card)
-    if init is None:
-        return model
-    path = Path(init)
-    if path.is_file():
-        if path.suffix == ".safetensors":
-            state = safetensors.torch.load_file(str(path))
-        else:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-            state = loaded.get("state_dict") or loaded.get("model") or loaded
-    else:  # a timm model name: downloads its pretrained weights (needs the network)
-        state = timm.create_model(init, pretrained=True).state_dict()
-    fitted = _adapt_state(state, model)
-    if not fitted:
-        raise TrainError(f"no tensor of {init} fits {card.arch}")
-    model.load_state_dict(fitted, strict=False)
-    return model
-
-
-def _class_weights(y: torch.Tensor, k: int) -> torch.Tensor:
-    counts = torch.bincount(y, minlength=k).float()
-    return torch.where(counts > 0, 1.0 / counts.clamp(min=1), torch.zeros_like(counts))[y]
-
-
-def _usable(n: int, batch_size: int) -> int:
-    """Images drawn per epoch: whole batches only (BatchNorm needs a few images), or all when fewer than one batch."""
-    return n - n % batch_size if n > batch_size else n
-
-
-def _batches(train: _Split, k: int, options: TrainOptions, gen: torch.Generator) -> list[torch.Tensor]:
-    n = train.y.numel()
-    if options.balanced:
-        order = torch.multinomial(_class_weights(train.y, k), n, replacement=True, generator=gen)
-    else:
-        order = torch.randperm(n, generator=gen)
-    return list(order[: _usable(n, options.batch_size)].split(options.batch_size))
-
-
 def _set_trainable(model: torch.nn.Module, head_only: bool) -> list[torch.nn.Parameter]:
     head = {id(p) for p in model.get_classifier().parameters()} if head_only else set()  # type: ignore[operator]
     for p in model.parameters():
@@ -203,42 +74,9 @@ def _set_trainable(model: torch.nn.Module, head_only: bool) -> list[torch.nn.Par
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def _evaluate_loss(model: torch.nn.Module, split: _Split, device: torch.device, batch: int) -> tuple[float, float]:
-    if split.y.numel() == 0:
-        return math.nan, math.nan
-    logits = predict_logits(model, split.x, device, batch)
-    loss = F.cross_entropy(logits, split.y).item()
-    acc = (logits.argmax(1) == split.y).float().mean().item()
-    return loss, acc
-
-
-@torch.no_grad()
-def predict_logits(model: torch.nn.Module, x: torch.Tensor, device: torch.device, batch: int = 32) -> torch.Tensor:
-    """Float32 logits on the CPU for a tensor of inputs (eval mode, in batches)."""
-    model.eval()
-    outs = [model(chunk.to(device)).float().cpu() for chunk in x.split(batch)]
-    return torch.cat(outs) if outs else torch.zeros((0, 0))
-
-
 def _stages(options: TrainOptions) -> list[tuple[str, int]]:
     stages = [("head", options.head_epochs)] if options.init and options.head_epochs > 0 else []
     return [*stages, ("full", options.epochs)]
-
-
-def _save_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _append_log(out: Path, row: dict[str, Any]) -> None:
-    path = out / LOG_CSV
-    new = not path.exists()
-    with path.open("a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=LOG_COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
 class Trainer:
@@ -270,7 +108,7 @@ class Trainer:
         self.state.update({"history": [], "done": False, "stopped_early": False})
         self.gen = torch.Generator().manual_seed(options.seed)
         _seed_everything(options.seed)
-        self.model = _initial_model(self.card, options.init).to(self.device)
+        self.model = initial_model(self.card, options.init).to(self.device)
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.OneCycleLR | None = None
         self.deadline: float | None = None
@@ -331,12 +169,12 @@ class Trainer:
             self.optimizer.load_state_dict(resumed["optimizer"])
             self.scheduler.load_state_dict(resumed["scheduler"])
 
-    def _train_epoch(self, train: _Split, k: int, label: str) -> tuple[float, float]:
+    def _train_epoch(self, train: Split, k: int, label: str) -> tuple[float, float]:
         assert self.optimizer is not None and self.scheduler is not None
         self.model.train()
         total, correct, seen = 0.0, 0, 0
         use_amp = self.options.amp and self.device.type == "cuda"
-        batches = _batches(train, k, self.options, self.gen)
+        batches = draw_batches(train, k, self.options, self.gen)
         for step, idx in enumerate(batches, start=1):
             if self.deadline is not None and time.monotonic() > self.deadline:
                 raise _OutOfTime
@@ -394,7 +232,7 @@ class Trainer:
         if train.y.numel() == 0:
             raise TrainError("the manifest has no 'train' images")
         self.say(f"{train.y.numel()} train / {val.y.numel()} val images, {k} labels, device {self.device}")
-        steps_per_epoch = math.ceil(_usable(train.y.numel(), self.options.batch_size) / self.options.batch_size)
+        steps_per_epoch = math.ceil(usable(train.y.numel(), self.options.batch_size) / self.options.batch_size)
         if self.optimizer is None:
             self._new_stage(steps_per_epoch=steps_per_epoch)
         started = time.monotonic()
@@ -428,18 +266,18 @@ class Trainer:
         per_epoch = float(history[-1]["seconds"])
         return (time.monotonic() - started + per_epoch) / 60.0 > self.options.max_minutes
 
-    def _epoch(self, name: str, train: _Split, val: _Split, k: int) -> None:
+    def _epoch(self, name: str, train: Split, val: Split, k: int) -> None:
         assert self.scheduler is not None
         tick = time.monotonic()
         lr = self.scheduler.get_last_lr()[0]
         epochs = _stages(self.options)[self.state["stage"]][1]
         train_loss, train_acc = self._train_epoch(train, k, f"{name} {self.state['epoch'] + 1}/{epochs}")
-        val_loss, val_acc = _evaluate_loss(self.model, val, self.device, self.options.batch_size)
+        val_loss, val_acc = evaluate_loss(self.model, val, self.device, self.options.batch_size)
         self.state["epoch"] += 1
         row = {"stage": name, "epoch": self.state["epoch"], "lr": lr, "train_loss": train_loss}
         row.update(train_acc=train_acc, val_loss=val_loss, val_acc=val_acc, seconds=time.monotonic() - tick)
         self.state["history"].append(row)
-        _append_log(self.out, row)
+        append_log(self.out, row)
         monitored = val_loss if not math.isnan(val_loss) else train_loss
         if monitored < self.state["best_val_loss"]:
             self.state.update(best_val_loss=monitored, best_epoch=len(self.state["history"]), bad=0)
@@ -447,13 +285,13 @@ class Trainer:
             safetensors.torch.save_file(weights, str(self.out / BEST_WEIGHTS))
         elif name == "full":
             self.state["bad"] += 1
-        _save_atomic(self._checkpoint(), self.out / CHECKPOINT)
+        save_atomic(self._checkpoint(), self.out / CHECKPOINT)
         self.say(
             f"{name} {self.state['epoch']}: train loss {train_loss:.3f} acc {train_acc:.3f} · "
             f"val loss {val_loss:.3f} acc {val_acc:.3f} · {row['seconds']:.0f} s"
         )
 
-    def _finish(self, train: _Split, val: _Split) -> TrainResult:
+    def _finish(self, train: Split, val: Split) -> TrainResult:
         """Write RUN/model: the kept weights, temperature and gate from the validation split, the card.
 
         Also when the run stopped early for its time budget (``training.complete`` is then false): the best model
@@ -525,13 +363,3 @@ class Trainer:
             thresholds={key: self.options.threshold for key in self.card.label_keys},
             training=training,
         )
-
-
-def write_model_dir(directory: Path, card: ModelCard, state: dict[str, torch.Tensor]) -> ModelCard:
-    """Weights first, then the card with their sha256: a directory with a card is what counts as installed."""
-    directory.mkdir(parents=True, exist_ok=True)
-    weights = directory / card.weights_file
-    safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, str(weights))
-    card = replace(card, sha256=file_sha256(weights))
-    card.save(directory)
-    return card
