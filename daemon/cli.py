@@ -358,21 +358,44 @@ def models_shipped(as_json: JsonOption = False) -> None:
                 "test_n": test.get("n"),
                 "test_accuracy": accuracy.get("value"),
                 "test_accuracy_ci": accuracy.get("ci"),
+                "test_ece": test.get("ece"),
+                **_gate_figures(card),
             }
         )
     if as_json:
         _print_json(rows)
         return
-    table = Table("name", "version", "arch", "input", "labels", "test n", "test accuracy (95% CI)")
+    table = Table("name", "version", "arch", "test n", "test accuracy (95% CI)", "ECE", "gate coverage", "OOD refused")
     for r in rows:
         low, high = r["test_accuracy_ci"] or [None, None]
-        shown = "—" if r["test_accuracy"] is None else f"{r['test_accuracy']:.3f}"
+        shown = _three(r["test_accuracy"])
         if low is not None and high is not None:
             shown += f" ({low:.3f}–{high:.3f})"
+        refused = _three(r["ood_refused"])
+        if r["ood_n"]:
+            refused += f" of {r['ood_n']}, {r['ood_labelled_confident']} labelled ≥ 0.9"
         table.add_row(
-            r["name"], r["version"], r["arch"], str(r["input_size"]), ", ".join(r["labels"]), str(r["test_n"]), shown
-        )
+            r["name"], r["version"], r["arch"], str(r["test_n"]), shown, _three(r["test_ece"]),
+            _three(r["gate_test_coverage"]), refused,
+        )  # fmt: skip
     console.print(table)
+
+
+def _three(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _gate_figures(card: Any) -> dict[str, Any]:
+    """The domain gate's measured figures from a card (``predictd evaluate --ood --record``)."""
+    evaluation = card.gate.get("evaluation", {}) if card.gated else {}
+    ood = evaluation.get("ood", {})
+    return {
+        "gate": card.gate.get("method") if card.gated else None,
+        "gate_test_coverage": evaluation.get("test_coverage"),
+        "ood_n": ood.get("n"),
+        "ood_refused": ood.get("refused"),
+        "ood_labelled_confident": ood.get("labelled_confident"),
+    }
 
 
 @models_app.command("ls")

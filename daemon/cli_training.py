@@ -86,7 +86,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lr": 1e-3,
     },
 }
-"""``--preset cpu``: the small network the shipped models use; about 3 s an epoch per 100 images on two CPU cores,
+"""``--preset cpu``: the small network the shipped models use; about 6 s an epoch per 100 images on two CPU cores,
 so a first model of a few hundred images is ready in minutes. Explicit options win over the preset."""
 DEFAULTS: dict[str, Any] = {"epochs": 50, "batch_size": 16, "lr": 2e-3}
 
