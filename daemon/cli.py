@@ -404,7 +404,8 @@ def models_ls(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     from models.card import ModelCard, find_cards
 
     settings = _settings(config)
-    cards = [ModelCard.load(p) for p in find_cards(settings.models.dir)]
+    folders = find_cards(settings.models.dir)
+    cards = [ModelCard.load(p) for p in folders]
     rows = [
         {
             "name": c.name,
@@ -413,17 +414,28 @@ def models_ls(config: ConfigOption = None, as_json: JsonOption = False) -> None:
             "arch": c.arch,
             "labels": len(c.labels),
             "untrained": c.untrained,
+            "gated": c.gated,
             "enabled": not settings.models.enabled or c.name in settings.models.enabled,
         }
         for c in cards
     ]
     if as_json:
         _print_json(rows)
-        return
-    table = Table("name", "version", "task", "arch", "labels", "untrained", "enabled")
-    for r in rows:
-        table.add_row(*(str(v) for v in r.values()))
-    console.print(table)
+    else:
+        table = Table("name", "version", "task", "arch", "labels", "untrained", "gated", "enabled")
+        for r in rows:
+            table.add_row(*(str(v) for v in r.values()))
+        console.print(table)
+    seen: dict[str, Path] = {}
+    clashes = []
+    for folder, card in zip(folders, cards, strict=True):
+        if card.name in seen:
+            clashes.append(f"model name {card.name!r} is used by both {seen[card.name]} and {folder}")
+        seen.setdefault(card.name, folder)
+    for clash in clashes:
+        err.print(f"[red]error:[/red] {clash}: the daemon will not start; rename one (`predictd train --name`)")
+    if clashes:
+        raise typer.Exit(1)
 
 
 @models_app.command("explain")

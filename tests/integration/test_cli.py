@@ -108,6 +108,9 @@ def test_models_commands(tmp_path: Path) -> None:
     assert code == 0, out
     with Image.open(png) as image:
         assert image.size == (1760, 2140)  # the radiograph's own geometry
+    write_model(tmp_path / "models" / "tiny_copy", name="tiny", task="hip_hardware", labels=LABELS)
+    code, out = invoke(config, "models", "ls")
+    assert code == 1 and "'tiny' is used by both" in out and "tiny_copy" in out and "rename one" in out
     code, out = invoke(config, "models", "catalog", "--json")
     tasks = {row["task"] for row in json.loads(out)}
     assert {"hip_hardware", "body_part", "shoulder_implant_manufacturer", "hip_arthroplasty"} <= tasks

@@ -140,3 +140,25 @@ def test_framing_does_not_change_the_answer(name: str) -> None:
         labels = dict(zip(variants, probs.argmax(axis=1), strict=True))
         assert len(set(labels.values())) == 1, (record.path.name, labels)
         assert np.abs(probs - probs[0]).max() <= 0.1, (record.path.name, np.abs(probs - probs[0]).max(axis=1))
+
+
+@pytest.mark.parametrize(("name", "other"), [("hip_arthroplasty", "shoulder_implant_manufacturer"),
+                                             ("shoulder_implant_manufacturer", "hip_arthroplasty")])  # fmt: skip
+def test_shipped_gate_figures_are_what_evaluate_measures(name: str, other: str) -> None:
+    """The refusals recorded in the card (and printed by `predictd models shipped`) are what `predictd evaluate --ood`
+    measures on the same probes today."""
+    from models import probes
+    from models.evaluate import evaluate_ood
+
+    folder = shipped()[name]
+    card = ModelCard.load(folder)
+    recorded = card.gate["evaluation"]["ood"]
+    found = probes.default_probes()
+    others = [r for r in data.read_manifest(shipped()[other] / "manifest.csv") if r.split == "test"]
+    found += probes.manifest_images(others, f"other manifest {other} (test)")
+    found += probes.dicom_folder(RG2_HIP_JLSL.parent)
+    report = evaluate_ood(folder, found)
+    assert report["n"] == recorded["n"]
+    assert report["refused"] == pytest.approx(recorded["refused"])
+    assert report["labelled_confident"] == recorded["labelled_confident"]
+    assert report["by_category"] == recorded["by_category"]
