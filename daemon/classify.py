@@ -99,5 +99,6 @@ def _conclude(ctx: StageContext, claim: Claim, view: records.RunView, result: Cl
             label=p.label,
             laterality=p.laterality,
             probability=round(p.probability, 4),
+            gate_score=None if p.gate_score is None else round(p.gate_score, 4),
         )
     return Advance(StudyState.CLASSIFIED)
