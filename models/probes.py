@@ -1,4 +1,5 @@
-"""Out-of-domain probes: images a model must refuse, to measure its domain gate (``predictd evaluate --ood``).
+"""Probe images: out-of-domain images a model must refuse, to measure its domain gate (``predictd evaluate --ood``),
+and reframings of an in-domain image that must not change its answer (:func:`framings`).
 
 Categories: synthetic images that are no radiograph at all (blank, noise, smooth blobs, gradients, a checkerboard,
 text-only pages of either polarity), every CR/DX image of the pydicom-data package when it is installed (WG04 RG1
@@ -13,6 +14,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -117,3 +119,44 @@ def manifest_images(records: Sequence[Record], category: str, limit: int | None 
 def default_probes(seed: int = 0) -> list[Probe]:
     """The probes every evaluation runs: synthetic, pydicom-data radiographs and other modalities."""
     return synthetic(seed) + pydicom_data() + pydicom_data(OTHER_MODALITIES, "pydicom-data other modalities")
+
+
+def framings(gray: np.ndarray) -> dict[str, np.ndarray]:
+    """Five framings of one radiograph: padded to a square (black, white), letterboxed, pillarboxed, cropped 3%.
+
+    A model that reads the content, not the frame, gives all of them the answer it gives the original.
+    """
+    h, w = gray.shape
+    side = max(h, w)
+
+    def framed(value: float, top: int, bottom: int, left: int, right: int) -> np.ndarray:
+        out = np.full((h + top + bottom, w + left + right), value, dtype=np.float32)
+        out[top : top + h, left : left + w] = gray
+        return out
+
+    pad_h, pad_w = side - h, side - w
+    margin_h, margin_w = h // 30, w // 30
+    return {
+        "square, black": framed(0.0, pad_h // 2, pad_h - pad_h // 2, pad_w // 2, pad_w - pad_w // 2),
+        "square, white": framed(1.0, pad_h // 2, pad_h - pad_h // 2, pad_w // 2, pad_w - pad_w // 2),
+        "letterbox, black": framed(0.0, h // 4, h // 4, 0, 0),
+        "pillarbox, gray": framed(0.5, 0, 0, w // 3, w // 3),
+        "cropped 3%": np.ascontiguousarray(gray[margin_h : h - margin_h, margin_w : w - margin_w]),
+    }
+
+
+def framing_changes(model: Any, card: Any, grays: Sequence[np.ndarray]) -> list[dict[str, Any]]:
+    """Per image: whether every framing kept the label, and the largest probability change (models.train logits)."""
+    import torch
+
+    from models.preprocess import gray_to_input
+    from models.train_data import predict_logits
+
+    out = []
+    for gray in grays:
+        variants = [gray, *framings(gray).values()]
+        x = torch.from_numpy(np.stack([gray_to_input(v, card.preprocessing) for v in variants]))
+        probs = torch.softmax(predict_logits(model, x, torch.device("cpu")) / card.temperature, dim=1).numpy()
+        out.append({"same_label": bool(len(set(probs.argmax(axis=1))) == 1),
+                    "max_change": float(np.abs(probs - probs[0]).max())})  # fmt: skip
+    return out
