@@ -1,11 +1,15 @@
 """Batched, seeded training augmentation on network inputs: what real CR/DX has and web JPEGs lack.
 
-Geometry: rotation, zoom, shear, shift, optional horizontal flip, and a random *reframing*: a window of another
-aspect ratio cut from the image and fitted into the square with black bars, as a portrait CR reaches the model after
-the content crop and the resize pad. Intensity: contrast, brightness, a wide gamma (raw detector data is far from
-display gamma), noise and coarse quantisation. Clutter: burnt-in markers and text (L/R, AP, a ruler), collimation
-edges, and uniform bars of either polarity that the content crop did not remove (a bar carrying a letter, say).
-The model must learn that none of these is hardware.
+Geometry: rotation, zoom, shear, shift, optional horizontal flip, and a random aspect ratio: the content squashed
+along one axis (up to ``stretch``), never cut. Intensity: contrast, brightness, a wide gamma (raw detector data is far
+from display gamma), noise and coarse quantisation. Clutter: burnt-in markers and text (L/R, AP, a ruler), shallow
+collimation edges, and uniform bars of either polarity that the content crop did not remove (a bar carrying a
+letter, say). The model must learn that none of these is hardware.
+
+What this does not do by default, measured: *reframing* (a window of another aspect ratio cut from the image,
+``reframe``) made portrait single-hip CRs look like the training images of a whole-pelvis hip model, which then
+answered THA at 0.96 on the WG04 RG2 hip without one: a window of a pelvis labelled THA may show only the other hip.
+A label that belongs to the whole image needs the whole image; collimation is shallow for the same reason.
 
 It works on whole batches of already-preprocessed tensors (one ``affine_grid`` + ``grid_sample`` per batch), so the
 images are decoded once per run, not once per epoch, and the same code runs on CPU and GPU. Intensity changes are
@@ -43,9 +47,11 @@ class Augmentation:
     gamma: tuple[float, float] = (0.6, 1.7)
     hflip: bool = True
     """Only where laterality allows: a bilateral card's half keeps its side, so its trainer turns this off."""
-    reframe: float = 0.35
-    """Chance of a window of random aspect ratio (``aspect``, width/height) fitted into the square with black bars.
-    Kept moderate: a narrow window of an AP pelvis can cut away the one hip that carries the implant."""
+    stretch: float = 1.25
+    """Largest squash of the content along one axis (a random aspect ratio that keeps all of the image)."""
+    reframe: float = 0.0
+    """Chance of a window of random aspect ratio (``aspect``, width/height) cut from the content and fitted into the
+    square with black bars. Off: see the module docstring (only for labels that any part of the image carries)."""
     aspect: tuple[float, float] = (0.6, 1.7)
     bars: float = 0.2
     """Chance of a uniform bar (black, white or gray) along one or two edges."""
@@ -53,7 +59,7 @@ class Augmentation:
     markers: float = 0.4
     """Chance of one to three burnt-in markers or a ruler."""
     collimation: float = 0.25
-    """Chance of a collimated edge: a bright or dark region beyond a nearly straight line."""
+    """Chance of a collimated edge: a bright or dark region beyond a nearly straight line, 3-12% deep."""
     noise: float = 0.03
     """Largest standard deviation of the added Gaussian noise (each image draws its own from 0 to this)."""
     quantise: float = 0.2
@@ -119,6 +125,11 @@ def _geometry(gray: torch.Tensor, aug: Augmentation, gen: torch.Generator) -> to
     inside = ((window_xy[..., 0] - centre[:, 0:1, None]).abs() <= half_w.view(n, 1, 1)) & (
         (window_xy[..., 1] - centre[:, 1:2, None]).abs() <= half_h.view(n, 1, 1)
     )
+    # Random aspect ratio: the window's coordinates stretched along one axis, so the content is squashed, never cut.
+    squash = torch.exp(_uniform(n, 0.0, math.log(aug.stretch), gen))
+    along_x = torch.rand(n, generator=gen) < 0.5
+    factors = torch.stack([torch.where(along_x, squash, 1.0), torch.where(along_x, 1.0, squash)], 1).view(n, 1, 1, 2)
+    window_xy = centre.view(n, 1, 1, 2) + (window_xy - centre.view(n, 1, 1, 2)) * factors
     grid = torch.einsum("nij,nhwj->nhwi", a, window_xy) + shift.view(n, 1, 1, 2)
     warped = F.grid_sample(gray, grid.to(gray), mode="bilinear", padding_mode="zeros", align_corners=False)
     return warped * inside.unsqueeze(1).to(gray)
@@ -187,7 +198,7 @@ def _collimate(img: torch.Tensor, gen: torch.Generator) -> None:
     """A collimated border in place: beyond a nearly straight line near one edge, bright or dark with some noise."""
     h, w = img.shape
     edge = int(torch.randint(4, (1,), generator=gen))
-    depth = _pick(0.05, 0.3, gen)
+    depth = _pick(0.03, 0.12, gen)
     tilt = math.tan(_pick(-5.0, 5.0, gen) * math.pi / 180.0)
     ys, xs = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
     along, across = (xs, ys) if edge in (0, 1) else (ys, xs)

@@ -12,7 +12,8 @@ from models.card import Preprocessing
 PREP = Preprocessing(input_size=64, crop_content=True)
 OFF = Augmentation(
     rotation_degrees=0.0, zoom=(1.0, 1.0), shear=0.0, translate=0.0, contrast=(1.0, 1.0), brightness=0.0,
-    gamma=(1.0, 1.0), hflip=False, reframe=0.0, bars=0.0, markers=0.0, collimation=0.0, noise=0.0, quantise=0.0,
+    gamma=(1.0, 1.0), hflip=False, stretch=1.0, reframe=0.0, bars=0.0, markers=0.0, collimation=0.0, noise=0.0,
+    quantise=0.0,
 )  # fmt: skip
 
 
@@ -41,6 +42,20 @@ def test_everything_off_is_the_identity() -> None:
     assert torch.allclose(augment(x, PREP, OFF, torch.Generator().manual_seed(0)), x, atol=1e-5)
 
 
+def test_stretch_squashes_the_content_and_keeps_all_of_it() -> None:
+    """A random aspect ratio: the 40 lit rows of the landscape image become fewer (or its columns narrower), and
+    nothing of it is cut: the total brightness shrinks only by the squash."""
+    aug = dataclasses.replace(OFF, stretch=1.6)
+    x = _batch()
+    out = _gray(augment(x, PREP, aug, torch.Generator().manual_seed(0)))
+    lit_rows = (out[:, 0] > 0.05).any(dim=2).sum(dim=1)
+    lit_cols = (out[:, 0] > 0.05).any(dim=1).sum(dim=1)
+    assert ((lit_rows < 40) | (lit_cols < 64)).any()
+    assert (lit_rows <= 41).all() and (lit_cols <= 64).all()
+    mass = out.sum(dim=(1, 2, 3)) / _gray(x).sum(dim=(1, 2, 3))
+    assert (mass > 1 / 1.6 - 0.05).all() and (mass <= 1.02).all()
+
+
 def test_reframing_gives_portrait_windows_with_black_side_bars() -> None:
     """A portrait window of a landscape image: content over the full height, black columns left and right."""
     aug = dataclasses.replace(OFF, reframe=1.0, aspect=(0.6, 0.6))
@@ -53,7 +68,7 @@ def test_reframing_gives_portrait_windows_with_black_side_bars() -> None:
 
 def test_markers_burn_bright_or_dark_letters_into_the_image() -> None:
     aug = dataclasses.replace(OFF, markers=1.0)
-    x = _batch()
+    x = (0.3 + 0.4 * torch.rand(6, 1, 64, 64, generator=torch.Generator().manual_seed(5)) - PREP.mean) / PREP.std
     out = _gray(augment(x, PREP, aug, torch.Generator().manual_seed(0)))
     changed = (out - _gray(x)).abs() > 0.2
     assert changed.flatten(1).any(dim=1).all()
