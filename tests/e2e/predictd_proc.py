@@ -18,6 +18,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from models.card import Label
 from models.demo import write_model
+from models.install import install_shipped
 from tests.support import REPO, free_port, wait_until
 
 PREDICTD = Path(sys.executable).parent / "predictd"
@@ -39,7 +40,9 @@ class PredictdServer:
         destinations: list[dict[str, Any]] | None = None,
         quiet_seconds: float = 1.0,
         key_images: bool = False,
+        shipped: bool = False,
     ) -> None:
+        """``shipped``: the models predictd ships, installed as `make serve` installs them, instead of a tiny one."""
         self.root, self.ae_title, self.port = root, ae_title, port or free_port()
         self.config = root / "predictd.toml"
         self.log_path = root / "predictd.log"
@@ -77,12 +80,15 @@ class PredictdServer:
             lines += [f"{key} = {_toml_value(value)}" for key, value in dest.items()]
         root.mkdir(parents=True, exist_ok=True)
         self.config.write_text("\n".join(lines) + "\n")
-        write_model(
-            root / "models" / "tiny_hip",
-            name="tiny_hip",
-            task="hip_hardware",
-            labels=(Label("none", "no hardware"), Label("tha", "total hip arthroplasty")),
-        )
+        if shipped:
+            install_shipped(root / "models")
+        else:
+            write_model(
+                root / "models" / "tiny_hip",
+                name="tiny_hip",
+                task="hip_hardware",
+                labels=(Label("none", "no hardware"), Label("tha", "total hip arthroplasty")),
+            )
         self.proc: subprocess.Popen[bytes] | None = None
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:

@@ -58,3 +58,26 @@ def test_storescu_to_serve_yields_an_sr_in_the_outbox(tmp_path: Path) -> None:
     if shutil.which("dciodvfy"):
         out = subprocess.run(["dciodvfy", str(sr_file)], capture_output=True, text=True).stderr
         assert not [line for line in out.splitlines() if line.startswith("Error")], out
+
+
+def test_shipped_models_never_call_the_single_hip_cr_an_arthroplasty(tmp_path: Path) -> None:
+    """The first real CR a new user sends (WG04 RG2, a single-hip view without arthroplasty) through `make serve`'s
+    models: the draft says "no hip arthroplasty" or "not assessed", never THA; a key image only for a decision."""
+    src = copy_as_new_study(RG2_HIP_JLSL, tmp_path / "hip.dcm")
+    ds = pydicom.dcmread(src, stop_before_pixels=True)
+    with PredictdServer(tmp_path / "predictd", shipped=True, key_images=True) as server:
+        subprocess.run(
+            ["storescu", "-aec", server.ae_title, "-xt", "127.0.0.1", str(server.port), str(src)],
+            check=True,
+            capture_output=True,
+            timeout=60,
+            env={**os.environ, "TCP_NODELAY": "1"},
+        )
+        wait_until(lambda: server.study_state(ds.StudyInstanceUID) == "done", timeout=180, interval=0.5, what="done")
+    (text_file,) = (server.outbox / ds.StudyInstanceUID).glob("*.txt")
+    text = text_file.read_text()
+    hip_line = next(line for line in text.splitlines() if line.startswith("Hip"))
+    assert "not assessed" in hip_line or "no hip arthroplasty (probability" in hip_line, text
+    assert "total hip arthroplasty" not in text and "resurfacing" not in text, text
+    key_images = [p for p in (server.outbox / ds.StudyInstanceUID).glob("*.dcm") if p.name != f"{text_file.stem}.dcm"]
+    assert bool(key_images) == ("not assessed" not in hip_line)
