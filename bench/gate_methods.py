@@ -6,14 +6,17 @@ on) against the out-of-domain probes of models.probes (plus other manifests and 
 - maximum softmax probability (MSP, Hendrycks & Gimpel 2017), negated so that higher means "more unlike";
 - energy, -logsumexp of the logits (Liu et al. 2020);
 - class-conditional Mahalanobis on the last stage only (Lee et al. 2018, penultimate features);
-- the same on every stage, the largest stage score (what models.gate ships).
+- the same on every stage, the largest stage score (models.gate's distance);
+- with ``--outliers``: models.gate's outlier classifier alone, and both together (what a gated model ships).
 
 For each: AUROC (in-domain negative, out-of-domain positive; scikit-learn) and the share of probes refused at the
 threshold that keeps 95% of the in-domain images (the same coverage for every method).
-The Mahalanobis statistics come from the manifest's train split with augmented copies, as ``predictd calibrate``
-fits them; MSP and energy need no fit.
+The statistics come from the manifest's train split with augmented copies (and the outlier manifests' train+val
+images), as ``predictd calibrate`` fits them; MSP and energy need no fit. The other manifests' *test* images are the
+out-of-domain probes, so an outlier manifest is never measured on the images it was fitted with.
 
-    python -m bench.gate_methods MODEL_DIR --data MANIFEST [--split val] [--ood-data OTHER.csv] [--ood-dir DIR]
+    python -m bench.gate_methods MODEL_DIR --data MANIFEST [--split val] [--outliers OTHER.csv] [--ood-data OTHER.csv]
+        [--ood-dir DIR]
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from models import data, probes
-from models.calibrate import gate_statistics, outputs
+from models.calibrate import gate_statistics, outlier_inputs, outputs
 from models.gate import DomainGate, threshold_for
 from models.loading import load_verified_resident
 from models.preprocess import gray_to_input
@@ -44,6 +47,7 @@ def main() -> None:
     parser.add_argument("--split", default="val", help="in-domain images the network did not train on")
     parser.add_argument("--ood-data", type=Path, action="append", default=[])
     parser.add_argument("--ood-dir", type=Path, action="append", default=[])
+    parser.add_argument("--outliers", type=Path, action="append", default=[])
     args = parser.parse_args()
 
     resident = load_verified_resident(args.model)
@@ -64,11 +68,12 @@ def main() -> None:
         model, torch.from_numpy(np.stack([gray_to_input(p.gray, card.preprocessing) for p in found])), cpu
     )
 
-    full = gate_statistics(model, x_train, y_train, card.preprocessing, cpu)
+    outliers = outlier_inputs(args.outliers, card.preprocessing)
+    full = gate_statistics(model, x_train, y_train, card.preprocessing, cpu, outliers=outliers)
     last = DomainGate(tuple((stats[-1],) for stats in full.members))
 
     def last_stage(features: list[list[np.ndarray]]) -> np.ndarray:
-        return last.scores([[member[-1]] for member in features])
+        return last.distances([[member[-1]] for member in features])
 
     def msp(logits: np.ndarray) -> np.ndarray:
         z = np.exp(logits - logits.max(axis=1, keepdims=True))
@@ -82,8 +87,12 @@ def main() -> None:
         "msp": (msp(inside.logits), msp(outside.logits)),
         "energy": (energy(inside.logits), energy(outside.logits)),
         "mahalanobis, last stage": (last_stage(inside.features), last_stage(outside.features)),
-        "mahalanobis, every stage (shipped)": (full.scores(inside.features), full.scores(outside.features)),
+        "mahalanobis, every stage": (full.distances(inside.features), full.distances(outside.features)),
     }
+    if full.classifiers:
+        methods["outlier classifier"] = (full.odds(inside.features), full.odds(outside.features))
+        both = full.with_thresholds(full.distances(inside.features), full.odds(inside.features), 0.95)
+        methods["both (shipped)"] = (both.scores(inside.features), both.scores(outside.features))
     results = {}
     for name, (ins, outs) in methods.items():
         threshold = threshold_for(ins, 0.95)

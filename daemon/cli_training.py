@@ -258,6 +258,10 @@ def calibrate(
     data_path: ManifestOption,
     coverage: Annotated[float, typer.Option(help="Share of validation images the gate lets through.")] = 0.95,
     temperature: Annotated[bool, typer.Option(help="Also refit the temperature on the validation split.")] = True,
+    outliers: Annotated[
+        list[Path] | None,
+        typer.Option(help="Manifest of images the model must refuse: trains the gate's outlier classifier."),
+    ] = None,
 ) -> None:
     """Fit the domain gate (train split) and its threshold and the temperature (val split) of a trained model.
 
@@ -269,12 +273,12 @@ def calibrate(
 
     records = data.read_manifest(data_path)
     try:
-        card = calibrate_model(model, records, coverage=coverage, temperature=temperature)
+        card = calibrate_model(model, records, coverage=coverage, temperature=temperature, outliers=outliers or ())
     except (CardError, ValueError, OSError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     console.print(
-        f"{card.name}@{card.version}: gate threshold {card.gate['threshold']:.3f} "
+        f"{card.name}@{card.version}: gate ({card.gate['method']}) "
         f"({coverage:.0%} of {card.gate['n_reference']} validation images pass), temperature {card.temperature:.2f}"
     )
 

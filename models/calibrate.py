@@ -19,9 +19,9 @@ import torch
 
 from models.augment import Augmentation, augment
 from models.card import ModelCard, Preprocessing, file_sha256
-from models.data import Record, load_images
+from models.data import Record, load_images, read_manifest
 from models.features import Features, concat, forward_with_features
-from models.gate import DEFAULT_COVERAGE, GATE_FILE, METHOD, DomainGate, threshold_for
+from models.gate import DEFAULT_COVERAGE, GATE_FILE, DomainGate
 from models.loading import load_verified_resident
 from models.metrics import expected_calibration_error, fit_temperature, softmax
 
@@ -62,14 +62,26 @@ def gate_statistics(
     *,
     aug: Augmentation | None = None,
     seed: int = 0,
+    outliers: torch.Tensor | None = None,
 ) -> DomainGate:
-    """Gate statistics (per network of an ensemble) from training inputs and ``AUGMENTED_COPIES`` augmented copies."""
+    """Gate statistics (per network of an ensemble) from training inputs and ``AUGMENTED_COPIES`` augmented copies;
+    with ``outliers`` (inputs of another domain, plus one augmented copy), each network's outlier classifier too.
+    The thresholds are left open: they come from held-out images (:meth:`DomainGate.with_thresholds`)."""
     gen = torch.Generator().manual_seed(seed)
     aug = aug or Augmentation()
     xs = [x] + [augment(x, prep, aug, gen) for _ in range(AUGMENTED_COPIES)]
     feats = outputs(model, torch.cat(xs), device).features
     labels = np.tile(y.numpy(), len(xs))
-    return DomainGate.join([DomainGate.fit(member, labels) for member in feats], float("inf"))
+    others: list[list[np.ndarray]] | list[None] = [None] * len(feats)
+    if outliers is not None and len(outliers):
+        others = outputs(model, torch.cat([outliers, augment(outliers, prep, aug, gen)]), device).features
+    return DomainGate.join([DomainGate.fit(f, labels, o) for f, o in zip(feats, others, strict=True)])
+
+
+def outlier_inputs(manifests: Sequence[str | Path], prep: Preprocessing) -> torch.Tensor | None:
+    """The train and val images of the outlier manifests as network inputs (their test images stay unseen)."""
+    chosen = [r for m in manifests for r in read_manifest(Path(m)) if r.split in ("train", "val")]
+    return torch.from_numpy(load_images(chosen, prep)) if chosen else None
 
 
 def fitted_temperature(logits: np.ndarray, y: np.ndarray) -> float:
@@ -104,10 +116,11 @@ def write_gate(
     path = Path(directory) / GATE_FILE
     gate.save(path)
     spec = {
-        "method": METHOD,
+        "method": gate.method,
         "file": GATE_FILE,
         "sha256": file_sha256(path),
-        "threshold": gate.threshold,
+        "distance_threshold": gate.distance_threshold,
+        "odds_threshold": gate.odds_threshold if gate.classifiers else None,
         "coverage": coverage,
         "fitted_on": fitted_on,
         "n_reference": n_reference,
@@ -125,15 +138,16 @@ def calibrate_single(
     coverage: float = DEFAULT_COVERAGE,
     temperature: bool = True,
     seed: int = 0,
+    outliers: torch.Tensor | None = None,
 ) -> tuple[ModelCard, DomainGate]:
-    """Gate statistics from ``train``; gate threshold (and temperature, unless False) from ``held_out``."""
-    gate = gate_statistics(model, *train, card.preprocessing, device, seed=seed)
+    """Gate statistics from ``train`` (and ``outliers``); thresholds (and temperature, unless False) from
+    ``held_out``."""
+    gate = gate_statistics(model, *train, card.preprocessing, device, seed=seed, outliers=outliers)
     x_held, y_held = held_out
     if len(y_held) == 0:
         raise ValueError("no held-out (validation) images to choose the gate threshold from")
     out = outputs(model, x_held, device)
-    scores = gate.scores(out.features)
-    gate = DomainGate.join([gate], threshold_for(scores, coverage))
+    gate = gate.with_thresholds(gate.distances(out.features), gate.odds(out.features), coverage)
     y = y_held.numpy()
     t = fitted_temperature(out.logits, y) if temperature else card.temperature
     calibration = calibration_summary(out.logits, y, t, "validation split")
@@ -142,9 +156,15 @@ def calibrate_single(
 
 
 def calibrate_model(
-    model_dir: Path, records: Sequence[Record], *, coverage: float = DEFAULT_COVERAGE, temperature: bool = True
+    model_dir: Path,
+    records: Sequence[Record],
+    *,
+    coverage: float = DEFAULT_COVERAGE,
+    temperature: bool = True,
+    outliers: Sequence[str | Path] = (),
 ) -> ModelCard:
-    """``predictd calibrate``: gate statistics from the manifest's train split, threshold (and temperature) from val.
+    """``predictd calibrate``: gate statistics from the manifest's train split (and the outlier manifests' train and
+    val images), thresholds (and temperature) from val.
 
     The weights stay as they are (their sha256 too); the gate file and the card are rewritten.
     """
@@ -161,8 +181,9 @@ def calibrate_model(
         x = torch.from_numpy(load_images(chosen, card.preprocessing))
         splits[name] = (x, torch.tensor([card.label_keys.index(r.label) for r in chosen]))
     cpu = torch.device("cpu")
+    others = outlier_inputs(outliers, card.preprocessing)
     card, gate = calibrate_single(model, card, splits["train"], splits["val"], cpu, coverage=coverage,
-                                  temperature=temperature)  # fmt: skip
+                                  temperature=temperature, outliers=others)  # fmt: skip
     fitted_on = "train split (gate statistics, with augmented copies); threshold on the validation split"
     card = write_gate(Path(model_dir), card, gate, coverage, fitted_on, len(splits["val"][1]))
     card.save(Path(model_dir))

@@ -120,16 +120,18 @@ class ModelCard:
     """Networks in the weights file: more than one for a cross-validated ensemble (models.ensemble)."""
     gate: dict[str, Any] = field(default_factory=dict)
     """The domain gate (models.gate), empty when the model has none: ``method``, ``file``, ``sha256``,
-    ``threshold``, ``coverage`` (target share of in-domain images that pass), ``fitted_on``, and ``evaluation``
-    (coverage and out-of-domain refusal measured by ``predictd evaluate --ood``)."""
+    ``distance_threshold``, ``odds_threshold`` (None without an outlier classifier), ``coverage`` (target share of
+    in-domain images that pass), ``fitted_on``, and ``evaluation`` (coverage and out-of-domain refusal measured by
+    ``predictd evaluate --ood``)."""
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise CardError(f"model card {self.name}: role must be one of {list(ROLES)}, not {self.role!r}")
         if not isinstance(self.members, int) or self.members < 1:
             raise CardError(f"model card {self.name}: members must be a positive integer, not {self.members!r}")
-        if self.gate and not {"file", "sha256", "threshold"} <= set(self.gate):
-            raise CardError(f"model card {self.name}: gate needs file, sha256 and threshold, has {sorted(self.gate)}")
+        if self.gate and not {"file", "sha256", "distance_threshold"} <= set(self.gate):
+            needs = "file, sha256 and distance_threshold"
+            raise CardError(f"model card {self.name}: gate needs {needs}, has {sorted(self.gate)}")
 
     @property
     def gated(self) -> bool:

@@ -24,11 +24,18 @@ import timm
 import torch
 
 from models.augment import Augmentation
-from models.calibrate import calibration_summary, fitted_temperature, gate_statistics, outputs, write_gate
+from models.calibrate import (
+    calibration_summary,
+    fitted_temperature,
+    gate_statistics,
+    outlier_inputs,
+    outputs,
+    write_gate,
+)
 from models.card import ModelCard
 from models.data import Record, load_images, manifest_sha256, split
 from models.ensemble import ensemble_state
-from models.gate import DomainGate, threshold_for
+from models.gate import DomainGate
 from models.loading import load_verified
 from models.metrics import log_loss, softmax
 from models.train import CHECKPOINT, MODEL_DIR, Trainer, TrainError, TrainOptions, labels_for, write_model_dir
@@ -137,26 +144,28 @@ def _assemble(
     names = fold_names(len(set(fold_of.values())))
     cpu = torch.device("cpu")
     aug = Augmentation(hflip=not card.bilateral)
+    outliers = outlier_inputs(options.outliers, card.preprocessing)
     states, gates, member_cards = [], [], []
     oof_logits = np.zeros((len(pool), len(card.labels)))
-    oof_scores = np.zeros(len(pool))
+    oof_distances, oof_odds = np.zeros(len(pool)), np.zeros(len(pool))
     for name in names:
         member_card, model = load_verified(out / name / MODEL_DIR, "cpu")
         held = np.array([fold_of[r.path] == name for r in pool])
         train_idx = torch.from_numpy(np.flatnonzero(~held))
-        gate = gate_statistics(model, x[train_idx], torch.from_numpy(y[~held]), card.preprocessing, cpu, aug=aug)
+        y_train = torch.from_numpy(y[~held])
+        gate = gate_statistics(model, x[train_idx], y_train, card.preprocessing, cpu, aug=aug, outliers=outliers)
         held_out = outputs(model, x[torch.from_numpy(np.flatnonzero(held))], cpu)
         oof_logits[held] = held_out.logits
-        oof_scores[held] = gate.scores(held_out.features)
+        oof_distances[held], oof_odds[held] = gate.distances(held_out.features), gate.odds(held_out.features)
         states.append({key: value.float() for key, value in model.state_dict().items()})
         gates.append(gate)
         member_cards.append(member_card)
     temperature = fitted_temperature(oof_logits, y)
-    threshold = threshold_for(oof_scores, options.coverage)
-    gate = DomainGate.join(gates, threshold)
+    gate = DomainGate.join(gates).with_thresholds(oof_distances, oof_odds, options.coverage)
     oof = calibration_summary(oof_logits, y, temperature, f"out-of-fold predictions of {len(names)} members")
     oof["log_loss"] = log_loss(y, softmax(oof_logits, temperature))
-    oof["gate_passed"] = float(np.mean(oof_scores <= threshold))
+    passed = (oof_distances <= gate.distance_threshold) & (oof_odds <= gate.odds_threshold)
+    oof["gate_passed"] = float(np.mean(passed))
     ensemble = replace(
         member_cards[0],
         members=len(names),

@@ -19,6 +19,8 @@ import torch
 from models.calibrate import outputs
 from models.card import ModelCard
 from models.data import Record, load_images, manifest_sha256
+from models.features import Features
+from models.gate import DomainGate
 from models.loading import load_verified_resident
 from models.metrics import evaluate, expected_calibration_error, reader_study, roc_curve, softmax
 from models.preprocess import gray_to_input
@@ -105,7 +107,7 @@ def evaluate_model(
     report["indeterminate_rate"] = float(below.mean())
     report["readers"] = _readers(chosen, labels, predicted)
     scores = resident.gate.scores(out.features) if resident.gate is not None else None
-    report["domain_gate"] = _gate_on_split(card, scores, y, probs) if scores is not None else None
+    report["domain_gate"] = _gate_on_split(card, resident.gate, out.features, y, probs) if resident.gate else None
     report["cases"] = [
         {"image": r.path.name, "label": r.label, "predicted": p, "probability": round(float(t), 4)}
         | ({"gate_score": round(float(scores[i]), 4)} if scores is not None else {})
@@ -116,15 +118,20 @@ def evaluate_model(
     return report
 
 
-def _gate_on_split(card: ModelCard, scores: np.ndarray, y: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
+def _gate_on_split(
+    card: ModelCard, gate: DomainGate, features: Features, y: np.ndarray, probs: np.ndarray
+) -> dict[str, Any]:
     """Coverage (share of in-domain images the gate lets through) and the accuracy on those it let through."""
-    passed = scores <= float(card.gate["threshold"])
+    passed = gate.passes(gate.scores(features))
+    by_distance = gate.distances(features) <= gate.distance_threshold
     correct = probs.argmax(axis=1) == y
     return {
-        "method": card.gate.get("method"),
-        "threshold": card.gate["threshold"],
+        "method": gate.method,
+        "distance_threshold": gate.distance_threshold,
+        "odds_threshold": gate.odds_threshold if gate.classifiers else None,
         "coverage_target": card.gate.get("coverage"),
         "coverage": float(passed.mean()),
+        "coverage_distance_only": float(by_distance.mean()),
         "n_assessed": int(passed.sum()),
         "accuracy_assessed": float(correct[passed].mean()) if passed.any() else None,
     }
@@ -165,9 +172,9 @@ def evaluate_ood(model_dir: Path, probes: Sequence[Probe], *, device: str = "cpu
     out = outputs(resident.model, x, torch.device(device))
     probs = softmax(out.logits, card.temperature)
     top = probs.max(axis=1)
-    threshold = float(card.gate["threshold"]) if resident.gate is not None else math.inf
-    scores = resident.gate.scores(out.features) if resident.gate is not None else np.full(len(probes), -math.inf)
-    refused = ~(scores <= threshold)
+    gate = resident.gate
+    scores = gate.scores(out.features) if gate is not None else np.full(len(probes), -math.inf)
+    refused = ~gate.passes(scores) if gate is not None else np.zeros(len(probes), dtype=bool)
     labelled = ~refused & np.array([top[i] >= card.thresholds.get(card.label_keys[int(probs[i].argmax())], 0.0)
                                     for i in range(len(probes))])  # fmt: skip
     by_category: dict[str, dict[str, Any]] = {}

@@ -102,8 +102,8 @@ def load_gate(directory: Path, card: ModelCard) -> DomainGate | None:
         raise CardError(f"model {card.name}: {exc}") from exc
     if len(gate.members) != card.members:
         raise CardError(f"model {card.name}: gate has {len(gate.members)} networks, the card {card.members}")
-    if abs(gate.threshold - float(card.gate["threshold"])) > 1e-6:
-        raise CardError(f"model {card.name}: gate threshold {gate.threshold} differs from the card's")
+    if abs(gate.distance_threshold - float(card.gate["distance_threshold"])) > 1e-6:
+        raise CardError(f"model {card.name}: gate threshold {gate.distance_threshold} differs from the card's")
     return gate
 
 

@@ -219,7 +219,7 @@ def _domain(report: dict[str, Any]) -> str:
         return "<h2>Domain gate</h2><p>This model has no domain gate: it labels every image it is given.</p>"
     parts = [
         "<h2>Domain gate</h2>",
-        f"<p>{_e(gate.get('method'))}, threshold {_num(gate.get('threshold'))}: {_num(gate.get('coverage'))} of this "
+        f"<p>{_e(gate.get('method'))}: {_num(gate.get('coverage'))} of this "
         f"split passes (target {_num(gate.get('coverage_target'), 2)}); accuracy on the images it lets through "
         f"{_num(gate.get('accuracy_assessed'))} (n = {_e(gate.get('n_assessed'))}).</p>",
     ]

@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 
 from models.augment import Augmentation, augment
-from models.calibrate import calibrate_single, write_gate
+from models.calibrate import calibrate_single, outlier_inputs, write_gate
 from models.card import ModelCard
-from models.data import Record, load_images, manifest_sha256, read_manifest
+from models.data import Record, manifest_sha256
 from models.init_weights import initial_model
 from models.run_files import BEST_WEIGHTS, CHECKPOINT, LOG_CSV, MODEL_DIR, append_log, save_atomic, write_model_dir
 from models.train_data import Split, draw_batches, evaluate_loss, labels_for, load_split, predict_logits, usable
@@ -211,16 +211,10 @@ class Trainer:
     def _load_outliers(self) -> None:
         if not self.options.outliers:
             return
-        chosen = [
-            r
-            for manifest in self.options.outliers
-            for r in read_manifest(Path(manifest))
-            if r.split in ("train", "val")
-        ]
-        if not chosen:
+        self.outliers = outlier_inputs(self.options.outliers, self.card.preprocessing)
+        if self.outliers is None:
             raise TrainError(f"no train or val images in the outlier manifests {list(self.options.outliers)}")
-        self.outliers = torch.from_numpy(load_images(chosen, self.card.preprocessing))
-        self.say(f"{len(chosen)} outlier images (exposed towards a uniform answer)")
+        self.say(f"{len(self.outliers)} outlier images (exposed towards a uniform answer)")
 
     def run(self) -> TrainResult:
         """Train to the end (or early stop, or the time budget); writes the model directory when finished."""
@@ -318,8 +312,9 @@ class Trainer:
         gate = None
         if val.y.numel() and self.options.coverage > 0:
             card, gate = calibrate_single(
-                self.model, card, (train.x, train.y), (val.x, val.y), self.device, coverage=self.options.coverage
-            )
+                self.model, card, (train.x, train.y), (val.x, val.y), self.device, coverage=self.options.coverage,
+                outliers=self.outliers,
+            )  # fmt: skip
         metrics = {}
         if val.y.numel():
             logits = predict_logits(self.model, val.x, self.device, self.options.batch_size)

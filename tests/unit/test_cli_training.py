@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from daemon.cli import app
 from models.card import ModelCard
+from tests.support import REPO
 
 HIP = Path(__file__).resolve().parents[3] / "shared" / "data" / "hip_tha_radiologyai"
 
@@ -97,7 +98,12 @@ def test_calibrate_adds_a_gate_to_a_model_trained_elsewhere(manifest: Path, tmp_
     output = _ok(CliRunner(), "calibrate", str(run / "model"), "--data", str(manifest), "--coverage", "0.9")
     after = ModelCard.load(run / "model")
     assert after.gated and after.gate["coverage"] == 0.9 and after.sha256 == before.sha256
-    assert "gate threshold" in output
+    assert "gate (mahalanobis-stages)" in output and after.gate["odds_threshold"] is None
+    shoulder = REPO / "models" / "shipped" / "shoulder_implant_manufacturer" / "manifest.csv"
+    output = _ok(CliRunner(), "calibrate", str(run / "model"), "--data", str(manifest), "--outliers", str(shoulder))
+    classified = ModelCard.load(run / "model")
+    assert classified.gate["method"] == "mahalanobis-stages + outlier-classifier"
+    assert classified.gate["odds_threshold"] is not None and classified.sha256 == before.sha256
 
 
 def test_cpu_preset_sets_the_small_network_and_options_still_win(manifest: Path, tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ def test_in_domain_scores_low_far_away_scores_high() -> None:
     held_out, _ = _clusters(100, 0)  # same distribution (same mixing), new draws
     far = [f + 25.0 for f in held_out]
     noise = [np.random.default_rng(1).normal(size=f.shape) * 10 for f in held_out]
-    inside, outside, noisy = gate.scores([held_out]), gate.scores([far]), gate.scores([noise])
+    inside, outside, noisy = gate.distances([held_out]), gate.distances([far]), gate.distances([noise])
     threshold = threshold_for(inside, 0.95)
     assert np.mean(inside <= threshold) >= 0.95
     assert np.all(outside > threshold) and np.mean(noisy > threshold) > 0.9
@@ -38,31 +38,34 @@ def test_one_stage_far_is_enough_to_refuse() -> None:
     gate = DomainGate.fit(train, y)
     probe, _ = _clusters(50, 0)
     shifted = [probe[0] + 20.0, probe[1]]  # only the first stage looks wrong (blank image, noise)
-    threshold = threshold_for(gate.scores([probe]), 0.95)
-    assert np.all(gate.scores([shifted]) > threshold)
+    threshold = threshold_for(gate.distances([probe]), 0.95)
+    assert np.all(gate.distances([shifted]) > threshold)
 
 
 def test_ensemble_averages_members_and_checks_shapes() -> None:
     a_feats, y = _clusters(120, 0)
     b_feats, _ = _clusters(120, 1)
     a, b = DomainGate.fit(a_feats, y), DomainGate.fit(b_feats, y)
-    both = DomainGate.join([a, b], threshold=1.5)
-    expected = (a.scores([a_feats]) + b.scores([b_feats])) / 2
-    assert np.allclose(both.scores([a_feats, b_feats]), expected)
-    assert both.threshold == 1.5
+    both = DomainGate.join([a, b], distance_threshold=1.5)
+    expected = (a.distances([a_feats]) + b.distances([b_feats])) / 2
+    assert np.allclose(both.distances([a_feats, b_feats]), expected)
+    assert np.allclose(both.scores([a_feats, b_feats]), expected - 1.5)  # the excess over the threshold
+    assert both.threshold == 0.0
     with pytest.raises(GateError, match="gate of 2"):
-        both.scores([a_feats])
+        both.distances([a_feats])
     with pytest.raises(GateError, match="dimensions"):
-        a.scores([[a_feats[1], a_feats[0]]])
+        a.distances([[a_feats[1], a_feats[0]]])
 
 
 def test_gate_file_round_trip(tmp_path: Path) -> None:
     feats, y = _clusters(80, 2)
-    gate = DomainGate.join([DomainGate.fit(feats, y)], threshold=0.75)
+    outliers = [f + 4.0 for f in feats]
+    gate = DomainGate.join([DomainGate.fit(feats, y, outliers)], distance_threshold=0.75, odds_threshold=-1.0)
     gate.save(tmp_path / "gate.safetensors")
     loaded = DomainGate.load(tmp_path / "gate.safetensors")
-    assert loaded.threshold == 0.75
+    assert (loaded.distance_threshold, loaded.odds_threshold, len(loaded.classifiers)) == (0.75, -1.0, 1)
     assert np.allclose(loaded.scores([feats]), gate.scores([feats]), atol=1e-4)
+    assert np.allclose(loaded.odds([feats]), gate.odds([feats]), atol=1e-4)
 
 
 def test_damaged_gate_file_is_refused(tmp_path: Path) -> None:
@@ -78,3 +81,30 @@ def test_threshold_for_is_a_conservative_quantile() -> None:
     assert threshold_for(scores, 0.5) == 10.0
     with pytest.raises(ValueError):
         threshold_for(scores, 0.0)
+
+
+def test_outlier_classifier_refuses_the_other_domain_that_distance_lets_through() -> None:
+    """Another domain close in distance (shifted across the classes, not along them) is what the classifier is for."""
+    train, y = _clusters(200, 0)
+
+    def other_domain(n: int, seed: int) -> list[np.ndarray]:
+        features, _ = _clusters(n, seed)
+        return [f + 1.2 * np.where(np.arange(f.shape[1]) % 2 == 0, 1.0, -1.0) for f in features]
+
+    gate = DomainGate.fit(train, y, outliers=other_domain(200, 0))
+    held, _ = _clusters(100, 0)
+    near = other_domain(100, 7)
+    tuned = gate.with_thresholds(gate.distances([held]), gate.odds([held]), coverage=0.95)
+    assert np.mean(tuned.passes(tuned.scores([held]))) >= 0.95
+    assert np.mean(gate.distances([near]) <= tuned.distance_threshold) > 0.5, "distance alone lets most through"
+    assert np.mean(tuned.passes(tuned.scores([near]))) < 0.05
+    assert tuned.method == "mahalanobis-stages + outlier-classifier"
+
+
+def test_without_outliers_the_threshold_is_the_distance_quantile() -> None:
+    train, y = _clusters(120, 1)
+    gate = DomainGate.fit(train, y)
+    held, _ = _clusters(60, 1)
+    tuned = gate.with_thresholds(gate.distances([held]), gate.odds([held]), coverage=0.9)
+    assert tuned.distance_threshold == threshold_for(gate.distances([held]), 0.9)
+    assert not tuned.classifiers and np.isneginf(gate.odds([held])).all()

@@ -102,7 +102,7 @@ def test_train_writes_a_model_the_engine_loads(manifest: tuple[list[data.Record]
     assert [p.model_name for p in predictions] == [card.name]
     assert predictions[0].label in (*card.label_keys, "indeterminate", "not_assessed")
     assert card.gated and card.gate["sha256"] == file_sha256(result.model_dir / card.gate["file"])
-    assert predictions[0].gate_threshold == card.gate["threshold"] and predictions[0].gate_score is not None
+    assert predictions[0].gate_threshold == 0.0 and predictions[0].gate_score is not None
 
 
 def test_resume_continues_from_the_saved_epoch(manifest: tuple[list[data.Record], Path], tmp_path: Path) -> None:
