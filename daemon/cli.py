@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from daemon import cli_evaluate, cli_training, queue, records
-from daemon.config import Settings, load_settings
+from daemon.config import ConfigError, Settings, load_settings
 from daemon.db import Database, DatabaseNotAtHead
 from daemon.lifecycle import IllegalTransition, StudyState
 from daemon.log import configure_logging
@@ -59,7 +59,11 @@ def main(config: ConfigOption = None) -> None:
 
 
 def _settings(config: Path | None) -> Settings:
-    return load_settings(config or _root_config["path"])
+    try:
+        return load_settings(config or _root_config["path"])
+    except ConfigError as exc:
+        sys.stderr.write(f"error: {exc}\n")  # one line, never wrapped: operators grep for it
+        raise typer.Exit(2) from None
 
 
 def _db(settings: Settings) -> Database:

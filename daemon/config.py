@@ -6,17 +6,31 @@ Environment variables use a double underscore for nesting, e.g. ``PREDICTD_DATAB
 
 from __future__ import annotations
 
+import difflib
+import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Discriminator, Field, Tag, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from reporting.text import check_templates
 
 
-class ReceiveSettings(BaseModel):
+class ConfigError(ValueError):
+    """A config file or PREDICTD_ variable that does not load: one line naming the key (never its value)."""
+
+
+class Section(BaseModel):
+    """A config table: an unknown key is an error, not a silently ignored typo (``alowed_calling_aets`` would
+    otherwise load as an empty allowlist and turn the AE check off)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ReceiveSettings(Section):
     """The DICOM Storage SCP that modalities and the PACS send to."""
 
     ae_title: str = "PREDICTD"
@@ -33,7 +47,7 @@ class ReceiveSettings(BaseModel):
     network_timeout_seconds: float = 60.0
 
 
-class SpoolSettings(BaseModel):
+class SpoolSettings(Section):
     """Where received images and built documents live on disk."""
 
     dir: Path = Path("var/spool")
@@ -41,12 +55,12 @@ class SpoolSettings(BaseModel):
     """Files of studies that ended (done, skipped, cancelled) longer ago than this are purged."""
 
 
-class DatabaseSettings(BaseModel):
+class DatabaseSettings(Section):
     url: str = "sqlite:///var/predictd.db"
     sqlite_busy_timeout_ms: int = 30_000
 
 
-class QueueSettings(BaseModel):
+class QueueSettings(Section):
     """When a study is ready, how long a claim lasts, how failures retry."""
 
     quiet_seconds: float = 10.0
@@ -61,7 +75,7 @@ class QueueSettings(BaseModel):
     purge_hours: float = 6.0
 
 
-class WorkerSettings(BaseModel):
+class WorkerSettings(Section):
     count: int = 1
     poll_seconds: float = 0.5
     batch_studies: int = 8
@@ -70,7 +84,7 @@ class WorkerSettings(BaseModel):
     """Prefix of the claim owner written into the queue; defaults to host:pid."""
 
 
-class ModelSettings(BaseModel):
+class ModelSettings(Section):
     dir: Path = Path("var/models")
     enabled: list[str] = Field(default_factory=list)
     """Model directories under ``dir`` to load; empty loads every card found there."""
@@ -82,7 +96,7 @@ class ModelSettings(BaseModel):
     """torch.compile each model: slower start, faster forward on a GPU."""
 
 
-class DicomDestination(BaseModel):
+class DicomDestination(Section):
     """A PACS (or any Storage SCP) that receives the SR and key images by C-STORE."""
 
     type: Literal["dicom"] = "dicom"
@@ -95,7 +109,7 @@ class DicomDestination(BaseModel):
     timeout_seconds: float = 30.0
 
 
-class StowDestination(BaseModel):
+class StowDestination(Section):
     """A DICOMweb server that receives the SR and key images by STOW-RS (one POST per object)."""
 
     type: Literal["stow"]
@@ -110,7 +124,7 @@ class StowDestination(BaseModel):
     timeout_seconds: float = 30.0
 
 
-class Hl7Destination(BaseModel):
+class Hl7Destination(Section):
     """A dictation or RIS system that receives the preliminary report text as HL7 v2 ORU^R01 over MLLP."""
 
     type: Literal["hl7"]
@@ -139,7 +153,7 @@ Destination = Annotated[
 ]
 
 
-class SendSettings(BaseModel):
+class SendSettings(Section):
     destinations: list[Destination] = Field(default_factory=list)
     outbox_dir: Path = Path("var/outbox")
     """With no destination configured, documents are written here instead."""
@@ -156,7 +170,7 @@ class SendSettings(BaseModel):
         return value
 
 
-class ReportSettings(BaseModel):
+class ReportSettings(Section):
     manufacturer: str = "predictd"
     institution_name: str | None = None
     series_description: str = "predictd AI result (unverified)"
@@ -175,7 +189,7 @@ class ReportSettings(BaseModel):
         return value
 
 
-class LogSettings(BaseModel):
+class LogSettings(Section):
     level: str = "INFO"
     json_output: bool = True
 
@@ -220,7 +234,11 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
             data = tomllib.load(fh)
         base = path.resolve().parent
     data.update(overrides)
-    settings = Settings(**data)
+    _check_environment(os.environ)
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(describe(exc, path)) from None
     settings.spool.dir = _absolute(settings.spool.dir, base)
     settings.models.dir = _absolute(settings.models.dir, base)
     settings.send.outbox_dir = _absolute(settings.send.outbox_dir, base)
@@ -240,3 +258,46 @@ def _absolute_sqlite_url(url: str, base: Path) -> str:
     if rest.startswith("/"):
         return url
     return prefix + str((base / rest).resolve())
+
+
+def describe(exc: ValidationError, path: Path | None = None) -> str:
+    """The first problem of ``exc`` as one line: where (file or environment), which key, and for an unknown key the
+    known one it most resembles. Values are never quoted: a config may hold passwords."""
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    source = f"{path}" if path is not None else "the settings"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    if first["type"] == "extra_forbidden":
+        hint = _suggestion(first["loc"])
+        return f"{source}: unknown key {where!r}{hint} (also checked: PREDICTD_ environment variables){more}"
+    return f"{source}: {where}: {first['msg']}{more}"
+
+
+NOT_SETTINGS = frozenset({"PREDICTD_CONFIG", "PREDICTD_TEST_POSTGRES_URL"})
+"""PREDICTD_ variables that are not settings: the CLI's --config, the test suite's PostgreSQL URL."""
+
+
+def _check_environment(environ: Mapping[str, str]) -> None:
+    """pydantic-settings ignores a PREDICTD_ variable whose section does not exist (PREDICTD_RECIEVE__PORT)."""
+    for name in environ:
+        upper = name.upper()
+        if not upper.startswith("PREDICTD_") or upper in NOT_SETTINGS:
+            continue
+        section = upper.removeprefix("PREDICTD_").split("__")[0].lower()
+        if section not in Settings.model_fields:
+            close = difflib.get_close_matches(section, list(Settings.model_fields), n=1)
+            hint = f"; did you mean PREDICTD_{close[0].upper()}?" if close else ""
+            raise ConfigError(f"environment: unknown setting {name}{hint}")
+
+
+def _suggestion(loc: tuple[int | str, ...]) -> str:
+    """ "; did you mean 'x'?" for the known key of that table closest to the unknown one, or ""."""
+    model: type[BaseModel] = Settings
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ""  # e.g. inside a destination list: the message still names the key
+        model = annotation
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""

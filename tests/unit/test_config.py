@@ -6,9 +6,9 @@ import re
 from pathlib import Path
 
 import pytest
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from daemon.config import DicomDestination, Hl7Destination, Settings, StowDestination, load_settings
+from daemon.config import ConfigError, DicomDestination, Hl7Destination, Settings, StowDestination, load_settings
 from tests.support import REPO
 
 EXAMPLE = REPO / "deploy" / "predictd.example.toml"
@@ -61,5 +61,55 @@ def test_environment_beats_the_file_and_paths_are_relative_to_it(
 def test_unknown_keys_are_refused(tmp_path: Path) -> None:
     config = tmp_path / "p.toml"
     config.write_text("[recieve]\nport = 1\n")
-    with pytest.raises(ValidationError):
+    with pytest.raises(ConfigError, match=re.escape("unknown key 'recieve'; did you mean 'receive'?")):
         load_settings(config)
+
+
+def test_a_typo_in_a_section_is_an_error_naming_the_key(tmp_path: Path) -> None:
+    """`alowed_calling_aets` must not load as an empty allowlist (that turns the AE check off)."""
+    config = tmp_path / "p.toml"
+    config.write_text('[receive]\nalowed_calling_aets = ["MODALITY1"]\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config)
+    message = str(caught.value)
+    assert "receive.alowed_calling_aets" in message and "did you mean 'allowed_calling_aets'" in message
+    assert "MODALITY1" not in message and "\n" not in message
+
+
+def test_a_typo_in_a_destination_is_an_error(tmp_path: Path) -> None:
+    config = tmp_path / "p.toml"
+    config.write_text('[[send.destinations]]\nname = "pacs"\nae_title = "ORTHANC"\nhost = "127.0.0.1"\nport = 4242\n'
+                      'timeout_secs = 5\n')  # fmt: skip
+    with pytest.raises(ConfigError, match=re.escape("unknown key 'send.destinations.0.dicom.timeout_secs'")):
+        load_settings(config)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("PREDICTD_RECEIVE__ALOWED_CALLING_AETS", "did you mean 'allowed_calling_aets'"),
+        ("PREDICTD_RECIEVE__PORT", "unknown setting PREDICTD_RECIEVE__PORT; did you mean PREDICTD_RECEIVE?"),
+    ],
+)
+def test_a_typo_in_the_environment_is_an_error(monkeypatch: pytest.MonkeyPatch, name: str, expected: str) -> None:
+    monkeypatch.setenv(name, '["MODALITY1"]')
+    with pytest.raises(ConfigError, match=re.escape(expected)) as caught:
+        load_settings(None)
+    assert "MODALITY1" not in str(caught.value)
+
+
+def test_the_cli_prints_one_line_and_exits_2(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    config = tmp_path / "p.toml"
+    config.write_text("[queue]\nquiet_second = 2\n")
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("predictd")), "--config", str(config), "queue", "ls"],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: {config}: unknown key 'queue.quiet_second'; did you mean 'quiet_seconds'? "
+        "(also checked: PREDICTD_ environment variables)"
+    ]
