@@ -19,6 +19,8 @@ C-STORE statuses answered:
 0xC210  cannot understand: the data set cannot be parsed, or it is truncated (Pixel Data runs past the end)
 0xC211  an unexpected error (database down, disk error ...); logged, the server keeps serving
 ======  ===================================================================================================
+
+Every failure carries a fixed Error Comment (:data:`ERROR_COMMENTS`), so the modality's log says why.
 """
 
 from __future__ import annotations
@@ -131,6 +133,24 @@ class StoreContext:
     image_sop_classes: frozenset[str] = field(default_factory=lambda: frozenset(IMAGE_SOP_CLASSES))
 
 
+ERROR_COMMENTS = {
+    OUT_OF_RESOURCES: "predictd: spool below its free-space watermark",
+    DOES_NOT_MATCH_SOP_CLASS: "predictd: a required UID or Pixel Data is missing or unusable",
+    CANNOT_UNDERSTAND: "predictd: the data set cannot be parsed or is truncated",
+    UNEXPECTED_ERROR: "predictd: unexpected error, see its log",
+}
+"""Error Comment (0000,0902) of each failure status: fixed texts (LO, at most 64 characters) so that the sender's log
+says why, and never a value from the data set (no PHI can reach another system's log)."""
+
+
+def failure(status: int) -> pydicom.Dataset:
+    """The C-STORE response status with its Error Comment."""
+    response = pydicom.Dataset()
+    response.Status = status
+    response.ErrorComment = ERROR_COMMENTS[status]
+    return response
+
+
 class Rejected(Exception):
     """An instance the receiver answers with a failure status; ``reason`` is logged (UIDs only, no PHI)."""
 
@@ -233,7 +253,7 @@ def handle_rejected(event: evt.Event, ae_title: str, allowed: list[str]) -> None
     log.warning(Event.ASSOCIATION_REJECTED, calling_ae=calling, called_ae=called, reason=reason)
 
 
-def handle_store(event: evt.Event, ctx: StoreContext) -> int:
+def handle_store(event: evt.Event, ctx: StoreContext) -> int | pydicom.Dataset:
     """Store one instance durably and record it; see the module docstring for the statuses."""
     req = cast(C_STORE, event.request)
     sop_class = str(req.AffectedSOPClassUID)
@@ -286,7 +306,7 @@ def handle_store(event: evt.Event, ctx: StoreContext) -> int:
             sop_instance_uid=sop_instance,
             calling_ae=calling,
         )
-        return exc.status
+        return failure(exc.status)
     except Exception as exc:
         log.error(
             Event.INSTANCE_REJECTED,
@@ -296,7 +316,7 @@ def handle_store(event: evt.Event, ctx: StoreContext) -> int:
             sop_instance_uid=sop_instance,
             calling_ae=calling,
         )
-        return UNEXPECTED_ERROR
+        return failure(UNEXPECTED_ERROR)
     log.info(
         Event.INSTANCE_STORED if is_new else Event.INSTANCE_DUPLICATE,
         study_uid=stored.study_uid,

@@ -118,8 +118,10 @@ def c_store(
     calling: str = CALLING,
     called: str = CALLED,
     raw: bool = False,
+    comments: list[str | None] | None = None,
 ) -> list[int]:
-    """C-STORE each item on one association; returns the statuses. ``raw`` sends files' bytes as-is (chunked send)."""
+    """C-STORE each item on one association; returns the statuses. ``raw`` sends files' bytes as-is (chunked send).
+    ``comments`` collects each response's Error Comment (None when there is none)."""
     metas = [read_file_meta_info(i) if isinstance(i, Path) else i.file_meta for i in items]
     ae = AE(ae_title=calling)
     for meta in metas:
@@ -136,6 +138,8 @@ def c_store(
             finally:
                 _config.STORE_SEND_CHUNKED_DATASET = before
             statuses.append(int(rsp.Status))
+            if comments is not None:
+                comments.append(str(rsp.ErrorComment) if "ErrorComment" in rsp else None)
     finally:
         assoc.release()
     return statuses
@@ -314,9 +318,11 @@ def test_truncated_dataset_fails_and_the_server_keeps_serving(
     whole = RG2_HIP_JLSL.read_bytes()
     half = tmp_path / "half.dcm"
     half.write_bytes(whole[: len(whole) // 2])  # header intact, pixel data cut in the middle
+    comments: list[str | None] = []
     with capture_logs() as logs:
-        statuses = c_store(rx.port, [half, pydicom_data_file("RG1_UNCR.dcm")], raw=True)
+        statuses = c_store(rx.port, [half, pydicom_data_file("RG1_UNCR.dcm")], raw=True, comments=comments)
     assert statuses[0] == 0xC210
+    assert comments == ["predictd: the data set cannot be parsed or is truncated", None]
     assert statuses[1] == 0x0000  # same association, next instance fine
     assert [row.sop_instance_uid for row in rx.instances()] == [
         pydicom.dcmread(pydicom_data_file("RG1_UNCR.dcm")).SOPInstanceUID
@@ -339,8 +345,10 @@ def test_unparseable_dataset_fails(start_receiver: Callable[..., Running], tmp_p
 def test_image_without_pixel_data_is_refused(start_receiver: Callable[..., Running], tmp_path: Path) -> None:
     rx = start_receiver()
     nopix = new_copy(pydicom_data_file("RG1_UNCR.dcm"), tmp_path / "nopix.dcm", PixelData=None)
+    comments: list[str | None] = []
     with capture_logs() as logs:
-        assert c_store(rx.port, [nopix]) == [0xA900]
+        assert c_store(rx.port, [nopix], comments=comments) == [0xA900]
+    assert comments == ["predictd: a required UID or Pixel Data is missing or unusable"]
     assert rx.instances() == [] and rx.spooled_files() == []
     assert any(e["event"] == "instance_rejected" and e["reason"] == "no pixel data" for e in logs)
 
@@ -368,8 +376,10 @@ def test_uid_that_is_not_a_file_name_is_refused(start_receiver: Callable[..., Ru
 
 def test_full_spool_answers_out_of_resources(start_receiver: Callable[..., Running]) -> None:
     rx = start_receiver(min_free_bytes=2**62)
+    comments: list[str | None] = []
     with capture_logs() as logs:
-        assert c_store(rx.port, [pydicom.dcmread(pydicom_data_file("RG1_UNCR.dcm"))]) == [0xA700]
+        assert c_store(rx.port, [pydicom.dcmread(pydicom_data_file("RG1_UNCR.dcm"))], comments=comments) == [0xA700]
+    assert comments == ["predictd: spool below its free-space watermark"]
     assert rx.instances() == [] and rx.spooled_files() == []
     assert any(e["event"] == "instance_rejected" and "min_free_bytes" in e["reason"] for e in logs)
 
@@ -388,7 +398,9 @@ def test_unexpected_error_answers_c211_and_the_server_keeps_serving(tmp_path: Pa
     receiver.start()
     try:
         ds = pydicom.dcmread(pydicom_data_file("RG1_UNCR.dcm"))
-        assert c_store(receiver.port, [ds, ds]) == [0xC211, 0x0000]
+        comments: list[str | None] = []
+        assert c_store(receiver.port, [ds, ds], comments=comments) == [0xC211, 0x0000]
+        assert comments == ["predictd: unexpected error, see its log", None]  # the exception's text stays in the log
     finally:
         receiver.stop()
 
