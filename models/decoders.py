@@ -5,6 +5,11 @@ uses the first that is installed, which is not the fastest one: JPEG-LS goes to 
 ~3x faster) and JPEG lossless to pylibjpeg (GDCM is 1.4-2x faster). :data:`PREFERRED` puts them in the order measured
 by ``python -m bench.decoders`` (see bench/DECODERS.md); every plugin listed there gave the source's pixels bit for bit
 on the lossless syntaxes.
+
+A plugin that fails hands over to the next only when it says it cannot handle the file ("not supported", a missing
+codec). Any other failure means the stream is invalid, and the instance fails with that decoder's message
+(:class:`InvalidPixelData`): with one flipped bit in a JPEG-LS stream CharLS and GDCM refuse it, and pylibjpeg, next
+in line, decodes 30-90% of the pixels wrong without a word.
 """
 
 from __future__ import annotations
@@ -38,6 +43,27 @@ PREFERRED: dict[str, tuple[str, ...]] = {
 baseline, HTJ2K) use pydicom's own choice."""
 
 
+CAPABILITY_REFUSALS = ("not supported", "unsupported", "does not support", "not implemented", "missing dependenc")
+"""Words in a plugin's error that mean "this decoder cannot handle the file" rather than "the stream is invalid"."""
+
+
+class InvalidPixelData(ValueError):
+    """The decoder for this transfer syntax refused the stream itself: corrupt pixel data, not an unsupported one."""
+
+
+def _plugin_message(exc: Exception, name: str) -> str:
+    """The plugin's own words: pydicom wraps them as "Unable to decode ... plugins:\n  name: message"."""
+    text = str(exc)
+    marker = f"{name}: "
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    return " ".join(text.split())[:300]
+
+
+def _cannot_handle(exc: Exception, message: str) -> bool:
+    return isinstance(exc, NotImplementedError) or any(word in message.lower() for word in CAPABILITY_REFUSALS)
+
+
 def _preferred_available(ds: pydicom.Dataset) -> tuple[str, ...]:
     meta = getattr(ds, "file_meta", None)
     uid = meta.get("TransferSyntaxUID") if meta is not None else None
@@ -65,8 +91,9 @@ def _default_path(ds: pydicom.Dataset) -> bool:
 def decode_pixels(ds: pydicom.Dataset) -> np.ndarray:
     """All frames of ``ds`` as ``ds.pixel_array`` gives them, decoded by the fastest plugin installed.
 
-    A preferred plugin that fails on this file (a variant it does not support) hands over to the next one, then to
-    pydicom's default choice, whose exception (RuntimeError, NotImplementedError, ValueError, ...) is raised as is.
+    A preferred plugin that cannot handle this file (a variant it does not support) hands over to the next one, then
+    to pydicom's default choice, whose exception (RuntimeError, NotImplementedError, ValueError, ...) is raised as is;
+    one that finds the stream invalid raises :class:`InvalidPixelData` naming itself and the syntax.
     Like ``ds.pixel_array``, the array is cached on ``ds`` (a second call, e.g. for another window, does not decode
     again); pixel array options the caller set with ``ds.pixel_array_options`` are honoured and left as they are.
     """
@@ -74,8 +101,12 @@ def decode_pixels(ds: pydicom.Dataset) -> np.ndarray:
         for name in _preferred_available(ds):
             try:
                 arr: np.ndarray = pixel_array(ds, decoding_plugin=name)
-            except Exception:  # e.g. gdcm or pillow refusing 12-bit JPEG; the default path tries every plugin
-                continue
+            except Exception as exc:
+                message = _plugin_message(exc, name)
+                if _cannot_handle(exc, message):  # e.g. pillow refusing 12-bit JPEG: the next one may
+                    continue
+                syntax = ds.file_meta.TransferSyntaxUID.name
+                raise InvalidPixelData(f"{syntax} pixel data refused by the {name} decoder: {message}") from exc
             ds._pixel_array, ds._pixel_id = arr, get_image_pixel_ids(ds)  # what ds.pixel_array caches
             return arr
     default: np.ndarray = ds.pixel_array

@@ -87,23 +87,58 @@ def test_unavailable_preferred_plugin_falls_back(
     np.testing.assert_array_equal(decode_pixels(ds), source_pixels["rg2_hip"])
 
 
-def test_failing_preferred_plugin_hands_over(
+def test_a_plugin_that_cannot_handle_the_file_hands_over(
     lossless_copies: Transcoded, source_pixels: dict[str, np.ndarray], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A plugin that is installed but raises on the file: the next one (then pydicom's default) decodes it."""
+    """A plugin that is installed but says it does not support the file: the next one (then pydicom's) decodes it."""
     real = decoders_module.pixel_array
     calls: list[str] = []
 
-    def flaky(ds: pydicom.Dataset, *, decoding_plugin: str = "") -> np.ndarray:
+    def limited(ds: pydicom.Dataset, *, decoding_plugin: str = "") -> np.ndarray:
         calls.append(decoding_plugin)
         if decoding_plugin == "pyjpegls":
-            raise RuntimeError("pyjpegls refuses this file")
+            raise RuntimeError("pyjpegls: this sample precision is not supported")
         return real(ds, decoding_plugin=decoding_plugin)
 
-    monkeypatch.setattr(decoders_module, "pixel_array", flaky)
+    monkeypatch.setattr(decoders_module, "pixel_array", limited)
     ds = pydicom.dcmread(lossless_copies("rg2_hip", "jpegls_lossless"))
     np.testing.assert_array_equal(decode_pixels(ds), source_pixels["rg2_hip"])
     assert calls[0] == "pyjpegls" and len(calls) == 2
+
+
+def _flipped_bits(path: Path, flips: int, seed: int) -> pydicom.Dataset:
+    """The file with ``flips`` bits of its encapsulated stream flipped (header and fragment items intact)."""
+    ds = pydicom.dcmread(path)
+    data = bytearray(ds.PixelData)
+    rng = np.random.default_rng(seed)
+    for i in rng.integers(len(data) // 4, len(data) - 16, size=flips):
+        data[i] ^= 1 << int(rng.integers(8))
+    ds.PixelData = bytes(data)
+    return ds
+
+
+@pytest.mark.parametrize("flips", [1, 3, 10])
+def test_a_corrupt_stream_fails_with_the_decoders_message_and_is_never_decoded_by_the_next(
+    flips: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """JPEG-LS with flipped bits: CharLS refuses it; pylibjpeg, next in line, would decode garbage. It must not run."""
+    uid = SYNTAXES["jpegls_lossless"]
+    if "pyjpegls" not in get_decoder(uid).available_plugins:
+        pytest.skip("pyjpegls not installed")
+    real = decoders_module.pixel_array
+    calls: list[str] = []
+
+    def counting(ds: pydicom.Dataset, *, decoding_plugin: str = "") -> np.ndarray:
+        calls.append(decoding_plugin)
+        return real(ds, decoding_plugin=decoding_plugin)
+
+    monkeypatch.setattr(decoders_module, "pixel_array", counting)
+    ds = _flipped_bits(RG2_HIP_JLSL, flips, seed=flips)
+    with pytest.raises(PixelDecodeError) as info:
+        to_gray(ds)
+    message = str(info.value)
+    assert "refused by the pyjpegls decoder" in message and "JPEG-LS" in message, message
+    assert calls == ["pyjpegls"]
 
 
 def test_decoded_once_and_cached_like_pixel_array(lossless_copies: Transcoded, monkeypatch: pytest.MonkeyPatch) -> None:
