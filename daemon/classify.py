@@ -16,7 +16,7 @@ from daemon.lifecycle import StudyState
 from daemon.log import Event, get_logger
 from daemon.queue import Claim
 from daemon.stage import Advance, Outcome, StageContext, StageError
-from models.inference import Classification, Engine
+from models.inference import Classification, DecodeWorkerError, Engine
 from models.preprocess import PixelDecodeError
 
 log = get_logger("classify")
@@ -66,6 +66,8 @@ def _classify(ctx: StageContext, engine: Engine, views: Sequence[records.RunView
         raise StageError(f"unreadable file: {exc}", permanent=True) from exc
     except PixelDecodeError as exc:
         raise StageError(f"pixel data cannot be decoded: {exc}", permanent=True) from exc
+    except DecodeWorkerError as exc:  # reproduced: the image kills its decoder every time, retrying cannot help
+        raise StageError(str(exc), permanent=exc.reproduced) from exc
 
 
 def _conclude(ctx: StageContext, claim: Claim, view: records.RunView, result: Classification) -> Outcome:

@@ -90,8 +90,9 @@ class ModelSettings(Section):
     """Model directories under ``dir`` to load; empty loads every card found there."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = 16
-    decode_workers: int = 0
-    """Processes that decode and preprocess images beside the GPU; 0 decodes in the worker thread (small hosts)."""
+    decode_workers: int = Field(default=1, ge=1)
+    """Processes that decode and preprocess images (at least one: a codec that crashes natively on a hostile file
+    kills a decode process, never the daemon); on a GPU host give them most of the cores."""
     compile: bool = False
     """torch.compile each model: slower start, faster forward on a GPU."""
 

@@ -64,7 +64,8 @@ def _cannot_handle(exc: Exception, message: str) -> bool:
     return isinstance(exc, NotImplementedError) or any(word in message.lower() for word in CAPABILITY_REFUSALS)
 
 
-def _preferred_available(ds: pydicom.Dataset) -> tuple[str, ...]:
+def preferred_plugins(ds: pydicom.Dataset) -> tuple[str, ...]:
+    """The preferred plugins installed for the syntax of ``ds``, in the order tried (empty: pydicom's own choice)."""
     meta = getattr(ds, "file_meta", None)
     uid = meta.get("TransferSyntaxUID") if meta is not None else None
     if uid is None or uid not in PREFERRED:
@@ -98,7 +99,7 @@ def decode_pixels(ds: pydicom.Dataset) -> np.ndarray:
     again); pixel array options the caller set with ``ds.pixel_array_options`` are honoured and left as they are.
     """
     if not _default_path(ds):
-        for name in _preferred_available(ds):
+        for name in preferred_plugins(ds):
             try:
                 arr: np.ndarray = pixel_array(ds, decoding_plugin=name)
             except Exception as exc:

@@ -4,81 +4,45 @@ The engine is resident for the life of the daemon: weights are verified against 
 they are trusted, every model sees the exact preprocessing its card names, and the output is plain
 :class:`~models.prediction.Prediction` objects so nothing downstream needs torch.
 
-Decoding is the slow half on compressed images (a 3000x2500 JPEG 2000 takes ~0.45 s on one core, see
-shared/notes/pacs-peers.md), so with ``decode_workers > 0`` decode + preprocessing run in a process pool and
-:meth:`Engine.predict_files` pipelines: while batch k runs forward, batch k+1 decodes. Workers get file paths
-(or pickled datasets: ~1 ms each) and return only the small model inputs, never the full-resolution pixels.
-The default is 0 (decode in the calling thread): on a 2-core CPU-only box the pool competes with the forward
-pass for the same cores and buys nothing; on a GPU host give it most of the cores.
+With ``decode_workers > 0`` decode + preprocessing run in a :class:`~models.decode_pool.DecodePool` and
+:meth:`Engine.predict_files` pipelines: while batch k runs forward, batch k+1 decodes; a worker killed by a codec
+fails only the image that kills it. The library default is 0 (decode in the calling thread, for tools and
+training); the daemon always runs at least one worker (``models.decode_workers``), so no codec crash can take it
+down. On a GPU host give the pool most of the cores.
 """
 
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import os
-import sys
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 import numpy as np
 import pydicom
 import torch
 from PIL import Image
 
-from models.card import ModelCard, Preprocessing
+from models.card import ModelCard
 from models.cascade import Selection, select_cards
+from models.decode_pool import DecodePool, DecodeWorkerError, Job, Plan, Prepared, framed, prepare, prepare_file
 from models.ensemble import members_of
 from models.explain import gradcam, overlay_rgb, unpad
 from models.features import forward_with_features
 from models.loading import Resident, load_resident, resolve_device, select_installed
 from models.prediction import Prediction
-from models.preprocess import (
-    PixelDecodeError,
-    content_box,
-    gray_to_input,
-    laterality_of,
-    split_bilateral,
-    to_gray,
-)
+from models.preprocess import gray_to_input, split_bilateral, to_gray
 
-
-class DecodeWorkerError(RuntimeError):
-    """A decode worker process died (e.g. a codec crashed on a corrupt file); the pool has been rebuilt."""
+__all__ = ["HALVES", "Classification", "DecodeWorkerError", "Engine"]
 
 
 HALVES = ("image-left", "image-right")
 """Region names of the two halves a bilateral card reads (Prediction.region)."""
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """What to prepare per image: whole-image inputs for every card, half-image inputs for bilateral cards."""
-
-    whole: tuple[Preprocessing, ...]
-    halves: tuple[Preprocessing, ...] = ()
-
-
-@dataclass(frozen=True)
-class _Prepared:
-    """One image after decode + preprocessing: what a decode worker sends back (small, cheap to pickle)."""
-
-    sop_instance_uid: str
-    series_instance_uid: str
-    inputs: dict[Preprocessing, np.ndarray]
-    """(in_chans, size, size) float32 per distinct preprocessing of the resident cards."""
-    header: pydicom.Dataset = field(default_factory=pydicom.Dataset)
-    """The few tags the cascade reads (body part, descriptions, view), without pixels."""
-    laterality: str | None = None
-    """Of the whole image (ImageLaterality / Laterality)."""
-    halves: tuple[tuple[str | None, dict[Preprocessing, np.ndarray]], ...] = ()
-    """(patient side or None, inputs) of the image-left and image-right half, for bilateral cards."""
 
 
 @dataclass(frozen=True)
@@ -121,94 +85,6 @@ def _batches(n: int, size: int) -> Iterator[slice]:
         yield slice(start, min(n, start + size))
 
 
-# --- decoding: module-level functions, so a worker process can unpickle them by name -------------------------
-
-
-_HEADER_TAGS = ("BodyPartExamined", "StudyDescription", "SeriesDescription", "ProtocolName", "ViewPosition")
-
-
-def _header(ds: pydicom.Dataset) -> pydicom.Dataset:
-    header = pydicom.Dataset()
-    for keyword in _HEADER_TAGS:
-        if keyword in ds:
-            setattr(header, keyword, ds.get(keyword))
-    return header
-
-
-def framed(gray: np.ndarray, prep: Preprocessing) -> tuple[slice, slice]:
-    """The part of ``gray`` a card reads: its content box when the card crops, else the whole image."""
-    if prep.crop_content:
-        return content_box(gray)
-    return slice(0, gray.shape[0]), slice(0, gray.shape[1])
-
-
-def looks_bilateral(gray: np.ndarray) -> bool:
-    """An AP pelvis (both hips) is a landscape image; a single-hip view is portrait and must not be cut in two.
-
-    A stand-in for a view classifier: only images at least as wide as tall are split for bilateral cards.
-    """
-    height, width = gray.shape[:2]
-    return width >= height
-
-
-def _prepare(ds: pydicom.Dataset, plan: _Plan) -> _Prepared:
-    """Decode once per VOI choice, then one input array per preprocessing (and per half for bilateral cards)."""
-    grays: dict[str, np.ndarray] = {}
-
-    def gray(window: str) -> np.ndarray:
-        if window not in grays:
-            try:
-                grays[window] = to_gray(ds, window)
-            except PixelDecodeError as exc:
-                uid = ds.get("SOPInstanceUID", "<no SOP Instance UID>")
-                raise PixelDecodeError(f"instance {uid}: {exc}") from exc
-        return grays[window]
-
-    inputs = {prep: gray_to_input(gray(prep.window), prep) for prep in plan.whole}
-    halves: list[tuple[str | None, dict[Preprocessing, np.ndarray]]] = []
-    bases = {p: gray(p.window)[framed(gray(p.window), p)] for p in plan.halves}
-    if plan.halves and looks_bilateral(bases[plan.halves[0]]):
-        split = {p: split_bilateral(bases[p], ds) for p in plan.halves}
-        for i in range(2):
-            side = split[plan.halves[0]][i][0]
-            halves.append((side, {p: gray_to_input(split[p][i][1], p) for p in plan.halves}))
-    return _Prepared(
-        str(ds.get("SOPInstanceUID", "")),
-        str(ds.get("SeriesInstanceUID", "")),
-        inputs,
-        header=_header(ds),
-        laterality=laterality_of(ds),
-        halves=tuple(halves),
-    )
-
-
-def _prepare_file(path: str, plan: _Plan) -> _Prepared:
-    """Read + decode one file. dcmread errors (FileNotFoundError, InvalidDicomError) pass through unchanged."""
-    return _prepare(pydicom.dcmread(path), plan)
-
-
-_Decode = Callable[[Any, _Plan], _Prepared]
-_Job = tuple[_Decode, Any]
-"""A module-level decode function and its first argument (a path or a dataset): picklable by name."""
-
-
-def _worker_ready() -> int:
-    return os.getpid()
-
-
-def _pool_context() -> multiprocessing.context.BaseContext:
-    """forkserver where there is one (Linux): never fork a process that holds torch threads or CUDA.
-
-    The fork server imports this module once (torch + timm: ~4 s) and forks workers from that clean process,
-    so a worker starts in milliseconds and shares those pages; it never runs a torch op. Elsewhere: spawn.
-    """
-    if sys.platform.startswith("linux") and "forkserver" in multiprocessing.get_all_start_methods():
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload([__name__])  # ignored when the fork server is already running
-        return ctx
-    return multiprocessing.get_context("spawn")
-
-
 class Engine:
     """Resident models. Build with :meth:`load`; predict* are not thread-safe (callers hold a lock).
 
@@ -238,14 +114,12 @@ class Engine:
         self._autocast_dtype = autocast_dtype
         self._pad_batches = pad_batches
         self._preps = tuple(dict.fromkeys(r.card.preprocessing for r in self._residents))
-        self._plan = _Plan(
+        self._plan = Plan(
             whole=self._preps,
             halves=tuple(dict.fromkeys(r.card.preprocessing for r in self._residents if r.card.bilateral)),
         )
         self._pinned: dict[tuple[int, ...], torch.Tensor] = {}
-        self._pool: ProcessPoolExecutor | None = None
-        if decode_workers:
-            self._start_pool()
+        self._pool = DecodePool(decode_workers) if decode_workers else None
 
     @classmethod
     def load(
@@ -286,22 +160,11 @@ class Engine:
 
     # --- lifecycle --------------------------------------------------------------------------------------------
 
-    def _start_pool(self) -> None:
-        pool = ProcessPoolExecutor(max_workers=self._decode_workers, mp_context=_pool_context())
-        # Start every worker now, not on the first study: start-up errors surface at load.
-        try:
-            for f in [pool.submit(_worker_ready) for _ in range(self._decode_workers)]:
-                f.result()
-        except BrokenProcessPool as exc:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise DecodeWorkerError(f"decode workers could not start ({exc}); see their traceback above") from exc
-        self._pool = pool
-
     def close(self) -> None:
         """Stop the decode workers (idempotent). The models stay usable in-process."""
         pool, self._pool = self._pool, None
         if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.close()
 
     def __enter__(self) -> Engine:
         return self
@@ -413,7 +276,7 @@ class Engine:
                 chunks.append(probs.numpy().astype(np.float64))
         return np.concatenate(chunks), (np.concatenate(scores) if scores else None)
 
-    def _classify_prepared(self, items: Sequence[_Prepared]) -> Classification:
+    def _classify_prepared(self, items: Sequence[Prepared]) -> Classification:
         """The cascade on prepared images: routers first, then the finding cards that apply to each image.
 
         Bilateral cards read each half of the image on its own, with the half's patient side as laterality.
@@ -468,7 +331,7 @@ class Engine:
 
         With decode workers the datasets are pickled to them (~1 ms each, compressed pixels stay compressed).
         """
-        return self._run_pipeline([(_prepare, ds) for ds in datasets])
+        return self._run_pipeline([(prepare, ds) for ds in datasets])
 
     def classify_files(self, paths: Sequence[Path]) -> Classification:
         """Like :meth:`classify` for DICOM files, read and decoded in the worker pool when there is one.
@@ -476,7 +339,7 @@ class Engine:
         Raises what reading raises (FileNotFoundError, pydicom's InvalidDicomError), PixelDecodeError for
         undecodable pixels, DecodeWorkerError when a worker process died.
         """
-        return self._run_pipeline([(_prepare_file, str(p)) for p in paths])
+        return self._run_pipeline([(prepare_file, str(p)) for p in paths])
 
     def predict(self, datasets: Sequence[pydicom.Dataset]) -> list[Prediction]:
         """The predictions of :meth:`classify`, in dataset order, then model name order, then half."""
@@ -486,7 +349,7 @@ class Engine:
         """The predictions of :meth:`classify_files`."""
         return self.classify_files(paths).predictions
 
-    def _run_pipeline(self, jobs: Sequence[_Job]) -> Classification:
+    def _run_pipeline(self, jobs: Sequence[Job]) -> Classification:
         """Batches of ``batch_size`` images; with a pool, the next batches decode while this one runs forward."""
         batches = [jobs[part] for part in _batches(len(jobs), self._batch_size)]
         if self._pool is None:
@@ -498,32 +361,32 @@ class Engine:
             selections={uid: s for r in results for uid, s in r.selections.items()},
         )
 
-    def _run_pooled(self, pool: ProcessPoolExecutor, batches: Sequence[Sequence[_Job]]) -> list[Classification]:
+    def _run_pooled(self, pool: DecodePool, batches: Sequence[Sequence[Job]]) -> list[Classification]:
         # Two batches ahead keep every worker busy while the forward of the current one runs.
         ahead = 2
-        pending: deque[list[Future[_Prepared]]] = deque()
+        pending: deque[tuple[Sequence[Job], list[Future[Prepared]]]] = deque()
         todo = iter(batches)
         out: list[Classification] = []
 
         def submit_next() -> None:
             batch = next(todo, None)
             if batch is not None:
-                pending.append([pool.submit(fn, arg, self._plan) for fn, arg in batch])
+                pending.append((batch, [pool.submit(job, self._plan) for job in batch]))
 
+        in_flight: list[Job] = []
         try:
             for _ in range(ahead):
                 submit_next()
             while pending:
-                futures = pending.popleft()
+                batch, futures = pending.popleft()
                 submit_next()
+                in_flight = [*batch, *(job for queued, _ in pending for job in queued)]
                 items = [f.result() for f in futures]
                 out.append(self._classify_prepared(items))
         except BrokenProcessPool as exc:
-            self.close()
-            self._start_pool()
-            raise DecodeWorkerError(f"a decode worker died while decoding ({exc}); the pool was restarted") from exc
+            raise pool.after_crash(in_flight, self._plan) from exc
         finally:
-            for futures in pending:
+            for _, futures in pending:
                 for f in futures:
                     f.cancel()
         return out

@@ -113,3 +113,12 @@ def test_the_cli_prints_one_line_and_exits_2(tmp_path: Path) -> None:
         f"error: {config}: unknown key 'queue.quiet_second'; did you mean 'quiet_seconds'? "
         "(also checked: PREDICTD_ environment variables)"
     ]
+
+
+def test_the_daemon_never_decodes_in_its_own_process(tmp_path: Path) -> None:
+    """A codec that crashes natively must kill a decode process, not the daemon: at least one decode worker."""
+    assert Settings().models.decode_workers >= 1
+    config = tmp_path / "p.toml"
+    config.write_text("[models]\ndecode_workers = 0\n")
+    with pytest.raises(ConfigError, match=r"models\.decode_workers"):
+        load_settings(config)

@@ -129,3 +129,50 @@ def test_cpu_options_keep_predictions(models_dir: Path, files: list[Path]) -> No
 def test_decode_workers_validated(models_dir: Path) -> None:
     with pytest.raises(ValueError, match="decode_workers"):
         Engine.load(models_dir, decode_workers=-1)
+
+
+def _poison_copy(source: Path, folder: Path) -> tuple[Path, str]:
+    from tests.support.crash import POISON_SUFFIX
+
+    ds = pydicom.dcmread(source)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.10.99.1"
+    path = folder / POISON_SUFFIX
+    ds.save_as(path, enforce_file_format=True)
+    return path, str(ds.SOPInstanceUID)
+
+
+def test_a_worker_killed_by_one_image_names_it_and_the_engine_goes_on(
+    tmp_path: Path, models_dir: Path, files: list[Path], pooled: Engine
+) -> None:
+    """Three batches in flight, one image aborts its worker: the error names that image (reproduced alone), and the
+    rebuilt pool decodes the good images as before."""
+    from models.decode_pool import DecodeWorkerError
+    from tests.support.crash import prepare_or_abort
+
+    poison, uid = _poison_copy(files[1], tmp_path)
+    jobs = [(prepare_or_abort, str(p)) for p in [files[0], files[1], poison, files[0], files[1]]]
+    with pytest.raises(DecodeWorkerError) as info:
+        pooled._run_pipeline(jobs)
+    assert info.value.reproduced and info.value.instance == uid
+    assert uid in str(info.value) and "Explicit VR Little Endian" in str(info.value)
+    _same(pooled.predict_files(files), Engine.load(models_dir, batch_size=2).predict_files(files))
+
+
+def test_the_decoder_that_crashes_natively_is_named(tmp_path: Path) -> None:
+    """A JPEG-LS header claiming 40000 x 40000 pixels: GDCM aborts the process (an uncatchable C++ exception), CharLS
+    refuses it with an error. Probing each plugin in its own worker finds GDCM, and the caller lives."""
+    from functools import partial
+
+    from models.decode_pool import DecodePool, _decode_with
+
+    ds = pydicom.dcmread(RG2_HIP_JLSL)
+    ds.Rows = ds.Columns = 40000
+    hostile = tmp_path / "huge.dcm"
+    ds.save_as(hostile)
+    pool = DecodePool(1)
+    try:
+        assert pool._kills_a_worker(partial(_decode_with, plugin="gdcm"), str(hostile))
+        assert not pool._kills_a_worker(partial(_decode_with, plugin="pyjpegls"), str(hostile))
+        assert not pool._kills_a_worker(partial(_decode_with, plugin="gdcm"), str(RG2_HIP_JLSL))
+    finally:
+        pool.close()

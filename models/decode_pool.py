@@ -1,0 +1,256 @@
+"""Decoding and preprocessing in worker processes: a codec that crashes natively kills a worker, never the daemon.
+
+GDCM throws C++ exceptions that nothing in Python can catch on some hostile headers (a JPEG-LS image claiming 40000 x
+40000 pixels aborts the process), so the daemon never decodes in its own process: :class:`DecodePool` runs every
+decode in worker processes. When a worker dies, the pool is rebuilt and the images that were in flight are decoded
+one at a time, each in its own fresh worker, so the one that kills a worker again is named (instance, transfer syntax,
+the decoder plugin that crashes on it) and fails alone; the others go through.
+
+Nothing here imports torch: the fork server and its workers stay small. Decoding is the slow half on compressed
+images (a 3000x2500 JPEG 2000 takes ~0.45 s on one core, see bench/DECODERS.md); workers get file paths (or pickled
+datasets: ~1 ms each) and return only the small model inputs, never the full-resolution pixels.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.pixels import pixel_array
+
+from models.card import Preprocessing
+from models.decoders import preferred_plugins
+from models.preprocess import (
+    PixelDecodeError,
+    content_box,
+    gray_to_input,
+    laterality_of,
+    split_bilateral,
+    to_gray,
+)
+
+
+class DecodeWorkerError(RuntimeError):
+    """A decode worker process died (a codec crashed natively on a hostile file); the pool has been rebuilt.
+
+    ``reproduced``: the same instance killed a worker again when decoded alone, so it is the instance, not chance
+    (an out-of-memory kill, an operator's signal), and retrying it would only crash again.
+    """
+
+    def __init__(self, message: str, *, instance: str | None = None, reproduced: bool = False) -> None:
+        super().__init__(message)
+        self.instance = instance
+        self.reproduced = reproduced
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to prepare per image: whole-image inputs for every card, half-image inputs for bilateral cards."""
+
+    whole: tuple[Preprocessing, ...]
+    halves: tuple[Preprocessing, ...] = ()
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One image after decode + preprocessing: what a decode worker sends back (small, cheap to pickle)."""
+
+    sop_instance_uid: str
+    series_instance_uid: str
+    inputs: dict[Preprocessing, np.ndarray]
+    """(in_chans, size, size) float32 per distinct preprocessing of the resident cards."""
+    header: pydicom.Dataset = field(default_factory=pydicom.Dataset)
+    """The few tags the cascade reads (body part, descriptions, view), without pixels."""
+    laterality: str | None = None
+    """Of the whole image (ImageLaterality / Laterality)."""
+    halves: tuple[tuple[str | None, dict[Preprocessing, np.ndarray]], ...] = ()
+    """(patient side or None, inputs) of the image-left and image-right half, for bilateral cards."""
+
+
+# --- what a worker runs: module-level functions, unpickled by name ------------------------------------------
+
+
+_HEADER_TAGS = ("BodyPartExamined", "StudyDescription", "SeriesDescription", "ProtocolName", "ViewPosition")
+
+
+def _header(ds: pydicom.Dataset) -> pydicom.Dataset:
+    header = pydicom.Dataset()
+    for keyword in _HEADER_TAGS:
+        if keyword in ds:
+            setattr(header, keyword, ds.get(keyword))
+    return header
+
+
+def framed(gray: np.ndarray, prep: Preprocessing) -> tuple[slice, slice]:
+    """The part of ``gray`` a card reads: its content box when the card crops, else the whole image."""
+    if prep.crop_content:
+        return content_box(gray)
+    return slice(0, gray.shape[0]), slice(0, gray.shape[1])
+
+
+def looks_bilateral(gray: np.ndarray) -> bool:
+    """An AP pelvis (both hips) is a landscape image; a single-hip view is portrait and must not be cut in two.
+
+    A stand-in for a view classifier: only images at least as wide as tall are split for bilateral cards.
+    """
+    height, width = gray.shape[:2]
+    return width >= height
+
+
+def prepare(ds: pydicom.Dataset, plan: Plan) -> Prepared:
+    """Decode once per VOI choice, then one input array per preprocessing (and per half for bilateral cards)."""
+    grays: dict[str, np.ndarray] = {}
+
+    def gray(window: str) -> np.ndarray:
+        if window not in grays:
+            try:
+                grays[window] = to_gray(ds, window)
+            except PixelDecodeError as exc:
+                uid = ds.get("SOPInstanceUID", "<no SOP Instance UID>")
+                raise PixelDecodeError(f"instance {uid}: {exc}") from exc
+        return grays[window]
+
+    inputs = {prep: gray_to_input(gray(prep.window), prep) for prep in plan.whole}
+    halves: list[tuple[str | None, dict[Preprocessing, np.ndarray]]] = []
+    bases = {p: gray(p.window)[framed(gray(p.window), p)] for p in plan.halves}
+    if plan.halves and looks_bilateral(bases[plan.halves[0]]):
+        split = {p: split_bilateral(bases[p], ds) for p in plan.halves}
+        for i in range(2):
+            side = split[plan.halves[0]][i][0]
+            halves.append((side, {p: gray_to_input(split[p][i][1], p) for p in plan.halves}))
+    return Prepared(
+        str(ds.get("SOPInstanceUID", "")),
+        str(ds.get("SeriesInstanceUID", "")),
+        inputs,
+        header=_header(ds),
+        laterality=laterality_of(ds),
+        halves=tuple(halves),
+    )
+
+
+def prepare_file(path: str, plan: Plan) -> Prepared:
+    """Read + decode one file. dcmread errors (FileNotFoundError, InvalidDicomError) pass through unchanged."""
+    return prepare(pydicom.dcmread(path), plan)
+
+
+Decode = Callable[[Any, Plan], Prepared]
+Job = tuple[Decode, Any]
+"""A module-level decode function and its first argument (a path or a dataset): picklable by name."""
+
+
+def _worker_ready() -> int:
+    return os.getpid()
+
+
+def _decode_with(source: str | pydicom.Dataset, plugin: str) -> None:
+    """Decode ``source`` with one plugin only; its Python errors are ignored (only a crash matters here)."""
+    ds = pydicom.dcmread(source) if isinstance(source, str) else source
+    try:
+        pixel_array(ds, decoding_plugin=plugin)
+    except Exception:  # a refusal is not what is being looked for
+        return
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """forkserver where there is one (Linux): never fork a process that holds torch threads or CUDA.
+
+    The fork server imports this module once (pydicom, numpy and the codecs, no torch) and forks workers from that
+    clean process, so a worker starts in milliseconds. Elsewhere: spawn.
+    """
+    if sys.platform.startswith("linux") and "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload([__name__])  # ignored when the fork server is already running
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+def describe(source: str | pydicom.Dataset) -> tuple[str, str, tuple[str, ...]]:
+    """(SOP Instance UID, transfer syntax name, decoder plugins in the order tried) of a job's image, from its header
+    only: safe to read in the caller's process."""
+    ds = pydicom.dcmread(source, stop_before_pixels=True) if isinstance(source, str) else source
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    name = syntax.name if syntax is not None else "unknown transfer syntax"
+    return str(ds.get("SOPInstanceUID", "<no SOP Instance UID>")), name, preferred_plugins(ds)
+
+
+class DecodePool:
+    """Worker processes that decode and preprocess. Not thread-safe (the engine's callers hold a lock)."""
+
+    def __init__(self, workers: int) -> None:
+        if workers < 1:
+            raise ValueError(f"a decode pool needs at least one worker, not {workers}")
+        self.workers = workers
+        self._executor: ProcessPoolExecutor | None = None
+        self.start()
+
+    def start(self) -> None:
+        """Start every worker now, not on the first study: start-up errors surface at load."""
+        executor = ProcessPoolExecutor(max_workers=self.workers, mp_context=_pool_context())
+        try:
+            for f in [executor.submit(_worker_ready) for _ in range(self.workers)]:
+                f.result()
+        except BrokenProcessPool as exc:
+            executor.shutdown(wait=False, cancel_futures=True)
+            raise DecodeWorkerError(f"decode workers could not start ({exc}); see their traceback above") from exc
+        self._executor = executor
+
+    def submit(self, job: Job, plan: Plan) -> Future[Prepared]:
+        if self._executor is None:
+            raise RuntimeError("the decode pool is closed")
+        fn, arg = job
+        return self._executor.submit(fn, arg, plan)
+
+    def close(self) -> None:
+        """Stop the workers (idempotent)."""
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+    def _restart(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+        self.start()
+
+    def _kills_a_worker(self, fn: Callable[..., Any], *args: Any) -> bool:
+        """Run ``fn(*args)`` in a worker; True when the worker died doing it (the pool is rebuilt)."""
+        assert self._executor is not None
+        try:
+            self._executor.submit(fn, *args).result()
+        except BrokenProcessPool:
+            self._restart()
+            return True
+        except Exception:  # a Python error is the instance's own failure, reported when it is decoded for real
+            return False
+        return False
+
+    def after_crash(self, jobs: Sequence[Job], plan: Plan) -> DecodeWorkerError:
+        """A worker died while ``jobs`` were in flight: rebuild the pool, find the job that kills a worker again.
+
+        Returns the error to raise: naming the instance, its transfer syntax and the decoder that crashes on it when
+        one reproduces, else an unreproduced crash (nothing to blame on an image; worth a retry).
+        """
+        self._restart()
+        for fn, arg in jobs:
+            if not self._kills_a_worker(fn, arg, plan):
+                continue
+            uid, syntax, plugins = describe(arg)
+            crashing = (name for name in plugins if self._kills_a_worker(partial(_decode_with, plugin=name), arg))
+            decoder = next(crashing, None) or "one of " + (", ".join(plugins) or "pydicom's default plugins")
+            return DecodeWorkerError(
+                f"decoding instance {uid} ({syntax}) kills the decoder process ({decoder} crashed natively); "
+                "the image cannot be read",
+                instance=uid,
+                reproduced=True,
+            )
+        return DecodeWorkerError("a decode worker died, and no image in flight kills one again; retry later")
