@@ -1,6 +1,8 @@
 """Composition root: builds the database, spool, model engine, receiver, workers and scheduler; starts and stops them.
 
-Nothing else constructs these; every dependency is passed down from here.
+Nothing else constructs these; every dependency is passed down from here. Start-up order matters to senders: the
+receiver listens first (torch is not even imported yet), then the claims of a crashed predecessor are released, then
+the models load (seconds), then the workers start. A restart costs a modality no refused association.
 """
 
 from __future__ import annotations
@@ -8,8 +10,9 @@ from __future__ import annotations
 import signal
 import threading
 from types import FrameType
+from typing import TYPE_CHECKING
 
-from daemon import queue
+from daemon import leases, queue
 from daemon.config import Settings
 from daemon.db import Database
 from daemon.jobs import build_scheduler
@@ -18,14 +21,18 @@ from daemon.receive import Receiver
 from daemon.spool import Spool
 from daemon.stage import StageContext
 from daemon.worker import Worker, default_worker_name
-from models.inference import Engine
-from models.loading import NoModelsError
+
+if TYPE_CHECKING:
+    from models.inference import Engine
 
 log = get_logger("app")
 
 
 def load_engine(settings: Settings) -> Engine | None:
     """The resident models, or None (logged loudly) when none is installed: images are still received and kept."""
+    from models.inference import Engine  # torch and timm: seconds, so after the receiver listens
+    from models.loading import NoModelsError
+
     m = settings.models
     try:
         engine = Engine.load(
@@ -51,7 +58,7 @@ class App:
         self.db = Database(settings.database.url, sqlite_busy_timeout_ms=settings.database.sqlite_busy_timeout_ms)
         self.db.require_head()
         spool = Spool(settings.spool.dir)
-        self.ctx = StageContext(settings=settings, db=self.db, spool=spool, engine=load_engine(settings))
+        self.ctx = StageContext(settings=settings, db=self.db, spool=spool, engine=None)  # loaded in start()
         self.receiver = Receiver(settings.receive, spool, record=self._record)
         name = default_worker_name(settings.workers.name)
         self.workers = [Worker(self.ctx, f"{name}/w{i}") for i in range(settings.workers.count)]
@@ -64,6 +71,10 @@ class App:
     def start(self) -> None:
         log.info(Event.STARTING, ae_title=self.settings.receive.ae_title, port=self.settings.receive.port)
         self.receiver.start()
+        released = leases.release_orphans(self.db, policy=self.ctx.study_policy)
+        if released:
+            log.warning(Event.CLAIMS_RELEASED, studies=len(released), reason="their process is gone")
+        self.ctx.engine = load_engine(self.settings)
         for worker in self.workers:
             worker.start()
         self.scheduler.start()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import TYPE_CHECKING
 
 from pydicom.errors import InvalidDicomError
 
@@ -16,8 +17,12 @@ from daemon.lifecycle import StudyState
 from daemon.log import Event, get_logger
 from daemon.queue import Claim
 from daemon.stage import Advance, Outcome, StageContext, StageError
-from models.inference import Classification, DecodeWorkerError, Engine
+from models.cascade import Classification
+from models.decode_pool import DecodeWorkerError
 from models.preprocess import PixelDecodeError
+
+if TYPE_CHECKING:  # torch is imported when the engine loads, after the receiver listens
+    from models.inference import Engine
 
 log = get_logger("classify")
 

@@ -11,7 +11,7 @@ from datetime import timedelta
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from daemon import queue, records
+from daemon import leases, queue, records
 from daemon.db import utcnow
 from daemon.log import Event, get_logger
 from daemon.stage import StageContext
@@ -28,7 +28,7 @@ def sweep(ctx: StageContext) -> list[str]:
 
 
 def reap(ctx: StageContext) -> list[str]:
-    reaped = queue.reap(ctx.db, policy=ctx.study_policy)
+    reaped = leases.reap(ctx.db, policy=ctx.study_policy)
     for study_uid in reaped:
         log.warning(Event.LEASE_EXPIRED, study_uid=study_uid, reason="worker lease expired; study released")
     return reaped

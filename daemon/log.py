@@ -43,6 +43,7 @@ class Event(StrEnum):
     STAGE_FAILED = "stage_failed"
     STAGE_RETRY_SCHEDULED = "stage_retry_scheduled"
     LEASE_EXPIRED = "lease_expired"
+    CLAIMS_RELEASED = "claims_released"
     PURGED = "purged"
     MODELS_LOADED = "models_loaded"
     NO_MODELS = "no_models"

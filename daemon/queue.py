@@ -1,8 +1,8 @@
 """Stage 3, the queue: recording instances, readiness, claims with leases, failures with backoff, the reaper.
 
 Every function here is one short transaction. A claim is a lease (claimed_by, lease_until) on a study whose state is
-claimable; the worker heartbeats while it works, and the reaper frees studies whose lease ran out (a crashed worker),
-counting that as a failed attempt so a study that kills workers ends ``failed`` instead of looping.
+claimable; the worker heartbeats while it works, and daemon.leases frees studies whose lease ran out or whose process
+is gone (a crashed worker), counting that as a failed attempt so a study that kills workers ends ``failed``.
 """
 
 from __future__ import annotations
@@ -273,10 +273,10 @@ def fail(
         study = held(db, s, c)
         study.claimed_by = None
         study.lease_until = None
-        return _count_failure(s, study, reason, policy, permanent, now, actor=c.worker)
+        return count_failure(s, study, reason, policy, permanent, now, actor=c.worker)
 
 
-def _count_failure(
+def count_failure(
     s: Session, study: Study, reason: str, policy: RetryPolicy, permanent: bool, now: datetime, actor: str
 ) -> StudyState:
     study.attempts += 1
@@ -288,23 +288,6 @@ def _count_failure(
     study.reason = f"attempt {study.attempts} failed: {reason}"
     study.updated_at = now
     return StudyState(study.state)
-
-
-def reap(db: Database, *, policy: RetryPolicy, now: datetime | None = None) -> list[str]:
-    """Free studies whose lease expired (their worker died or hung); each counts as a failed attempt."""
-    now = now or utcnow()
-    reaped: list[str] = []
-    with db.transaction() as s:
-        expired = s.scalars(
-            db.locking(select(Study).where(Study.claimed_by.is_not(None), Study.lease_until < now))
-        ).all()
-        for study in expired:
-            worker = study.claimed_by or "?"
-            study.claimed_by = None
-            study.lease_until = None
-            _count_failure(s, study, f"lease of {worker} expired", policy, False, now, actor="reaper")
-            reaped.append(study.study_uid)
-    return reaped
 
 
 def _has_unprocessed_instances(s: Session, study_id: int) -> bool:
@@ -377,6 +360,7 @@ __all__ = [
     "UnknownStudy",
     "cancel",
     "claim",
+    "count_failure",
     "counts_by_state",
     "defer",
     "delivery_counts",
@@ -385,7 +369,6 @@ __all__ = [
     "heartbeat",
     "held",
     "note_instance",
-    "reap",
     "retry",
     "sweep_ready",
 ]

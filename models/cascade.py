@@ -17,6 +17,7 @@ import pydicom
 
 from models.body_part import BODY_PARTS, body_part_from_tags, body_parts_by_tag
 from models.card import ModelCard
+from models.prediction import Prediction
 
 INDETERMINATE = "indeterminate"
 """What a router answers when no class reached its threshold; treated as no answer."""
@@ -101,3 +102,17 @@ def select_cards(cards: Sequence[ModelCard], ds: pydicom.Dataset, body_part_from
     if notes:
         reason += "; " + "; ".join(notes)
     return Selection(cards=chosen, body_part=body_part, source=source, reason=reason)
+
+
+@dataclass(frozen=True)
+class Classification:
+    """Predictions for a batch of images, and for each image why these models ran (or none did)."""
+
+    predictions: list[Prediction]
+    selections: dict[str, Selection]
+    """SOP Instance UID → the cascade's selection for that image."""
+
+    @property
+    def skip_reason(self) -> str:
+        """Why nothing was predicted: the distinct selection reasons, joined."""
+        return "; ".join(dict.fromkeys(s.reason for s in self.selections.values())) or "no image to classify"

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 
@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from models.card import ModelCard
-from models.cascade import Selection, select_cards
+from models.cascade import Classification, select_cards
 from models.decode_pool import DecodePool, DecodeWorkerError, Job, Plan, Prepared, framed, prepare, prepare_file
 from models.ensemble import members_of
 from models.explain import gradcam, overlay_rgb, unpad
@@ -43,20 +43,6 @@ __all__ = ["HALVES", "Classification", "DecodeWorkerError", "Engine"]
 
 HALVES = ("image-left", "image-right")
 """Region names of the two halves a bilateral card reads (Prediction.region)."""
-
-
-@dataclass(frozen=True)
-class Classification:
-    """Predictions for a batch of images, and for each image why these models ran (or none did)."""
-
-    predictions: list[Prediction]
-    selections: dict[str, Selection]
-    """SOP Instance UID → the cascade's selection for that image."""
-
-    @property
-    def skip_reason(self) -> str:
-        """Why nothing was predicted: the distinct selection reasons, joined."""
-        return "; ".join(dict.fromkeys(s.reason for s in self.selections.values())) or "no image to classify"
 
 
 def _cpu_threads() -> int:

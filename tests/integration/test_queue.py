@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
 
-from daemon import queue
+from daemon import leases, queue
 from daemon.db import Database, utcnow
 from daemon.lifecycle import IllegalTransition, StudyState
 from daemon.tables import Study, StudyEvent
@@ -80,8 +81,8 @@ def test_expired_lease_is_reaped_and_the_old_worker_cannot_write(db: Database) -
     (uid,) = ready_studies(db, 1, t0)
     stale = queue.claim(db, "crashed", lease_seconds=5, now=t0)
     assert stale is not None
-    assert queue.reap(db, policy=POLICY, now=t0 + timedelta(seconds=4)) == []
-    assert queue.reap(db, policy=POLICY, now=t0 + timedelta(seconds=6)) == [uid]
+    assert leases.reap(db, policy=POLICY, now=t0 + timedelta(seconds=4)) == []
+    assert leases.reap(db, policy=POLICY, now=t0 + timedelta(seconds=6)) == [uid]
     study = state_of(db, uid)
     assert study.claimed_by is None and study.attempts == 1 and study.state == StudyState.READY
     # The reaped attempt backs off like any failure; after the delay another worker takes it.
@@ -93,6 +94,26 @@ def test_expired_lease_is_reaped_and_the_old_worker_cannot_write(db: Database) -
     with pytest.raises(queue.LeaseLost):
         queue.heartbeat(db, stale, lease_seconds=60)
     assert queue.finish(db, fresh, StudyState.CLASSIFIED) == StudyState.CLASSIFIED
+
+
+def test_claims_of_dead_processes_of_this_host_are_released_at_start_up(db: Database) -> None:
+    """After a crash the restarted daemon frees its predecessor's claims at once, not after the lease; claims of live
+    processes, of other hosts and of named workers (no pid) wait for their lease."""
+    t0 = utcnow()
+    uids = ready_studies(db, 5, t0)
+    owners = ["ward:4242/w0", "ward:4243/w0", "radiology2:4242/w0", "night-shift/w0", f"ward:{os.getpid()}/w0"]
+    for owner in owners:
+        assert queue.claim(db, owner, lease_seconds=120, now=t0) is not None
+    claimed = {state_of(db, uid).claimed_by: uid for uid in uids}
+    released = leases.release_orphans(db, policy=POLICY, host="ward", alive=lambda pid: pid == 4243, now=t0)
+    # 4242 is gone; this process's own pid belongs to a predecessor (this process has claimed nothing yet)
+    assert sorted(released) == sorted([claimed["ward:4242/w0"], claimed[f"ward:{os.getpid()}/w0"]])
+    for uid in released:
+        study = state_of(db, uid)
+        assert study.claimed_by is None and study.attempts == 1 and "released at start-up" in (study.reason or "")
+    kept = {owner for owner, uid in claimed.items() if uid not in released}
+    assert kept == {"ward:4243/w0", "radiology2:4242/w0", "night-shift/w0"}
+    assert all(state_of(db, claimed[o]).claimed_by == o for o in kept)
 
 
 def test_failures_back_off_then_end_failed_with_the_reason(db: Database) -> None:
