@@ -372,6 +372,13 @@ class Header:
     """A key image predictd made (its device UID in Contributing Equipment), sent back by a PACS: never classified."""
 
 
+def _position(fh: BinaryIO) -> str:
+    try:
+        return f" near byte {fh.tell()}"
+    except (OSError, ValueError):
+        return ""
+
+
 def read_header(fh: BinaryIO, sop_class: str, sop_instance: str) -> Header:
     """Parse everything before the pixel data and check the instance is one predictd can use; raise Rejected if not.
 
@@ -386,8 +393,9 @@ def read_header(fh: BinaryIO, sop_class: str, sop_instance: str) -> Header:
         modality = str(ds.get("Modality") or "").strip() or None
         registry = {kw: _text(ds, kw, size) for kw, size in _REGISTRY_ATTRIBUTES.items()}
         made_by_predictd = _made_by_predictd(ds)
-    except Exception as exc:
-        raise Rejected(CANNOT_UNDERSTAND, f"data set cannot be parsed ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:  # the parser's message may quote element values (PHI): the type and offset only
+        where = _position(fh)
+        raise Rejected(CANNOT_UNDERSTAND, f"data set cannot be parsed ({type(exc).__name__}{where})") from exc
     missing = [kw for kw, value in uids.items() if not value]
     if missing:
         raise Rejected(DOES_NOT_MATCH_SOP_CLASS, f"required attribute missing: {', '.join(missing)}")

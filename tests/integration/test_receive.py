@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
@@ -338,8 +339,12 @@ def test_unparseable_dataset_fails(start_receiver: Callable[..., Running], tmp_p
     junk = b"\x08\x00\x15\x11SQ\x00\x00\xff\xff\xff\xff" + b"\x01\x02\x03\x04" * 10
     bad = tmp_path / "junk.dcm"
     bad.write_bytes(RG2_HIP_JLSL.read_bytes()[:offset] + junk)
-    assert c_store(rx.port, [bad], raw=True) == [0xC210]
+    with capture_logs() as logs:
+        assert c_store(rx.port, [bad], raw=True) == [0xC210]
     assert rx.instances() == [] and rx.spooled_files() == []
+    (rejected,) = [e for e in logs if e["event"] == "instance_rejected"]
+    # the parser's own message may quote element values: the reason names the error type and where, nothing else
+    assert re.fullmatch(r"data set cannot be parsed \(\w+ near byte \d+\)", rejected["reason"]), rejected["reason"]
 
 
 def test_image_without_pixel_data_is_refused(start_receiver: Callable[..., Running], tmp_path: Path) -> None:
