@@ -44,6 +44,7 @@ class Event(StrEnum):
     STAGE_RETRY_SCHEDULED = "stage_retry_scheduled"
     LEASE_EXPIRED = "lease_expired"
     CLAIMS_RELEASED = "claims_released"
+    SOURCE_VALUES_EMPTIED = "source_values_emptied"
     PURGED = "purged"
     MODELS_LOADED = "models_loaded"
     NO_MODELS = "no_models"

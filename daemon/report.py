@@ -28,7 +28,7 @@ from models.card import ModelCard
 from reporting import uids
 from reporting.hl7 import message_control_id, oru_r01
 from reporting.key_images import KEY_IMAGE_SERIES_NUMBER, build_key_image
-from reporting.sr import build_sr
+from reporting.sr import build_sr, unusable_dates
 from reporting.text import not_assessed_text, report_text
 
 if TYPE_CHECKING:
@@ -111,6 +111,9 @@ def run(ctx: StageContext, claim: Claim) -> Outcome:
         sources = [pydicom.dcmread(inst.path, stop_before_pixels=True) for inst in view.instances]
     except FileNotFoundError as exc:
         raise StageError(f"spool file missing: {exc.filename}") from exc
+    emptied = sorted({keyword for src in sources for keyword in unusable_dates(src)})
+    if emptied:  # the SR's copy of the header leaves them empty; the keywords only, never the values
+        log.warning(Event.SOURCE_VALUES_EMPTIED, study_uid=view.study_uid, run_no=view.run_no, keywords=emptied)
     try:
         if view.not_assessed_reason is not None:
             considered = [card for card in cards.values() if card.role != "router"]

@@ -30,7 +30,9 @@ from collections.abc import Mapping, Sequence
 
 import highdicom as hd
 import pydicom
+from pydicom.dataelem import DataElement
 from pydicom.sr.codedict import codes as dcm_codes
+from pydicom.valuerep import DA, DT, TM
 
 from models.card import ModelCard
 from models.prediction import Prediction
@@ -340,18 +342,43 @@ def _text_container(text: str) -> hd.sr.ContainerContentItem:
     return container
 
 
+_TEMPORAL = {"DA": DA, "TM": TM, "DT": DT}
+
+
+def _unusable(src: pydicom.Dataset) -> list[DataElement]:
+    bad = []
+    for element in src:
+        convert = _TEMPORAL.get(str(element.VR))
+        if convert is None or element.VM != 1 or not str(element.value or "").strip():
+            continue
+        try:
+            convert(str(element.value))
+        except ValueError:
+            bad.append(element)
+    return bad
+
+
+def unusable_dates(src: pydicom.Dataset) -> list[str]:
+    """Keywords of the top-level dates and times of ``src`` that are not valid DICOM values (``ZQXDOB1923`` as a
+    birth date): the SR's copy gets them empty, and the caller notes which (never the value)."""
+    return [element.keyword or str(element.tag) for element in _unusable(src)]
+
+
 def _evidence(src: pydicom.Dataset) -> pydicom.Dataset:
     """The source's header without pixel data, with absent Type 2 patient/study attributes present but empty.
 
     highdicom copies patient and study information from the evidence and reads a few attributes unconditionally;
     a header-only copy also keeps a fully read 15 MB radiograph from being deep-copied. A source without Modality
     (a film scan turned into a Secondary Capture by ``img2dcm``) gets "OT" (other), the defined term for what no other
-    modality describes: highdicom reads it to refuse SR and other non-image sources.
+    modality describes: highdicom reads it to refuse SR and other non-image sources. Dates and times that are not
+    valid DICOM values are emptied (:func:`unusable_dates`).
     """
     header = pydicom.Dataset()
     for element in src:
         if element.tag.group < 0x7FE0:
             header.add(element)
+    for element in _unusable(header):  # highdicom would raise, quoting the value, on a non-DICOM date
+        header[element.tag] = DataElement(element.tag, element.VR, None)  # the source's own element stays
     for keyword in _TYPE2_HEADER:
         if keyword not in header:
             setattr(header, keyword, None)

@@ -219,3 +219,30 @@ def test_a_document_that_cannot_be_built_fails_at_once_without_phi(
     assert "cannot build the documents: AttributeError" in detail["reason"]
     assert "Doe^Jane" not in detail["reason"] and "[redacted]" in detail["reason"]
     assert detail["attempts"] <= 1
+
+
+def test_a_birth_date_that_is_not_a_date_is_left_out_of_the_sr_and_out_of_every_log(
+    db: Database, tmp_path: Path
+) -> None:
+    """highdicom raised "Unable to convert 'ZQXDOB1923' to 'DA'" (quoting the PHI) and the report failed: the SR's
+    copy leaves such a value empty, the log names the keyword only, and the study is done."""
+    from structlog.testing import capture_logs
+
+    src = copy_as_new_study(RG2_HIP_JLSL, tmp_path / "hip.dcm")
+    ds = pydicom.dcmread(src)
+    with pytest.warns(UserWarning, match="Invalid value for VR DA"):  # pydicom's check on assignment, here
+        ds.PatientBirthDate = "ZQXDOB1923"
+    ds.save_as(src)
+    ctx = context(tmp_path, db)
+    with capture_logs() as logs:
+        stored = receive_file(ctx, src)
+        drain(ctx)
+    detail = study(db, stored.study_uid)
+    assert detail["state"] == StudyState.DONE, detail.get("reason")
+    sr = hd.sr.srread(
+        ctx.settings.send.outbox_dir / stored.study_uid / f"{detail['runs'][0]['sr_sop_instance_uid']}.dcm"
+    )
+    assert sr.PatientBirthDate in ("", None) and sr.PatientID == ds.PatientID
+    assert "ZQXDOB1923" not in repr(logs)
+    (note,) = [e for e in logs if e["event"] == "source_values_emptied"]
+    assert note["keywords"] == ["PatientBirthDate"]
