@@ -60,8 +60,7 @@ class App:
         spool = Spool(settings.spool.dir)
         self.ctx = StageContext(settings=settings, db=self.db, spool=spool, engine=None)  # loaded in start()
         self.receiver = Receiver(settings.receive, spool, record=self._record)
-        name = default_worker_name(settings.workers.name)
-        self.workers = [Worker(self.ctx, f"{name}/w{i}") for i in range(settings.workers.count)]
+        self.workers: list[Worker] = []  # built in start(), once the models are loaded (or known to be absent)
         self.scheduler = build_scheduler(self.ctx)
         self._stopped = threading.Event()
 
@@ -75,6 +74,8 @@ class App:
         if released:
             log.warning(Event.CLAIMS_RELEASED, studies=len(released), reason="their process is gone")
         self.ctx.engine = load_engine(self.settings)
+        name = default_worker_name(self.settings.workers.name)
+        self.workers = [Worker(self.ctx, f"{name}/w{i}") for i in range(self.settings.workers.count)]
         for worker in self.workers:
             worker.start()
         self.scheduler.start()

@@ -8,6 +8,7 @@ or PREDICTD_CONFIG in the environment).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,9 +54,14 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable outpu
 _root_config: dict[str, Path | None] = {"path": None}
 
 
+PRIVATE_UMASK = 0o077
+"""Files predictd writes (spool, database, outbox, logs it opens) hold patient data: 0600 files, 0700 folders."""
+
+
 @app.callback()
 def main(config: ConfigOption = None) -> None:
     _root_config["path"] = config
+    os.umask(PRIVATE_UMASK)
 
 
 def _settings(config: Path | None) -> Settings:

@@ -58,6 +58,11 @@ def test_storescu_to_serve_yields_an_sr_in_the_outbox(tmp_path: Path) -> None:
     if shutil.which("dciodvfy"):
         out = subprocess.run(["dciodvfy", str(sr_file)], capture_output=True, text=True).stderr
         assert not [line for line in out.splitlines() if line.startswith("Error")], out
+    # Files at rest hold patient data: readable by predictd's user only, whatever the caller's umask was.
+    written = [p for p in (server.root / "var").rglob("*")] + [p for p in server.outbox.rglob("*")]
+    assert any(p.suffix == ".dcm" for p in written) and any(p.name == "predictd.db" for p in written)
+    loose = {str(p): oct(p.stat().st_mode & 0o777) for p in written if p.stat().st_mode & 0o077}
+    assert not loose, loose
 
 
 def test_shipped_models_never_call_the_single_hip_cr_an_arthroplasty(tmp_path: Path) -> None:
