@@ -191,6 +191,10 @@ def _span(flat: np.ndarray) -> tuple[int, int]:
     return int(kept[0]), int(kept[-1]) + 1
 
 
+_CROP_PASSES = 4
+"""Frames inside frames are cropped one per pass: rows flat only once the columns around them are gone."""
+
+
 def content_box(gray: np.ndarray) -> tuple[slice, slice]:
     """(rows, columns) of ``gray`` without its uniform borders: black or white letterbox bars, PixelPaddingValue
     (already 0 after :func:`to_gray`), constant rows and columns at the edges.
@@ -208,8 +212,14 @@ def content_box(gray: np.ndarray) -> tuple[slice, slice]:
     hb, wb = -(-h // f), -(-w // f)
     padded = np.pad(gray, ((0, hb * f - h), (0, wb * f - w)), mode="edge")
     small = padded.reshape(hb, f, wb, f).mean(axis=(1, 3))
-    top, bottom = _span(_flat_lines(small, axis=1))
-    left, right = _span(_flat_lines(small, axis=0))
+    top, bottom, left, right = 0, hb, 0, wb
+    for _ in range(_CROP_PASSES):  # nested frames: a white square pad around a black side strip
+        part = small[top:bottom, left:right]
+        t, b = _span(_flat_lines(part, axis=1))
+        lo, r = _span(_flat_lines(part, axis=0))
+        if (t, b, lo, r) == (0, part.shape[0], 0, part.shape[1]):
+            break
+        top, bottom, left, right = top + t, top + b, left + lo, left + r
     return slice(top * f, min(h, bottom * f)), slice(left * f, min(w, right * f))
 
 

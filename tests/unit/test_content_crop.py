@@ -99,3 +99,11 @@ def test_pixel_padding_value_is_cropped_on_a_real_cr() -> None:
     for edge in (cropped[0], cropped[-1], cropped[:, 0], cropped[:, -1]):
         low, high = np.percentile(edge, [2, 98])
         assert high - low > 0.04 or cropped.shape == gray.shape
+
+
+def test_a_frame_inside_a_frame_is_removed_too() -> None:
+    """A landscape image with black side strips, padded to a square in white: the columns of the black strips are not
+    flat until the white rows above and below them are gone, so one pass is not enough."""
+    strips = _framed(_anatomy(300, 400), 0, 0, 30, 30, 0.0)  # 300 x 460
+    square = _framed(strips, 80, 80, 0, 0, 1.0)  # 460 x 460
+    _assert_box_near(content_box(square), (80, 380, 30, 430), slack=1)
