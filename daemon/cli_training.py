@@ -134,6 +134,12 @@ def train(
             help="Manifest of images the model must not label (outlier exposure; train+val only; repeatable)."
         ),
     ] = None,
+    tta_zoom: Annotated[
+        list[float] | None,
+        typer.Option(
+            help="With --folds: also read central zooms of each image, logits averaged (repeatable; 1.0 first)."
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     threshold: Annotated[float, typer.Option(help="Per-class threshold written into the card.")] = 0.5,
     max_minutes: Annotated[
@@ -171,7 +177,10 @@ def train(
             max_minutes=max_minutes,
             coverage=coverage,
             outliers=tuple(str(path.resolve()) for path in outliers or ()),
+            tta_zooms=tuple(tta_zoom or (1.0,)),
         )
+        if options.tta_zooms != (1.0,) and folds < 2:
+            raise TrainError("--tta-zoom applies to a cross-validated ensemble (--folds 2 or more)")
         if resume and folds == 1:
             trainer = Trainer.resume(records, out, root, say, max_minutes=max_minutes)
             _finished(_run_with_progress_bar(trainer.run, trainer), out)

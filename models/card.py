@@ -118,6 +118,9 @@ class ModelCard:
     """Provenance written by ``predictd train``/``export``: data hash, split sizes, seed, options, metrics."""
     members: int = 1
     """Networks in the weights file: more than one for a cross-validated ensemble (models.ensemble)."""
+    tta_zooms: tuple[float, ...] = (1.0,)
+    """Test-time augmentation of an ensemble: its logits averaged over these central zooms of the input (1.0 first:
+    the unzoomed view gives the domain gate's features and the Grad-CAM). (1.0,) is none."""
     gate: dict[str, Any] = field(default_factory=dict)
     """The domain gate (models.gate), empty when the model has none: ``method``, ``file``, ``sha256``,
     ``distance_threshold``, ``odds_threshold`` (None without an outlier classifier), ``coverage`` (target share of
@@ -129,6 +132,11 @@ class ModelCard:
             raise CardError(f"model card {self.name}: role must be one of {list(ROLES)}, not {self.role!r}")
         if not isinstance(self.members, int) or self.members < 1:
             raise CardError(f"model card {self.name}: members must be a positive integer, not {self.members!r}")
+        zooms = tuple(self.tta_zooms)
+        if not zooms or zooms[0] != 1.0 or not all(0.5 <= z <= 1.0 for z in zooms):
+            raise CardError(f"model card {self.name}: tta_zooms must start with 1.0, each in [0.5, 1], not {zooms}")
+        if zooms != (1.0,) and self.members < 2:
+            raise CardError(f"model card {self.name}: tta_zooms applies to an ensemble (members >= 2)")
         if self.gate and not {"file", "sha256", "distance_threshold"} <= set(self.gate):
             needs = "file, sha256 and distance_threshold"
             raise CardError(f"model card {self.name}: gate needs {needs}, has {sorted(self.gate)}")
@@ -159,6 +167,7 @@ class ModelCard:
             fields = dict(data)
             fields["labels"] = tuple(Label(**label) for label in fields["labels"])
             fields["preprocessing"] = Preprocessing(**fields.get("preprocessing", {}))
+            fields["tta_zooms"] = tuple(float(z) for z in fields.get("tta_zooms", (1.0,)))
             if "applies_to" in fields:  # cards written before the cascade lack the next three fields
                 fields["applies_to"] = Applicability.from_dict(fields["applies_to"])
             if not isinstance(fields.get("bilateral", False), bool):

@@ -34,7 +34,7 @@ from models.calibrate import (
 )
 from models.card import ModelCard
 from models.data import Record, load_images, manifest_sha256, split
-from models.ensemble import ensemble_state
+from models.ensemble import Ensemble, ensemble_state
 from models.gate import DomainGate
 from models.loading import load_verified
 from models.metrics import log_loss, softmax
@@ -154,7 +154,8 @@ def _assemble(
         train_idx = torch.from_numpy(np.flatnonzero(~held))
         y_train = torch.from_numpy(y[~held])
         gate = gate_statistics(model, x[train_idx], y_train, card.preprocessing, cpu, aug=aug, outliers=outliers)
-        held_out = outputs(model, x[torch.from_numpy(np.flatnonzero(held))], cpu)
+        reader = Ensemble([model], options.tta_zooms) if options.tta_zooms != (1.0,) else model  # as it will run
+        held_out = outputs(reader, x[torch.from_numpy(np.flatnonzero(held))], cpu)
         oof_logits[held] = held_out.logits
         oof_distances[held], oof_odds[held] = gate.distances(held_out.features), gate.odds(held_out.features)
         states.append({key: value.float() for key, value in model.state_dict().items()})
@@ -169,6 +170,7 @@ def _assemble(
     ensemble = replace(
         member_cards[0],
         members=len(names),
+        tta_zooms=options.tta_zooms,
         temperature=temperature,
         thresholds={key: options.threshold for key in card.label_keys},
         training=_provenance(card, records, options, member_cards, oof, data_root),

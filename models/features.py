@@ -50,7 +50,9 @@ def forward_with_features(model: torch.nn.Module, x: torch.Tensor) -> tuple[torc
     finally:
         for handle in handles:
             handle.remove()
-    return logits, [[_pooled(fmap) for fmap in maps] for maps in caught]
+    # With zoom test-time augmentation each member runs once per zoom, the unzoomed view first: keep its maps.
+    stages = [len(stage_modules(member)) for member in members]
+    return logits, [[_pooled(fmap) for fmap in maps[:n]] for maps, n in zip(caught, stages, strict=True)]
 
 
 def concat(parts: list[Features]) -> Features:

@@ -78,7 +78,7 @@ def build_model(card: ModelCard) -> torch.nn.Module:
     """The card's model, randomly initialised: one network, or an Ensemble of ``card.members`` of them."""
     if card.members == 1:
         return build_network(card)
-    return Ensemble([build_network(card) for _ in range(card.members)])
+    return Ensemble([build_network(card) for _ in range(card.members)], card.tta_zooms)
 
 
 def check_card(card: ModelCard) -> None:

@@ -52,6 +52,9 @@ class TrainOptions:
     images, augmented, are pushed towards a uniform answer, so that a radiograph of another body part lands far from
     every class. Their test images stay unseen, to measure the refusals on. Each batch adds half as many outliers."""
     outlier_weight: float = 0.5
+    tta_zooms: tuple[float, ...] = (1.0,)
+    """Cross-validated ensembles: central zooms whose logits are averaged at test time (models.ensemble); the
+    out-of-fold logits that fit the temperature are taken the same way."""
 
 
 @dataclass

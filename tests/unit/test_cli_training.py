@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from daemon.cli import app
 from models.card import ModelCard
+from models.loading import load_verified
 from tests.support import REPO
 
 HIP = Path(__file__).resolve().parents[3] / "shared" / "data" / "hip_tha_radiologyai"
@@ -87,6 +88,14 @@ def test_cross_validated_ensemble_is_calibrated_out_of_fold(manifest: Path, tmp_
 
     again = _ok(CliRunner(), *args, "--folds", "3", *tiny)  # finished members are not trained again
     assert "member" not in again and ModelCard.load(run / "model").members == 3
+
+    # Re-assembled with zoom test-time augmentation: the card says so and the loaded ensemble reads the zooms.
+    _ok(CliRunner(), *args, "--folds", "3", "--tta-zoom", "1.0", "--tta-zoom", "0.9", *tiny)
+    zoomed = ModelCard.load(run / "model")
+    assert zoomed.tta_zooms == (1.0, 0.9) and zoomed.training["options"]["tta_zooms"] == [1.0, 0.9]
+    assert load_verified(run / "model")[1].zooms == (1.0, 0.9)
+    single = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "one"), "--tta-zoom", "0.9", *tiny])
+    assert single.exit_code == 2 and "cross-validated ensemble" in single.output
 
 
 def test_calibrate_adds_a_gate_to_a_model_trained_elsewhere(manifest: Path, tmp_path: Path) -> None:
