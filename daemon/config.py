@@ -158,9 +158,16 @@ class SendSettings(Section):
     destinations: list[Destination] = Field(default_factory=list)
     outbox_dir: Path = Path("var/outbox")
     """With no destination configured, documents are written here instead."""
-    max_attempts: int = 20
+    give_up_after_hours: float = 72.0
+    """A delivery that keeps failing is given up (its study ends ``failed``) only this long after it was queued: a
+    weekend PACS outage must not lose results."""
+    max_attempts: int = 0
+    """Also give up after this many attempts; 0 (default): by age only."""
     backoff_base_seconds: float = 5.0
     backoff_cap_seconds: float = 900.0
+    probe_seconds: float = 5.0
+    """How often a destination with deliveries waiting out a backoff is probed (C-ECHO, HTTP OPTIONS, a TCP
+    connect); when it answers, its deliveries go at once instead of at their backoff time."""
 
     @field_validator("destinations")
     @classmethod

@@ -1,4 +1,4 @@
-"""Periodic work under APScheduler: readiness sweep, lease reaper, retention purge.
+"""Periodic work under APScheduler: readiness sweep, lease reaper, destination probes, retention purge.
 
 Each job is one short transaction that locks the rows it changes (SKIP LOCKED on PostgreSQL, the write lock on
 SQLite), so several predictd processes can run the same jobs at once without doing anything twice.
@@ -11,7 +11,7 @@ from datetime import timedelta
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from daemon import leases, queue, records
+from daemon import health, leases, queue, records
 from daemon.db import utcnow
 from daemon.log import Event, get_logger
 from daemon.stage import StageContext
@@ -32,6 +32,15 @@ def reap(ctx: StageContext) -> list[str]:
     for study_uid in reaped:
         log.warning(Event.LEASE_EXPIRED, study_uid=study_uid, reason="worker lease expired; study released")
     return reaped
+
+
+def probe(ctx: StageContext) -> dict[str, int]:
+    """Destinations that deliveries wait for: probed, and flushed when they answer (daemon.health)."""
+    destinations = {d.name: d for d in ctx.settings.send.destinations}
+    flushed = health.probe_and_flush(ctx.db, destinations, ctx.settings.receive.ae_title)
+    for name, count in flushed.items():
+        log.info(Event.DESTINATION_RECOVERED, destination=name, deliveries=count)
+    return flushed
 
 
 def purge(ctx: StageContext) -> int:
@@ -63,6 +72,8 @@ def build_scheduler(ctx: StageContext) -> BackgroundScheduler:
     scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
     scheduler.add_job(_guarded, "interval", seconds=q.sweep_seconds, args=("sweep", sweep, ctx), id="sweep")
     scheduler.add_job(_guarded, "interval", seconds=q.sweep_seconds, args=("reap", reap, ctx), id="reap")
+    probe_every = ctx.settings.send.probe_seconds
+    scheduler.add_job(_guarded, "interval", seconds=probe_every, args=("probe", probe, ctx), id="probe")
     scheduler.add_job(
         _guarded,
         "interval",

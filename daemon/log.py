@@ -45,6 +45,7 @@ class Event(StrEnum):
     LEASE_EXPIRED = "lease_expired"
     CLAIMS_RELEASED = "claims_released"
     SOURCE_VALUES_EMPTIED = "source_values_emptied"
+    DESTINATION_RECOVERED = "destination_recovered"
     PURGED = "purged"
     MODELS_LOADED = "models_loaded"
     NO_MODELS = "no_models"

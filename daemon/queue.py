@@ -81,7 +81,8 @@ class RetryPolicy:
 
     def delay(self, attempts: int) -> timedelta:
         """Exponential backoff after the n-th failed attempt (1-based), capped."""
-        return timedelta(seconds=min(self.cap_seconds, self.base_seconds * 2 ** max(0, attempts - 1)))
+        exponent = min(max(0, attempts - 1), 40)  # unlimited attempts (deliveries give up by age) must not overflow
+        return timedelta(seconds=min(self.cap_seconds, self.base_seconds * 2**exponent))
 
 
 # --- receiving ---------------------------------------------------------------------------------------------------

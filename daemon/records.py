@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +224,7 @@ def save_report(
                 kind=doc.kind,
                 state=PENDING,
                 attempts=0,
+                created_at=utcnow(),
             )
             for name, doc in deliveries
             if (name, doc.sop_instance_uid) not in existing
@@ -268,9 +269,14 @@ def mark_attempt_failed(
     *,
     policy: RetryPolicy,
     permanent: bool = False,
+    give_up_after: timedelta | None = None,
     now: datetime | None = None,
 ) -> str:
-    """Count a failed delivery attempt; returns the delivery's new state (pending with backoff, or failed)."""
+    """Count a failed delivery attempt; returns the delivery's new state (pending with backoff, or failed).
+
+    A retryable failure gives up only when the row is older than ``give_up_after`` (or, with ``policy.max_attempts``
+    above 0, after that many attempts): a long PACS outage must not lose results.
+    """
     now = now or utcnow()
     with db.transaction() as s:
         d = s.get(Delivery, delivery_id)
@@ -278,7 +284,9 @@ def mark_attempt_failed(
             raise LookupError(f"no delivery {delivery_id}")
         d.attempts += 1
         d.last_error = error
-        if permanent or d.attempts >= policy.max_attempts:
+        too_old = give_up_after is not None and d.created_at is not None and now - d.created_at >= give_up_after
+        too_many = 0 < policy.max_attempts <= d.attempts
+        if permanent or too_old or too_many:
             d.state = FAILED
             d.next_attempt_at = None
         else:

@@ -1,11 +1,14 @@
 """Stage 6: the outbox → destinations, each with its own retries, so one unreachable PACS never blocks another.
 
 A study is done when every delivery of its run is sent. While some wait for their retry time the study is deferred
-(not failed); when one runs out of attempts the study ends ``failed`` with the destinations and errors named.
+(not failed); when one gives up (``send.give_up_after_hours`` after it was queued, or a permanent error) the study
+ends ``failed`` with the destinations and errors named. daemon.health sends a waiting destination's queue at once
+when it answers again.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from daemon import records
@@ -36,7 +39,12 @@ def run(ctx: StageContext, claim: Claim) -> Outcome:
             _deliver(ctx, view, delivery)
         except SendError as exc:
             state = records.mark_attempt_failed(
-                ctx.db, delivery.id, str(exc), policy=ctx.send_policy, permanent=not exc.retryable
+                ctx.db,
+                delivery.id,
+                str(exc),
+                policy=ctx.send_policy,
+                permanent=not exc.retryable,
+                give_up_after=timedelta(hours=ctx.settings.send.give_up_after_hours),
             )
             log.warning(
                 Event.SEND_FAILED,

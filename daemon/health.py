@@ -1,0 +1,94 @@
+"""Destination health: probe the destinations that deliveries are waiting for, and flush them when they answer.
+
+Why: exponential backoff (5 s doubling to 15 min) keeps a dead PACS from being hammered, but after the outage the
+last result would wait up to the full backoff. A probe is cheap (C-ECHO for DICOM, HTTP OPTIONS for STOW-RS, a TCP
+connect for MLLP), so every ``send.probe_seconds`` each destination with deliveries in backoff gets one; when it
+answers, its deliveries and their studies are due at once and the workers send them on their next poll. The probe
+is the circuit breaker's half-open test: nothing is resent to a destination until it answers.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import ssl
+from datetime import datetime
+from urllib.parse import urlsplit
+
+from sqlalchemy import select, update
+
+from daemon import records
+from daemon.config import Destination, DicomDestination, Hl7Destination, StowDestination
+from daemon.db import Database, utcnow
+from daemon.dimse import SendError, echo
+from daemon.tables import Delivery, Run, Study
+
+
+def waiting_destinations(db: Database, now: datetime) -> list[str]:
+    """Destinations with pending deliveries that failed before and wait out a backoff."""
+    with db.transaction() as s:
+        names = s.scalars(
+            select(Delivery.destination)
+            .where(Delivery.state == records.PENDING, Delivery.attempts > 0, Delivery.next_attempt_at > now)
+            .distinct()
+        ).all()
+    return sorted(names)
+
+
+def flush(db: Database, destination: str, now: datetime) -> int:
+    """Make ``destination``'s waiting deliveries, and their studies, due now; returns how many deliveries."""
+    with db.transaction() as s:
+        waiting = (Delivery.destination == destination) & (Delivery.state == records.PENDING)
+        run_ids = select(Delivery.run_id).where(waiting)
+        study_ids = select(Run.study_id).where(Run.id.in_(run_ids))
+        s.execute(update(Study).where(Study.id.in_(study_ids), Study.next_attempt_at > now).values(next_attempt_at=now))
+        result = s.execute(update(Delivery).where(waiting, Delivery.next_attempt_at > now).values(next_attempt_at=now))
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def answers(dest: Destination, calling_ae: str) -> bool:
+    """Whether ``dest`` answers a cheap request now (never sends a document)."""
+    try:
+        if isinstance(dest, DicomDestination):
+            return echo(dest.host, dest.port, dest.ae_title, dest.calling_ae_title or calling_ae, 5) == 0x0000
+        if isinstance(dest, StowDestination):
+            return _http_answers(dest)
+        return _tcp_answers(dest)
+    except (SendError, OSError, http.client.HTTPException):
+        return False
+
+
+def _http_answers(dest: StowDestination) -> bool:
+    """Any HTTP answer to OPTIONS (even 401 or 405) means the server is up again; the delivery tells the rest."""
+    parts = urlsplit(dest.url)
+    if not parts.hostname:
+        return False
+    conn: http.client.HTTPConnection
+    if parts.scheme == "https":
+        conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=5, context=ssl.create_default_context())
+    else:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
+    try:
+        conn.request("OPTIONS", parts.path or "/")
+        conn.getresponse().read()
+        return True
+    finally:
+        conn.close()
+
+
+def _tcp_answers(dest: Hl7Destination) -> bool:
+    with socket.create_connection((dest.host, dest.port), timeout=5):
+        return True
+
+
+def probe_and_flush(
+    db: Database, destinations: dict[str, Destination], calling_ae: str, now: datetime | None = None
+) -> dict[str, int]:
+    """Probe each waiting destination once; ``{name: deliveries made due}`` for those that answered."""
+    now = now or utcnow()
+    flushed = {}
+    for name in waiting_destinations(db, now):
+        dest = destinations.get(name)
+        if dest is not None and answers(dest, calling_ae):
+            flushed[name] = flush(db, name, now)
+    return flushed

@@ -1,0 +1,94 @@
+"""A destination outage: results wait without being given up, and go as soon as the destination answers again."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from datetime import timedelta
+from pathlib import Path
+
+import pydicom
+import pytest
+from sqlalchemy import select
+
+from daemon import jobs, records
+from daemon.db import Database
+from daemon.dimse import SendError, echo
+from daemon.lifecycle import StudyState
+from daemon.tables import Delivery
+from tests.integration.pipeline_helpers import context, copy_as_new_study, drain, receive_file
+from tests.support import RG2_HIP_JLSL, free_port, wait_until
+
+
+def _deliveries(db: Database, study_uid: str) -> list[dict]:
+    detail = records.study_detail(db, study_uid)
+    assert detail is not None
+    return list(detail["runs"][0]["deliveries"])
+
+
+def _answers(port: int) -> bool:
+    try:
+        return echo("127.0.0.1", port, "PACS", timeout=2) == 0
+    except SendError:
+        return False
+
+
+def test_a_destination_that_answers_again_gets_its_queue_at_once(db: Database, tmp_path: Path) -> None:
+    """After the PACS comes back the SR goes on the next probe, not at the end of a 10-minute backoff."""
+    exe = shutil.which("storescp")
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("dcmtk storescp is missing under CI")
+        pytest.skip("dcmtk storescp not installed")
+    port, peer = free_port(), tmp_path / "peer"
+    peer.mkdir()
+    pacs = {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": port, "timeout_seconds": 2}
+    ctx = context(tmp_path, db, send={"destinations": [pacs], "backoff_base_seconds": 600, "backoff_cap_seconds": 900})
+    stored = receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "hip.dcm"))
+    drain(ctx)
+    (waiting,) = _deliveries(db, stored.study_uid)
+    assert waiting["state"] == records.PENDING and waiting["attempts"] == 1
+    assert jobs.probe(ctx) == {}  # still down: nothing is made due
+    assert drain(ctx) == 0  # and nothing is due for ten minutes
+    proc = subprocess.Popen(
+        [exe, "+xa", "-aet", "PACS", "-od", str(peer), str(port)],
+        env={**os.environ, "TCP_NODELAY": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: _answers(port), timeout=30, what="storescp to listen")
+        assert jobs.probe(ctx) == {"pacs": 1}
+        assert drain(ctx) >= 1
+        (sent,) = _deliveries(db, stored.study_uid)
+        assert sent["state"] == records.SENT and sent["attempts"] == 2
+        detail = records.study_detail(db, stored.study_uid)
+        assert detail is not None and detail["state"] == StudyState.DONE
+        (received,) = list(peer.iterdir())
+        assert str(pydicom.dcmread(received).SOPInstanceUID) == detail["runs"][0]["sr_sop_instance_uid"]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_a_day_long_outage_gives_nothing_up_and_three_days_do(db: Database, tmp_path: Path) -> None:
+    """Deliveries give up by age (send.give_up_after_hours, 72 by default), not by attempt count: a shortened clock
+    drives 24 h of failed attempts at the capped backoff."""
+    down = {"name": "down", "ae_title": "DOWN", "host": "127.0.0.1", "port": free_port(), "timeout_seconds": 2}
+    ctx = context(tmp_path, db, send={"destinations": [down]})
+    receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "hip.dcm"))
+    drain(ctx)
+    with db.transaction() as s:
+        (row,) = s.scalars(select(Delivery)).all()
+        delivery_id, queued = row.id, row.created_at
+    assert queued is not None
+    policy, give_up = ctx.send_policy, timedelta(hours=ctx.settings.send.give_up_after_hours)
+    attempt = queued
+    while attempt < queued + timedelta(hours=24):
+        attempt += timedelta(minutes=15)  # the shipped backoff cap: 96 attempts in a day
+        state = records.mark_attempt_failed(db, delivery_id, "down", policy=policy, give_up_after=give_up, now=attempt)
+        assert state == records.PENDING, attempt - queued
+    late = queued + timedelta(hours=72)
+    final = records.mark_attempt_failed(db, delivery_id, "down", policy=policy, give_up_after=give_up, now=late)
+    assert final == records.FAILED
