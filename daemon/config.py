@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, IPvAnyNetwork, Tag, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from reporting.text import check_templates
@@ -30,14 +30,32 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class AllowedCaller(Section):
+    """A calling AE title and, optionally, the hosts or networks it may call from: an AE title alone is a password
+    anyone on the network can read."""
+
+    ae: str
+    hosts: list[IPvAnyNetwork] = Field(default_factory=list)
+    """Addresses or networks (``10.1.2.0/24``, ``10.1.2.7``); empty: any host."""
+
+
 class ReceiveSettings(Section):
     """The DICOM Storage SCP that modalities and the PACS send to."""
 
     ae_title: str = "PREDICTD"
     host: str = "127.0.0.1"
     port: int = 11112
-    allowed_calling_aets: list[str] = Field(default_factory=list)
-    """Calling AE titles allowed to associate; empty allows every caller (a warning is logged at start-up)."""
+    allowed_calling_aets: list[str | AllowedCaller] = Field(default_factory=list)
+    """Calling AE titles allowed to associate (a title, or ``{ ae = "M1", hosts = ["10.1.2.0/24"] }``); empty allows
+    every caller (a warning is logged at start-up)."""
+    max_associations: int = Field(default=50, ge=1)
+    """Associations served at once, all callers together (pynetdicom's default of 10 lets nine idle ones lock a
+    modality out)."""
+    max_associations_per_ae: int = Field(default=10, ge=1)
+    """Associations one calling AE title may hold at once; more are rejected (transient, local limit exceeded)."""
+    idle_timeout_seconds: float = Field(default=15.0, gt=0)
+    """An association that sends nothing this long (no A-ASSOCIATE-RQ after connecting, no PDU in between) is
+    aborted."""
     unsupported_sop_classes: Literal["refuse", "ignore"] = "refuse"
     """Other SOP classes (CT, MR ...): refused at negotiation, or accepted and discarded. SRs and presentation
     states are always accepted and discarded (a PACS forwarding whole studies sends predictd's own SR back)."""

@@ -39,6 +39,7 @@ from pydicom.uid import UID, AllTransferSyntaxes, DeflatedExplicitVRLittleEndian
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.dimse_primitives import C_STORE
 
+from daemon.associations import CallerPolicy, handle_rejected, handle_requested
 from daemon.config import ReceiveSettings
 from daemon.log import Event, get_logger
 from daemon.spool import Spool, check_uid
@@ -182,10 +183,11 @@ class Receiver:
         s = self.settings
         ae = AE(ae_title=s.ae_title)
         ae.require_called_aet = True
-        ae.require_calling_aet = list(s.allowed_calling_aets)
+        ae.require_calling_aet = CallerPolicy.from_settings(s).titles
+        ae.maximum_associations = s.max_associations
         ae.maximum_pdu_size = s.max_pdu_size
-        ae.network_timeout = s.network_timeout_seconds
-        ae.acse_timeout = s.network_timeout_seconds
+        ae.network_timeout = min(s.idle_timeout_seconds, s.network_timeout_seconds)  # silence on an association
+        ae.acse_timeout = s.idle_timeout_seconds  # connected, but no A-ASSOCIATE-RQ (or release) comes
         ae.dimse_timeout = s.network_timeout_seconds
         syntaxes = accepted_transfer_syntaxes()
         ae.add_supported_context(VERIFICATION)
@@ -216,10 +218,12 @@ class Receiver:
         # A process-wide pynetdicom switch; the handler also copes with it being off.
         _config.STORE_RECV_CHUNKED_DATASET = True
         ctx = StoreContext(spool=self.spool, record=self.record, min_free_bytes=s.min_free_bytes)
+        policy = CallerPolicy.from_settings(s)
         handlers: list[Any] = [
             (evt.EVT_C_STORE, handle_store, [ctx]),
             (evt.EVT_C_ECHO, handle_echo),
-            (evt.EVT_REJECTED, handle_rejected, [s.ae_title, list(s.allowed_calling_aets)]),
+            (evt.EVT_REQUESTED, handle_requested, [policy]),
+            (evt.EVT_REJECTED, handle_rejected, [s.ae_title, policy]),
         ]
         self._ae = self.build_ae()
         self._server = self._ae.start_server((s.host, s.port), block=False, evt_handlers=handlers)
@@ -238,19 +242,6 @@ class Receiver:
 def handle_echo(event: evt.Event) -> int:
     log.info(Event.ECHO_RECEIVED, calling_ae=event.assoc.requestor.ae_title)
     return SUCCESS
-
-
-def handle_rejected(event: evt.Event, ae_title: str, allowed: list[str]) -> None:
-    rq = event.assoc.requestor.primitive
-    calling = str(rq.calling_ae_title).strip() if rq is not None else None
-    called = str(rq.called_ae_title).strip() if rq is not None else None
-    if allowed and calling not in allowed:
-        reason = "calling AE title not in receive.allowed_calling_aets"
-    elif called != ae_title:
-        reason = f"called AE title is not {ae_title!r}"
-    else:
-        reason = "association limit reached"
-    log.warning(Event.ASSOCIATION_REJECTED, calling_ae=calling, called_ae=called, reason=reason)
 
 
 def handle_store(event: evt.Event, ctx: StoreContext) -> int | pydicom.Dataset:

@@ -29,7 +29,7 @@ from daemon.receive import Receiver, accepted_transfer_syntaxes
 from daemon.spool import Spool
 from daemon.tables import Instance, Study
 from reporting.uids import device_uid
-from tests.support import RG2_HIP_JLSL, free_port, pydicom_data_file
+from tests.support import RG2_HIP_JLSL, free_port, pydicom_data_file, wait_until
 
 CALLING = "MODALITY"
 CALLED = "PREDICTD"
@@ -486,3 +486,57 @@ def test_in_memory_receive_works_too(start_receiver: Callable[..., Running], mon
     assert c_store(rx.port, [src]) == [0x0000]
     (row,) = rx.instances()
     assert pixel_data(Path(row.path)) == bytes(src.PixelData)
+
+
+# --- association limits ------------------------------------------------------------------------------------------
+
+
+def _associate(port: int, calling: str) -> Any:
+    ae = AE(ae_title=calling)
+    ae.add_requested_context("1.2.840.10008.1.1")
+    return ae.associate("127.0.0.1", port, ae_title=CALLED)
+
+
+def test_idle_associations_of_one_caller_cannot_lock_a_modality_out(start_receiver: Callable[..., Running]) -> None:
+    """Ten idle associations from one allowed AE: the caller's cap rejects the ones past it (transient), and a
+    modality still gets in (pynetdicom's default of 10 associations in all would have refused it)."""
+    rx = start_receiver(allowed_calling_aets=[CALLING, "IDLER"], max_associations_per_ae=4)
+    idle = [_associate(rx.port, "IDLER") for _ in range(10)]
+    try:
+        assert [a.is_established for a in idle] == [True] * 4 + [False] * 6
+        refused = idle[4]
+        assert refused.is_rejected and refused.acceptor.primitive.result == 0x02  # transient: try again later
+        assert c_store(rx.port, [pydicom.dcmread(pydicom_data_file("RG1_UNCR.dcm"))]) == [0x0000]
+    finally:
+        for assoc in idle:
+            if assoc.is_established:
+                assoc.release()
+
+
+def test_an_association_that_sends_nothing_is_cut_after_the_idle_timeout(
+    start_receiver: Callable[..., Running],
+) -> None:
+    rx = start_receiver(idle_timeout_seconds=1.0)
+    assoc = _associate(rx.port, CALLING)
+    assert assoc.is_established
+    wait_until(lambda: not assoc.is_established, timeout=15, what="the idle association to be aborted")
+    assert assoc.is_aborted
+
+
+@pytest.mark.parametrize(("hosts", "accepted"), [(["10.1.2.0/24"], False), (["10.1.2.0/24", "127.0.0.0/8"], True)])
+def test_an_ae_title_may_be_bound_to_its_hosts(
+    start_receiver: Callable[..., Running], hosts: list[str], accepted: bool
+) -> None:
+    """An AE title is a password anyone can read: an entry may name the networks it may call from."""
+    rx = start_receiver(allowed_calling_aets=[{"ae": CALLING, "hosts": hosts}])
+    with capture_logs() as logs:
+        assoc = _associate(rx.port, CALLING)
+    try:
+        assert assoc.is_established == accepted
+        if not accepted:
+            assert assoc.is_rejected and assoc.acceptor.primitive.result == 0x01
+            (event,) = [e for e in logs if e["event"] == "association_rejected"]
+            assert event["reason"] == "host not allowed for this AE" and event["address"] == "127.0.0.1"
+    finally:
+        if assoc.is_established:
+            assoc.release()
