@@ -107,3 +107,11 @@ def test_a_frame_inside_a_frame_is_removed_too() -> None:
     strips = _framed(_anatomy(300, 400), 0, 0, 30, 30, 0.0)  # 300 x 460
     square = _framed(strips, 80, 80, 0, 0, 1.0)  # 460 x 460
     _assert_box_near(content_box(square), (80, 380, 30, 430), slack=1)
+
+
+def test_edges_are_found_to_the_pixel_on_a_large_image() -> None:
+    """The analysis runs on blocks (3 px here); the edges are then found at full resolution: a bar left one block
+    wide would be a black line beside the model's gray padding."""
+    framed = _framed(_anatomy(1100, 700), 101, 52, 0, 0, 0.0)  # 1253 x 700: blocks of 3 px
+    rows, cols = content_box(framed)
+    assert (rows.start, rows.stop, cols.start, cols.stop) == (101, 1201, 0, 700)
