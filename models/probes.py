@@ -145,8 +145,17 @@ def framings(gray: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
+def _reported(card: Any, probs: np.ndarray) -> str:
+    top = int(np.argmax(probs))
+    key = card.label_keys[top]
+    return key if probs[top] >= card.thresholds.get(key, 0.0) else "indeterminate"
+
+
 def framing_changes(model: Any, card: Any, grays: Sequence[np.ndarray]) -> list[dict[str, Any]]:
-    """Per image: whether every framing kept the label, and the largest probability change (models.train logits)."""
+    """Per image: whether every framing kept the label, and the largest probability change (models.train logits).
+
+    The label is the one a report shows: the top class at or above its card threshold, else "indeterminate"; two
+    framings of a near-uniform answer (0.30 / 0.29) whose top classes swap both read "indeterminate"."""
     import torch
 
     from models.preprocess import gray_to_input
@@ -157,6 +166,7 @@ def framing_changes(model: Any, card: Any, grays: Sequence[np.ndarray]) -> list[
         variants = [gray, *framings(gray).values()]
         x = torch.from_numpy(np.stack([gray_to_input(v, card.preprocessing) for v in variants]))
         probs = torch.softmax(predict_logits(model, x, torch.device("cpu")) / card.temperature, dim=1).numpy()
-        out.append({"same_label": bool(len(set(probs.argmax(axis=1))) == 1),
+        labels = {_reported(card, row) for row in probs}
+        out.append({"same_label": len(labels) == 1,
                     "max_change": float(np.abs(probs - probs[0]).max())})  # fmt: skip
     return out
