@@ -82,13 +82,26 @@ def _tcp_answers(dest: Hl7Destination) -> bool:
 
 
 def probe_and_flush(
-    db: Database, destinations: dict[str, Destination], calling_ae: str, now: datetime | None = None
+    db: Database,
+    destinations: dict[str, Destination],
+    calling_ae: str,
+    answered: dict[str, bool],
+    now: datetime | None = None,
 ) -> dict[str, int]:
-    """Probe each waiting destination once; ``{name: deliveries made due}`` for those that answered."""
+    """Probe each waiting destination once; ``{name: deliveries made due}`` for those that answer again.
+
+    ``answered`` holds each destination's last probe. Only a destination that did not answer before (or was never
+    probed) is flushed: one that answers C-ECHO but keeps refusing the documents themselves (0xA700) keeps its
+    backoff instead of being retried every probe.
+    """
     now = now or utcnow()
     flushed = {}
     for name in waiting_destinations(db, now):
         dest = destinations.get(name)
-        if dest is not None and answers(dest, calling_ae):
+        if dest is None:
+            continue
+        up, was_up = answers(dest, calling_ae), answered.get(name, False)
+        answered[name] = up
+        if up and not was_up:
             flushed[name] = flush(db, name, now)
     return flushed

@@ -37,7 +37,7 @@ def reap(ctx: StageContext) -> list[str]:
 def probe(ctx: StageContext) -> dict[str, int]:
     """Destinations that deliveries wait for: probed, and flushed when they answer (daemon.health)."""
     destinations = {d.name: d for d in ctx.settings.send.destinations}
-    flushed = health.probe_and_flush(ctx.db, destinations, ctx.settings.receive.ae_title)
+    flushed = health.probe_and_flush(ctx.db, destinations, ctx.settings.receive.ae_title, ctx.destinations_answered)
     for name, count in flushed.items():
         log.info(Event.DESTINATION_RECOVERED, destination=name, deliveries=count)
     return flushed

@@ -60,6 +60,8 @@ class StageContext:
     """None when no model is installed: classification then waits, everything else still runs."""
     inference_lock: threading.Lock = field(default_factory=threading.Lock)
     """One forward pass at a time: the model is resident once and batches already fill the device."""
+    destinations_answered: dict[str, bool] = field(default_factory=dict)
+    """Each destination's last health probe (daemon.health): a queue is flushed when its destination answers again."""
 
     @property
     def study_policy(self) -> RetryPolicy:

@@ -117,14 +117,8 @@ def _flipped_bits(path: Path, flips: int, seed: int) -> pydicom.Dataset:
     return ds
 
 
-@pytest.mark.parametrize("flips", [1, 3, 10])
-def test_a_corrupt_stream_fails_with_the_decoders_message_and_is_never_decoded_by_the_next(
-    flips: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """JPEG-LS with flipped bits: CharLS refuses it; pylibjpeg, next in line, would decode garbage. It must not run."""
-    uid = SYNTAXES["jpegls_lossless"]
-    if "pyjpegls" not in get_decoder(uid).available_plugins:
-        pytest.skip("pyjpegls not installed")
+def _count_plugin_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The plugins decode_pixels asks pydicom for, in order (each call still decodes for real)."""
     real = decoders_module.pixel_array
     calls: list[str] = []
 
@@ -133,6 +127,18 @@ def test_a_corrupt_stream_fails_with_the_decoders_message_and_is_never_decoded_b
         return real(ds, decoding_plugin=decoding_plugin)
 
     monkeypatch.setattr(decoders_module, "pixel_array", counting)
+    return calls
+
+
+@pytest.mark.parametrize("flips", [1, 3, 10])
+def test_a_corrupt_stream_fails_with_the_decoders_message_and_is_never_decoded_by_the_next(
+    flips: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """JPEG-LS with flipped bits: CharLS refuses it; pylibjpeg, next in line, would decode garbage. It must not run."""
+    uid = SYNTAXES["jpegls_lossless"]
+    if "pyjpegls" not in get_decoder(uid).available_plugins:
+        pytest.skip("pyjpegls not installed")
+    calls = _count_plugin_calls(monkeypatch)
     ds = _flipped_bits(RG2_HIP_JLSL, flips, seed=flips)
     with pytest.raises(PixelDecodeError) as info:
         to_gray(ds)
@@ -143,14 +149,7 @@ def test_a_corrupt_stream_fails_with_the_decoders_message_and_is_never_decoded_b
 
 def test_decoded_once_and_cached_like_pixel_array(lossless_copies: Transcoded, monkeypatch: pytest.MonkeyPatch) -> None:
     """to_gray for two windows (inference does) must not decode twice; ds.pixel_array sees the same array."""
-    real = decoders_module.pixel_array
-    calls: list[str] = []
-
-    def counting(ds: pydicom.Dataset, *, decoding_plugin: str = "") -> np.ndarray:
-        calls.append(decoding_plugin)
-        return real(ds, decoding_plugin=decoding_plugin)
-
-    monkeypatch.setattr(decoders_module, "pixel_array", counting)
+    calls = _count_plugin_calls(monkeypatch)
     ds = pydicom.dcmread(lossless_copies("rg2_hip", "jpegls_lossless"))
     before = dict(ds._pixel_array_opts)
     first = decode_pixels(ds)
