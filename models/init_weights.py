@@ -28,6 +28,17 @@ def _adapt_state(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict
     return fitted
 
 
+ENSEMBLE_PREFIX = "members."
+
+
+def _first_member(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An ensemble's weights (``members.K.…``, as predictd exports them) start from its first member's network."""
+    first = ENSEMBLE_PREFIX + "0."
+    if not any(key.startswith(first) for key in state):
+        return state
+    return {key[len(first) :]: value for key, value in state.items() if key.startswith(first)}
+
+
 def initial_model(card: ModelCard, init: str | None) -> torch.nn.Module:
     model = build_model(card)
     if init is None:
@@ -41,7 +52,7 @@ def initial_model(card: ModelCard, init: str | None) -> torch.nn.Module:
             state = loaded.get("state_dict") or loaded.get("model") or loaded
     else:  # a timm model name: downloads its pretrained weights (needs the network)
         state = timm.create_model(init, pretrained=True).state_dict()
-    fitted = _adapt_state(state, model)
+    fitted = _adapt_state(_first_member(state), model)
     if not fitted:
         raise TrainError(f"no tensor of {init} fits {card.arch}")
     model.load_state_dict(fitted, strict=False)
