@@ -114,7 +114,10 @@ def train(
     patience: Annotated[int, typer.Option(help="Early stopping: epochs without a lower validation loss.")] = 12,
     seed: Annotated[int, typer.Option()] = 0,
     init: Annotated[
-        str | None, typer.Option(help="Pretrained weights: a safetensors/timm checkpoint file (an ensemble's: its first member), or a timm model name.")
+        str | None,
+        typer.Option(
+            help="Pretrained weights: a safetensors/timm checkpoint (of an ensemble: its first member) or a timm name."
+        ),
     ] = None,
     augment: Annotated[bool, typer.Option(help="Intensity, geometry, reframing, markers, bars, noise.")] = True,
     hflip: Annotated[
