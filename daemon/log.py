@@ -47,6 +47,7 @@ class Event(StrEnum):
     SOURCE_VALUES_EMPTIED = "source_values_emptied"
     DESTINATION_RECOVERED = "destination_recovered"
     PURGED = "purged"
+    INCOMING_SWEPT = "incoming_swept"
     MODELS_LOADED = "models_loaded"
     NO_MODELS = "no_models"
     JOB_FAILED = "job_failed"

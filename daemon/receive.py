@@ -26,10 +26,8 @@ Every failure carries a fixed Error Comment (:data:`ERROR_COMMENTS`), so the mod
 from __future__ import annotations
 
 import io
-import shutil
 import struct
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, cast
@@ -39,6 +37,7 @@ from pydicom.uid import UID, AllTransferSyntaxes, DeflatedExplicitVRLittleEndian
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.dimse_primitives import C_STORE
 
+from daemon import incoming
 from daemon.associations import CallerPolicy, handle_rejected, handle_requested
 from daemon.config import ReceiveSettings
 from daemon.log import Event, get_logger
@@ -215,8 +214,12 @@ class Receiver:
                 ae_title=s.ae_title,
             )
         # Datasets are streamed to a temporary file instead of memory: 15 MB DX images on many associations.
-        # A process-wide pynetdicom switch; the handler also copes with it being off.
+        # A process-wide pynetdicom switch; the handler also copes with it being off. The files go to <spool>/tmp.
         _config.STORE_RECV_CHUNKED_DATASET = True
+        swept = incoming.sweep(self.spool.root)
+        if swept:
+            log.info(Event.INCOMING_SWEPT, files=swept, reason="partial data sets left by an earlier process")
+        incoming.install(self.spool.root)
         ctx = StoreContext(spool=self.spool, record=self.record, min_free_bytes=s.min_free_bytes)
         policy = CallerPolicy.from_settings(s)
         handlers: list[Any] = [
@@ -224,6 +227,7 @@ class Receiver:
             (evt.EVT_C_ECHO, handle_echo),
             (evt.EVT_REQUESTED, handle_requested, [policy]),
             (evt.EVT_REJECTED, handle_rejected, [s.ae_title, policy]),
+            (evt.EVT_CONN_CLOSE, incoming.discard_partial),
         ]
         self._ae = self.build_ae()
         self._server = self._ae.start_server((s.host, s.port), block=False, evt_handlers=handlers)
@@ -259,7 +263,7 @@ def handle_store(event: evt.Event, ctx: StoreContext) -> int | pydicom.Dataset:
             raise Rejected(
                 OUT_OF_RESOURCES, f"spool has {free} bytes free, less than receive.min_free_bytes {ctx.min_free_bytes}"
             )
-        with _received(event) as (fh, source):
+        with incoming.received(event) as (fh, source):
             header = read_header(fh, sop_class, sop_instance)
             if header.made_by_predictd:
                 log.info(
@@ -270,9 +274,11 @@ def handle_store(event: evt.Event, ctx: StoreContext) -> int | pydicom.Dataset:
                     calling_ae=calling,
                 )
                 return SUCCESS
-            path, size = ctx.spool.write_instance(
-                header.study_uid, header.series_uid, header.sop_instance_uid, _writer(source)
-            )
+            uids = (header.study_uid, header.series_uid, header.sop_instance_uid)
+            if isinstance(source, bytes):
+                path, size = ctx.spool.write_instance(*uids, source)
+            else:
+                path, size = ctx.spool.adopt_instance(*uids, source)
         stored = StoredInstance(
             study_uid=header.study_uid,
             series_uid=header.series_uid,
@@ -318,32 +324,6 @@ def handle_store(event: evt.Event, ctx: StoreContext) -> int | pydicom.Dataset:
         calling_ae=calling,
     )
     return SUCCESS
-
-
-@contextmanager
-def _received(event: evt.Event) -> Iterator[tuple[BinaryIO, Path | bytes]]:
-    """The received Part 10 file, open for reading, plus where it lives (chunked temp file, or bytes in memory)."""
-    try:
-        path: Path | None = event.dataset_path
-    except AttributeError:
-        path = None
-    if path is None:  # chunked receive switched off: the dataset is in memory
-        data = event.encoded_dataset()
-        yield io.BytesIO(data), data
-        return
-    with open(path, "rb") as fh:
-        yield fh, path
-
-
-def _writer(source: Path | bytes) -> Callable[[BinaryIO], None] | bytes:
-    if isinstance(source, bytes):
-        return source
-
-    def copy(out: BinaryIO) -> None:
-        with open(source, "rb") as fin:
-            shutil.copyfileobj(fin, out, 1 << 20)
-
-    return copy
 
 
 # --- header checks (cheap: pixel data is located and measured, never read or decoded) ----------------------------

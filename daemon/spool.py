@@ -67,6 +67,23 @@ class Spool:
         size = _durable_write(path, write)
         return path, size
 
+    def adopt_instance(self, study_uid: str, series_uid: str, sop_uid: str, received: Path) -> tuple[Path, int]:
+        """Durably move a received file (pynetdicom's temp file in ``<spool>/tmp``) into place: fsync, rename, fsync.
+
+        A rename instead of a copy, since both live on the spool's file system; a file elsewhere is copied.
+        """
+        path = self.instance_path(study_uid, series_uid, sop_uid)
+        if os.stat(received).st_dev != os.stat(self.root).st_dev:
+            with open(received, "rb") as fin:
+                return path, _durable_write(path, lambda fout: shutil.copyfileobj(fin, fout, 1 << 20))
+        _make_dirs(path.parent)
+        with open(received, "rb") as fh:
+            os.fsync(fh.fileno())
+            size = os.fstat(fh.fileno()).st_size
+        os.replace(received, path)
+        _fsync_dir(path.parent)
+        return path, size
+
     def write_dataset(self, ds: pydicom.Dataset, path: Path) -> Path:
         """Durably write a built document (an SR) as a DICOM Part 10 file with correct file meta.
 

@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from daemon.db import Database
+from tests.integration.receivers import start_receiver  # noqa: F401  (a fixture of the receiver tests)
 
 POSTGRES_URL = os.environ.get(
     "PREDICTD_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/predictd_test"

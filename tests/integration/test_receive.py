@@ -6,9 +6,8 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,80 +18,20 @@ from pydicom.filereader import read_file_meta_info
 from pydicom.uid import generate_uid
 from pynetdicom import AE, _config
 from pynetdicom.dsutils import split_dataset
-from sqlalchemy import select
 from structlog.testing import capture_logs
 
-from daemon import queue
 from daemon.config import ReceiveSettings
-from daemon.db import Database
 from daemon.receive import Receiver, accepted_transfer_syntaxes
 from daemon.spool import Spool
-from daemon.tables import Instance, Study
 from reporting.uids import device_uid
+from tests.integration.receivers import CALLED, CALLING, Running
 from tests.support import RG2_HIP_JLSL, free_port, pydicom_data_file, wait_until
 
-CALLING = "MODALITY"
-CALLED = "PREDICTD"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 GRAYSCALE_PR = "1.2.840.10008.5.1.4.1.1.11.1"
 JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
-
-
-@dataclass
-class Running:
-    receiver: Receiver
-    db: Database
-    spool: Spool
-
-    @property
-    def port(self) -> int:
-        return self.receiver.port
-
-    def instances(self) -> list[Instance]:
-        with self.db.transaction() as s:
-            return list(s.scalars(select(Instance)).all())
-
-    def study(self, study_uid: str) -> Study | None:
-        with self.db.transaction() as s:
-            return s.scalar(select(Study).where(Study.study_uid == study_uid))
-
-    def spooled_files(self) -> list[Path]:
-        return sorted(p for p in (self.spool.root / "instances").rglob("*") if p.is_file())
-
-
-@pytest.fixture
-def start_receiver(tmp_path: Path) -> Iterator[Callable[..., Running]]:
-    """Start receivers (real socket, real SQLite at head, real spool); every one is stopped after the test."""
-    running: list[Running] = []
-
-    def start(**overrides: Any) -> Running:
-        n = len(running)
-        db = Database(f"sqlite:///{tmp_path}/q{n}.db")
-        db.upgrade()
-        spool = Spool(tmp_path / f"spool{n}")
-        fields: dict[str, Any] = {
-            "ae_title": CALLED,
-            "host": "127.0.0.1",
-            "port": free_port(),
-            "allowed_calling_aets": [CALLING],
-            "min_free_bytes": 0,
-            "network_timeout_seconds": 10,
-        }
-        fields.update(overrides)
-        receiver = Receiver(ReceiveSettings(**fields), spool, record=lambda inst: queue.note_instance(db, inst))
-        run = Running(receiver, db, spool)
-        running.append(run)
-        receiver.start()
-        return run
-
-    try:
-        yield start
-    finally:
-        for run in running:
-            run.receiver.stop()
-            run.db.dispose()
 
 
 def new_copy(src: Path, dst: Path, **changes: Any) -> Path:
