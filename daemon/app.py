@@ -7,6 +7,7 @@ the models load (seconds), then the workers start. A restart costs a modality no
 
 from __future__ import annotations
 
+import functools
 import signal
 import threading
 from types import FrameType
@@ -16,7 +17,7 @@ from daemon import leases, queue
 from daemon.config import Settings
 from daemon.db import Database
 from daemon.jobs import build_scheduler
-from daemon.log import Event, get_logger
+from daemon.log import Event, configure_logging, get_logger
 from daemon.receive import Receiver
 from daemon.spool import Spool
 from daemon.stage import StageContext
@@ -42,6 +43,7 @@ def load_engine(settings: Settings) -> Engine | None:
             batch_size=m.batch_size,
             decode_workers=m.decode_workers,
             compile=m.compile,
+            worker_setup=functools.partial(configure_logging, settings.log.level, settings.log.json_output),
         )
     except NoModelsError as exc:
         log.error(Event.NO_MODELS, reason=str(exc), models_dir=str(m.dir))

@@ -47,10 +47,11 @@ class Database:
             self.engine: Engine = create_engine(
                 url,
                 connect_args={"timeout": sqlite_busy_timeout_ms / 1000, "check_same_thread": False},
+                hide_parameters=True,  # an error's text must not quote the row's values (patient IDs, accessions)
             )
             _configure_sqlite(self.engine, sqlite_busy_timeout_ms)
         else:
-            self.engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+            self.engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, hide_parameters=True)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

@@ -15,6 +15,7 @@ from daemon import health, leases, queue, records
 from daemon.db import utcnow
 from daemon.log import Event, get_logger
 from daemon.stage import StageContext
+from models.phi import exception_text
 
 log = get_logger("jobs")
 
@@ -64,7 +65,7 @@ def _guarded(name: str, job: Callable[[StageContext], object], ctx: StageContext
     try:
         job(ctx)
     except Exception as exc:  # a failed run is logged; the next tick tries again
-        log.error(Event.JOB_FAILED, job=name, reason=f"{type(exc).__name__}: {exc}")
+        log.error(Event.JOB_FAILED, job=name, reason=exception_text(exc))
 
 
 def build_scheduler(ctx: StageContext) -> BackgroundScheduler:

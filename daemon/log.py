@@ -1,8 +1,10 @@
 """structlog set-up, the fixed event names, and PHI redaction.
 
 Every log line is JSON with a fixed ``event`` name, so operators can alert on names rather than on prose.
-Patient names, IDs and birth dates never reach a log: a processor drops any key that could carry them, and
-callers pass only UIDs, AE titles, states and reasons.
+Patient names, IDs and birth dates never reach a log: a processor drops any key that could carry them, callers
+pass only UIDs, AE titles, states and reasons, and every value is scrubbed of quoted text (:func:`models.phi.scrub`),
+which is where library messages put the values they choke on. The stdlib loggers (pynetdicom, pydicom, APScheduler)
+and Python warnings go through the same processors, so every line on stderr is JSON and scrubbed.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from enum import StrEnum
 from typing import Any
 
 import structlog
+
+from models.phi import scrub
 
 
 class Event(StrEnum):
@@ -78,6 +82,39 @@ def redact_phi(_logger: Any, _method: str, event_dict: MutableMapping[str, Any])
     return event_dict
 
 
+STRUCTURAL_KEYS = frozenset({"event", "timestamp", "level", "component", "logger"})
+_EVENT_NAMES = frozenset(e.value for e in Event)
+
+
+def scrub_values(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Quoted text out of every value (a third-party message or a traceback included): it is where values hide."""
+    for key, value in event_dict.items():
+        if isinstance(value, str) and (key not in STRUCTURAL_KEYS or (key == "event" and value not in _EVENT_NAMES)):
+            event_dict[key] = scrub(value)
+    return event_dict
+
+
+def _stdlib_handler(renderer: Any) -> logging.Handler:
+    """stderr for the stdlib loggers, rendered by structlog like predictd's own lines."""
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.processors.add_log_level,
+            structlog.stdlib.add_logger_name,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+        ],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            redact_phi,
+            structlog.processors.format_exc_info,
+            scrub_values,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    return handler
+
+
 def configure_logging(level: str = "INFO", json_output: bool = True) -> None:
     """Configure structlog (and the stdlib loggers of pynetdicom and friends) once per process."""
     numeric = logging.getLevelName(level.upper())
@@ -91,6 +128,7 @@ def configure_logging(level: str = "INFO", json_output: bool = True) -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             redact_phi,
             structlog.processors.format_exc_info,
+            scrub_values,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
@@ -98,8 +136,11 @@ def configure_logging(level: str = "INFO", json_output: bool = True) -> None:
         cache_logger_on_first_use=False,
     )
     # pynetdicom logs whole datasets (patient names included) at DEBUG; keep it at WARNING whatever our level is.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
+    root = logging.getLogger()
+    root.handlers = [_stdlib_handler(renderer)]
+    root.setLevel(logging.WARNING)
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.captureWarnings(True)  # pydicom's "Invalid value for VR DA: '…'" becomes a scrubbed JSON line
 
 
 def get_logger(component: str) -> Any:

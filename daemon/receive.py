@@ -42,6 +42,7 @@ from daemon.associations import CallerPolicy, handle_rejected, handle_requested
 from daemon.config import ReceiveSettings
 from daemon.log import Event, get_logger
 from daemon.spool import Spool, check_uid
+from models.phi import exception_text
 from reporting.uids import device_uid
 
 log = get_logger("receive")
@@ -308,7 +309,7 @@ def handle_store(event: evt.Event, ctx: StoreContext) -> int | pydicom.Dataset:
         log.error(
             Event.INSTANCE_REJECTED,
             status=f"0x{UNEXPECTED_ERROR:04X}",
-            reason=f"unexpected {type(exc).__name__}: {exc}",
+            reason=f"unexpected {exception_text(exc)}",
             sop_class_uid=sop_class,
             sop_instance_uid=sop_instance,
             calling_ae=calling,

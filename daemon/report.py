@@ -25,6 +25,7 @@ from daemon.queue import Claim
 from daemon.spool import durable_write
 from daemon.stage import Advance, Outcome, StageContext, StageError
 from models.card import ModelCard
+from models.phi import exception_text
 from reporting import uids
 from reporting.hl7 import message_control_id, oru_r01
 from reporting.key_images import KEY_IMAGE_SERIES_NUMBER, build_key_image
@@ -121,13 +122,13 @@ def run(ctx: StageContext, claim: Claim) -> Outcome:
         else:
             text = report_text(view.predictions, cards, ctx.settings.report.templates)
     except ValueError as exc:
-        raise StageError(f"report text: {exc}", permanent=True) from exc
+        raise StageError(f"report text: {exception_text(exc)}", permanent=True) from exc
     sr_uid = uids.sr_instance_uid(view.study_uid, view.run_no, view.model_versions or "")
     try:
         documents, path = _documents(ctx, ctx.engine, view, cards, sources, text, sr_uid)
     except (ValueError, AttributeError, TypeError, KeyError) as exc:
         # The same inputs fail the same way every time: a retry would only delay the failure (and the reason).
-        raise StageError(f"cannot build the documents: {phi_free_message(exc, sources)}", permanent=True) from exc
+        raise StageError(f"cannot build the documents: {exception_text(exc, sources)}", permanent=True) from exc
     records.save_report(
         ctx.db,
         claim,
@@ -144,29 +145,6 @@ def run(ctx: StageContext, claim: Claim) -> Outcome:
         key_images=sum(doc.kind == records.KEY_IMAGE for doc in documents),
     )
     return Advance(StudyState.REPORTED)
-
-
-PHI_KEYWORDS = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "OtherPatientIDs",
-    "OtherPatientNames",
-    "AccessionNumber",
-    "ReferringPhysicianName",
-    "InstitutionName",
-)
-
-
-def phi_free_message(exc: Exception, sources: Sequence[pydicom.Dataset]) -> str:
-    """``Type: message`` with every patient value of the sources cut out: library messages quote values."""
-    message = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
-    for ds in sources:
-        for keyword in PHI_KEYWORDS:
-            value = str(ds.get(keyword) or "").strip()
-            if len(value) >= 2:
-                message = message.replace(value, "[redacted]")
-    return message[:500]
 
 
 def _documents(

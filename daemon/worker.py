@@ -16,6 +16,7 @@ from daemon import classify, queue, report, send
 from daemon.lifecycle import StudyState
 from daemon.log import Event, get_logger
 from daemon.stage import Advance, Outcome, StageContext, StageError, StageFunction
+from models.phi import exception_text
 
 PIPELINE: Mapping[StudyState, StageFunction] = {
     StudyState.READY: classify.run,
@@ -57,7 +58,9 @@ class Heartbeat:
                 self.lost = True
                 return
             except Exception as exc:  # a database hiccup: the next beat tries again before the lease ends
-                log.warning(Event.JOB_FAILED, job="heartbeat", study_uid=self._claim.study_uid, reason=str(exc))
+                log.warning(
+                    Event.JOB_FAILED, job="heartbeat", study_uid=self._claim.study_uid, reason=exception_text(exc)
+                )
 
 
 def _captured(stage: StageFunction, ctx: StageContext, claim: queue.Claim) -> Outcome | Exception:
@@ -96,7 +99,7 @@ class Worker:
             try:
                 worked = self.work_once()
             except Exception as exc:  # the loop must survive a database outage
-                log.error(Event.JOB_FAILED, job="claim", worker=self.name, reason=str(exc))
+                log.error(Event.JOB_FAILED, job="claim", worker=self.name, reason=exception_text(exc))
                 worked = False
             if not worked:
                 self._stop.wait(poll)
@@ -149,11 +152,11 @@ class Worker:
                 raise result
             self._apply(claim, result)
         except queue.LeaseLost as exc:
-            log.warning(Event.LEASE_EXPIRED, study_uid=claim.study_uid, worker=self.name, reason=str(exc))
+            log.warning(Event.LEASE_EXPIRED, study_uid=claim.study_uid, worker=self.name, reason=exception_text(exc))
         except StageError as exc:
             self._fail(claim, exc.reason, permanent=exc.permanent)
         except Exception as exc:
-            self._fail(claim, f"{type(exc).__name__}: {exc}", permanent=False)
+            self._fail(claim, exception_text(exc), permanent=False)
 
     def _apply(self, claim: queue.Claim, outcome: Outcome) -> None:
         if isinstance(outcome, Advance):
@@ -174,7 +177,7 @@ class Worker:
         try:
             state = queue.fail(self.ctx.db, claim, reason, policy=self.ctx.study_policy, permanent=permanent)
         except queue.LeaseLost as exc:
-            log.warning(Event.LEASE_EXPIRED, study_uid=claim.study_uid, reason=str(exc))
+            log.warning(Event.LEASE_EXPIRED, study_uid=claim.study_uid, reason=exception_text(exc))
             return
         event = Event.STAGE_FAILED if state is StudyState.FAILED else Event.STAGE_RETRY_SCHEDULED
         log.warning(

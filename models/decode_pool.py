@@ -186,16 +186,18 @@ def describe(source: str | pydicom.Dataset) -> tuple[str, str, tuple[str, ...]]:
 class DecodePool:
     """Worker processes that decode and preprocess. Not thread-safe (the engine's callers hold a lock)."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, setup: Callable[[], None] | None = None) -> None:
+        """``setup`` runs first in every worker process (it must be picklable: a module-level function or partial)."""
         if workers < 1:
             raise ValueError(f"a decode pool needs at least one worker, not {workers}")
         self.workers = workers
+        self._setup = setup
         self._executor: ProcessPoolExecutor | None = None
         self.start()
 
     def start(self) -> None:
         """Start every worker now, not on the first study: start-up errors surface at load."""
-        executor = ProcessPoolExecutor(max_workers=self.workers, mp_context=_pool_context())
+        executor = ProcessPoolExecutor(max_workers=self.workers, mp_context=_pool_context(), initializer=self._setup)
         try:
             for f in [executor.submit(_worker_ready) for _ in range(self.workers)]:
                 f.result()

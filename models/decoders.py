@@ -29,6 +29,8 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from models.phi import scrub
+
 PREFERRED: dict[str, tuple[str, ...]] = {
     JPEGLosslessSV1: ("gdcm", "pylibjpeg"),
     JPEGLossless: ("gdcm", "pylibjpeg"),  # process 14, other predictors: same codecs as SV1 (not measured)
@@ -57,7 +59,7 @@ def _plugin_message(exc: Exception, name: str) -> str:
     marker = f"{name}: "
     if marker in text:
         text = text.split(marker, 1)[1]
-    return " ".join(text.split())[:300]
+    return scrub(" ".join(text.split()))[:300]
 
 
 def _cannot_handle(exc: Exception, message: str) -> bool:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
@@ -87,6 +87,7 @@ class Engine:
         channels_last: bool = False,
         autocast_dtype: torch.dtype | None = None,
         pad_batches: bool = False,
+        worker_setup: Callable[[], None] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, not {batch_size}")
@@ -105,7 +106,7 @@ class Engine:
             halves=tuple(dict.fromkeys(r.card.preprocessing for r in self._residents if r.card.bilateral)),
         )
         self._pinned: dict[tuple[int, ...], torch.Tensor] = {}
-        self._pool = DecodePool(decode_workers) if decode_workers else None
+        self._pool = DecodePool(decode_workers, setup=worker_setup) if decode_workers else None
 
     @classmethod
     def load(
@@ -119,13 +120,15 @@ class Engine:
         compile: bool = False,
         channels_last: bool | None = None,
         cpu_bf16: bool = False,
+        worker_setup: Callable[[], None] | None = None,
     ) -> Engine:
         """Every card under ``models_dir`` (or only the ``enabled`` names), weights checked by sha256.
 
         ``decode_workers``: processes that decode + preprocess (0: in the calling thread, the right choice on a
         small CPU-only host). ``compile``: ``torch.compile`` each model (slow first batch; partial batches are
         zero-padded to ``batch_size`` so it compiles once). ``channels_last``: default on for CUDA.
-        On CUDA the forward runs under bf16 autocast; on CPU in float32 unless ``cpu_bf16``.
+        On CUDA the forward runs under bf16 autocast; on CPU in float32 unless ``cpu_bf16``. ``worker_setup`` runs
+        first in each decode worker (picklable: the daemon's log set-up, so a worker's warnings are JSON too).
         """
         models_dir = Path(models_dir)
         selected = select_installed(models_dir, enabled)
@@ -142,6 +145,7 @@ class Engine:
             channels_last=cl,
             autocast_dtype=dtype,
             pad_batches=compile,
+            worker_setup=worker_setup,
         )
 
     # --- lifecycle --------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
 from models.card import Preprocessing
 from models.decoders import decode_pixels
+from models.phi import exception_text
 
 WINDOWS = ("first", "minmax")
 """Accepted values of ``Preprocessing.window``."""
@@ -49,7 +50,7 @@ def _decode(ds: pydicom.Dataset) -> np.ndarray:
         arr = decode_pixels(ds)  # the fastest plugin installed for the syntax, else pydicom's choice
     except Exception as exc:  # RuntimeError, NotImplementedError, ValueError, whatever a plugin raises
         # pydicom's message names a missing plugin ("... plugins are missing dependencies: ..."): keep it.
-        detail = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+        detail = exception_text(exc, limit=300)
         raise PixelDecodeError(
             f"cannot decode pixel data with transfer syntax {transfer_syntax(ds)}: {detail}"
         ) from exc

@@ -41,9 +41,15 @@ class PredictdServer:
         quiet_seconds: float = 1.0,
         key_images: bool = False,
         shipped: bool = False,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        shipped_send: bool = False,
     ) -> None:
-        """``shipped``: the models predictd ships, installed as `make serve` installs them, instead of a tiny one."""
+        """``shipped``: the models predictd ships, installed as `make serve` installs them, instead of a tiny one.
+        ``env`` adds to the daemon's environment; ``cwd`` is its working folder (default: the repository).
+        ``shipped_send``: the shipped delivery backoff and probe, instead of the tests' fast retries."""
         self.root, self.ae_title, self.port = root, ae_title, port or free_port()
+        self.env, self.cwd = env or {}, cwd or REPO
         self.config = root / "predictd.toml"
         self.log_path = root / "predictd.log"
         self.outbox = root / "outbox"
@@ -62,8 +68,7 @@ class PredictdServer:
             'device = "cpu"',
             "[send]",
             'outbox_dir = "outbox"',
-            "backoff_base_seconds = 0.5",
-            "backoff_cap_seconds = 2.0",
+            *([] if shipped_send else ["backoff_base_seconds = 0.5", "backoff_cap_seconds = 2.0"]),
             "[queue]",
             f"quiet_seconds = {quiet_seconds}",
             "sweep_seconds = 0.2",
@@ -130,8 +135,8 @@ class PredictdServer:
             [str(PREDICTD), "--config", str(self.config), "serve"],
             stdout=log,
             stderr=subprocess.STDOUT,
-            cwd=REPO,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            cwd=self.cwd,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
         )
         log.close()
         wait_until(self._echo_ok, timeout=90, interval=0.3, what="predictd to answer C-ECHO")
