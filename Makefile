@@ -4,8 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= deploy/predictd.serve.toml
 PYTEST_ARGS ?=
+SOURCES := daemon models reporting migrations tests bench
 
-.PHONY: serve test lint typecheck bench clean models
+.PHONY: serve test lint typecheck fmt test-unit test-integration test-e2e bench clean models venv
 
 $(BIN)/predictd: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,10 +23,31 @@ serve: $(BIN)/predictd models
 	$(BIN)/predictd --config $(CONFIG) db upgrade
 	$(BIN)/predictd --config $(CONFIG) serve
 
-test: $(BIN)/predictd
-	$(BIN)/ruff check daemon models reporting migrations tests bench
-	$(BIN)/mypy
+# Every test tier after the static checks; CI runs exactly this (.ci/run).
+test: lint typecheck
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# ruff, the formatting check and the import contracts of docs/architecture.md (pyproject's [tool.importlinter]).
+lint: $(BIN)/predictd
+	$(BIN)/ruff check $(SOURCES)
+	$(BIN)/ruff format --check $(SOURCES)
+	$(BIN)/lint-imports
+
+typecheck: $(BIN)/predictd
+	$(BIN)/mypy
+
+fmt: $(BIN)/predictd
+	$(BIN)/ruff format $(SOURCES)
+	$(BIN)/ruff check --fix $(SOURCES)
+
+test-unit: $(BIN)/predictd
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: $(BIN)/predictd
+	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+test-e2e: $(BIN)/predictd
+	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
 
 bench: $(BIN)/predictd
 	$(BIN)/python -m bench.run

@@ -15,35 +15,10 @@ import ssl
 from datetime import datetime
 from urllib.parse import urlsplit
 
-from sqlalchemy import select, update
-
-from daemon import records
+from daemon import outbox
 from daemon.config import Destination, DicomDestination, Hl7Destination, StowDestination
 from daemon.db import Database, utcnow
 from daemon.dimse import SendError, echo
-from daemon.tables import Delivery, Run, Study
-
-
-def waiting_destinations(db: Database, now: datetime) -> list[str]:
-    """Destinations with pending deliveries that failed before and wait out a backoff."""
-    with db.transaction() as s:
-        names = s.scalars(
-            select(Delivery.destination)
-            .where(Delivery.state == records.PENDING, Delivery.attempts > 0, Delivery.next_attempt_at > now)
-            .distinct()
-        ).all()
-    return sorted(names)
-
-
-def flush(db: Database, destination: str, now: datetime) -> int:
-    """Make ``destination``'s waiting deliveries, and their studies, due now; returns how many deliveries."""
-    with db.transaction() as s:
-        waiting = (Delivery.destination == destination) & (Delivery.state == records.PENDING)
-        run_ids = select(Delivery.run_id).where(waiting)
-        study_ids = select(Run.study_id).where(Run.id.in_(run_ids))
-        s.execute(update(Study).where(Study.id.in_(study_ids), Study.next_attempt_at > now).values(next_attempt_at=now))
-        result = s.execute(update(Delivery).where(waiting, Delivery.next_attempt_at > now).values(next_attempt_at=now))
-        return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 def answers(dest: Destination, calling_ae: str) -> bool:
@@ -96,12 +71,12 @@ def probe_and_flush(
     """
     now = now or utcnow()
     flushed = {}
-    for name in waiting_destinations(db, now):
+    for name in outbox.waiting_destinations(db, now):
         dest = destinations.get(name)
         if dest is None:
             continue
         up, was_up = answers(dest, calling_ae), answered.get(name, False)
         answered[name] = up
         if up and not was_up:
-            flushed[name] = flush(db, name, now)
+            flushed[name] = outbox.flush(db, name, now)
     return flushed
