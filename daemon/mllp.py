@@ -13,6 +13,12 @@ DICOM send does (daemon.dimse), so the send stage's retry policy treats both ali
 The message is encoded as UTF-8 (reporting.hl7 declares MSH-18 "UNICODE UTF-8"); an ACK is decoded as UTF-8 too,
 bad bytes replaced. Nothing of the message, which holds PHI, goes into an error: only the control id, the
 destination and what the receiver said in MSA-3 (cut short).
+
+Why not python-hl7's ``hl7.client.MLLPClient`` (0.4.5, read in ``hl7/client.py``): it connects with no timeout, writes
+with ``socket.send`` (which may send only part of a frame) and returns the first ``recv`` of up to 4 KB as the ACK, so
+a silent receiver hangs a worker for ever and an ACK that arrives in two segments is cut. The tests
+``test_no_answer_times_out`` and ``test_trickling_answer_hits_the_deadline`` (tests/integration/test_mllp.py) are
+the cases it fails. The ACK is parsed with python-hl7 (``reporting.hl7.parse_ack``).
 """
 
 from __future__ import annotations
