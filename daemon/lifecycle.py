@@ -81,7 +81,8 @@ def transition(
     reason: str | None = None,
     new_run: bool = False,
 ) -> None:
-    """Move ``study`` to ``to`` (checked), reset its attempt counter, and record the event.
+    """Move ``study`` to ``to`` (checked), reset its attempt counter (kept on an end state, for the operator), and
+    record the event.
 
     ``new_run`` starts the next run of the study (late instances, or an operator's retry).
     """
@@ -91,7 +92,8 @@ def transition(
     if new_run:
         study.run_no += 1
     study.state = to
-    study.attempts = 0
+    if to not in TERMINAL:
+        study.attempts = 0
     study.next_attempt_at = None
     study.reason = reason if to in TERMINAL or reason else None
     study.updated_at = now

@@ -131,6 +131,7 @@ def test_failures_back_off_then_end_failed_with_the_reason(db: Database) -> None
     study = state_of(db, uid)
     assert study.state == StudyState.FAILED
     assert study.reason is not None and "decoder crashed" in study.reason and "3 attempts" in study.reason
+    assert study.attempts == POLICY.max_attempts  # `queue ls` shows how many attempts a failed study had
 
 
 def test_permanent_failure_ends_at_once(db: Database) -> None:
