@@ -1,13 +1,15 @@
-"""models.metrics: agreement with scikit-learn, bootstrap CIs, temperature fit, calibration, reader study."""
+"""models.metrics: agreement with scikit-learn, undefined values, bootstrap CIs, temperature, calibration, readers."""
 
 from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
 from sklearn import metrics as sklearn_metrics
+from sklearn.calibration import calibration_curve
 
 from models import metrics as m
 
@@ -39,6 +41,54 @@ def test_label_metrics_match_sklearn(k: int, seed: int) -> None:
     np.testing.assert_allclose(mr, r)
     np.testing.assert_allclose(mf, f)
     assert m.cohen_kappa(y, pred, k) == pytest.approx(sklearn_metrics.cohen_kappa_score(y, pred, labels=labels))
+
+
+def test_undefined_ratios_are_nan_and_raise_no_warning() -> None:
+    y = np.array([0, 0, 1, 1, 0])
+    pred = np.array([0, 1, 1, 1, 0])  # class 2 neither present nor predicted
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        p, r, f = m.precision_recall_f1(y, pred, 3, zero_division=math.nan)
+        assert m.precision_recall_f1(y, pred, 3)[0][2] == 0.0  # the default, as scikit-learn's zero_division=0
+        assert math.isnan(m.cohen_kappa([2, 2], [2, 2], 3))
+        fpr, tpr, thr = m.roc_curve(np.zeros(4, dtype=bool), [0.1, 0.4, 0.35, 0.8])
+    np.testing.assert_allclose(p[:2], [1.0, 2 / 3])
+    np.testing.assert_allclose(r[:2], [2 / 3, 1.0])
+    assert math.isnan(p[2]) and math.isnan(r[2]) and math.isnan(f[2])
+    assert np.isnan(tpr).all() and fpr[-1] == 1.0 and thr[0] == np.inf
+
+
+def test_labels_outside_the_classes_are_rejected_not_dropped() -> None:
+    for fn in (m.confusion_matrix, m.precision_recall_f1, m.cohen_kappa):
+        with pytest.raises(ValueError, match="class indices"):
+            fn([0, 1, 3], [0, 1, 1], 3)
+
+
+def test_absent_classes_keep_their_rows() -> None:
+    cm = m.confusion_matrix([0, 0, 1], [0, 1, 1], 4)
+    assert cm.shape == (4, 4) and cm[2:].sum() == 0 and cm[:, 2:].sum() == 0
+    assert all(len(a) == 4 for a in m.precision_recall_f1([0, 0, 1], [0, 1, 1], 4))
+    np.testing.assert_array_equal(m.confusion_matrix([], [], 2), np.zeros((2, 2)))
+    assert math.isnan(m.accuracy([], []))
+
+
+@pytest.mark.parametrize(("k", "seed"), CASES)
+def test_macro_f1_is_sklearn_macro_over_the_classes_seen(k: int, seed: int) -> None:
+    y, probs = _data(k, seed, n=80)
+    probs = np.c_[probs, np.zeros(len(y))]  # one more class: never present, never predicted
+    pred = probs.argmax(axis=1)
+    report = m.evaluate(y, probs, [f"c{i}" for i in range(k + 1)], n_boot=0)
+    assert report["macro_f1"]["value"] == pytest.approx(sklearn_metrics.f1_score(y, pred, average="macro"))
+    assert report["per_class"][f"c{k}"]["f1"]["value"] is None
+
+
+def test_reliability_table_matches_sklearn_calibration_curve() -> None:
+    y, probs = _data(4, 5, n=2000)
+    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == y
+    table = [row for row in m.reliability_table(y, probs, bins=10) if row["count"]]
+    prob_true, prob_pred = calibration_curve(correct, confidence, n_bins=10, strategy="uniform")
+    np.testing.assert_allclose([row["accuracy"] for row in table], prob_true)
+    np.testing.assert_allclose([row["confidence"] for row in table], prob_pred)
 
 
 @pytest.mark.parametrize(("k", "seed"), CASES)
@@ -96,6 +146,8 @@ def test_bootstrap_cis_contain_point_estimates(seed: int) -> None:
     low, high = m.bootstrap_ci(acc, y, probs, n=300, seed=seed)
     assert low <= acc(y, probs) <= high
     assert m.bootstrap_ci(acc, y, probs, n=300, seed=seed) == (low, high)  # seeded, hence reproducible
+    assert m.bootstrap_ci(acc, y, probs, n=300, seed=seed + 10) != (low, high)
+    assert m.evaluate(y, probs, ["a", "b", "c", "d"], n_boot=200, seed=seed) == result
     assert m.bootstrap_ci(lambda yt, pr: m.roc_auc_ovr(yt, pr)[0], y, probs, n=300, seed=seed)[0] > 0.5
 
 
@@ -234,3 +286,9 @@ def test_precision_of_a_class_never_predicted_is_undefined_not_zero() -> None:
     assert report["per_class"]["c"]["precision"]["value"] is None
     assert report["per_class"]["c"]["recall"]["value"] == 0.0
     assert report["per_class"]["a"]["precision"]["value"] == 0.5
+
+
+def test_roc_curve_takes_any_nonzero_label_as_positive() -> None:
+    scores = np.array([0.1, 0.9, 0.4, 0.6])
+    for a, b in zip(m.roc_curve([0, 2, 0, 2], scores), m.roc_curve([False, True, False, True], scores), strict=True):
+        np.testing.assert_array_equal(a, b)
