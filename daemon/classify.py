@@ -6,7 +6,7 @@ studies can be classified in one engine call (:func:`run_batch`), so batches spa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -16,7 +16,7 @@ from daemon import records
 from daemon.lifecycle import StudyState
 from daemon.log import Event, get_logger
 from daemon.queue import Claim
-from daemon.stage import Advance, Outcome, StageContext, StageError
+from daemon.stage import Advance, Outcome, StageContext, StageError, captured
 from models.cascade import Classification
 from models.decode_pool import DecodeWorkerError
 from models.phi import exception_text, scrub
@@ -45,15 +45,8 @@ def run_batch(ctx: StageContext, claims: Sequence[Claim]) -> list[Outcome | Exce
         views = [records.start_run(ctx.db, c) for c in claims]
         result = _classify(ctx, engine, views)
     except Exception:
-        return [_captured(partial(run, ctx, c)) for c in claims]
-    return [_captured(partial(_conclude, ctx, c, v, result)) for c, v in zip(claims, views, strict=True)]
-
-
-def _captured(fn: Callable[[], Outcome]) -> Outcome | Exception:
-    try:
-        return fn()
-    except Exception as exc:
-        return exc
+        return [captured(partial(run, ctx, c)) for c in claims]
+    return [captured(partial(_conclude, ctx, c, v, result)) for c, v in zip(claims, views, strict=True)]
 
 
 def _engine(ctx: StageContext) -> Engine:

@@ -7,7 +7,7 @@ A stage never writes a study's state itself: it returns what should happen (adva
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -75,3 +75,25 @@ class StageContext:
 
 
 StageFunction = Callable[[StageContext, Claim], Outcome]
+BatchStageFunction = Callable[[StageContext, Sequence[Claim]], list["Outcome | Exception"]]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One row of the pipeline table (``daemon.worker.PIPELINE``): what moves a study on from a claimable state.
+
+    ``name`` is the one ``lifecycle.WORK`` gives the state; ``run_batch``, where a stage has one, takes several
+    claims at once (classify: one forward batch across studies).
+    """
+
+    name: str
+    run: StageFunction
+    run_batch: BatchStageFunction | None = None
+
+
+def captured(fn: Callable[[], Outcome]) -> Outcome | Exception:
+    """The outcome of ``fn()``, or the exception it raised: each study of a batch gets its own result."""
+    try:
+        return fn()
+    except Exception as exc:
+        return exc

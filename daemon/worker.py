@@ -1,4 +1,4 @@
-"""The pipeline table (state → stage) and the claim loop that drives it.
+"""The pipeline table (state → :class:`~daemon.stage.Stage`) and the claim loop that drives it.
 
 A worker thread claims one study at a time, heartbeats while its stage runs, and applies the stage's outcome
 through the queue. Stopping is graceful: a worker finishes (or abandons, under lease) the study in hand.
@@ -11,19 +11,21 @@ import os
 import socket
 import threading
 from collections.abc import Mapping
+from functools import partial
 
 from daemon import classify, queue, report, send
 from daemon.lifecycle import StudyState
 from daemon.log import Event, get_logger
-from daemon.stage import Advance, Outcome, StageContext, StageError, StageFunction
+from daemon.stage import Advance, Outcome, Stage, StageContext, StageError, captured
 from models.phi import exception_text
 
-PIPELINE: Mapping[StudyState, StageFunction] = {
-    StudyState.READY: classify.run,
-    StudyState.CLASSIFIED: report.run,
-    StudyState.REPORTED: send.run,
+PIPELINE: Mapping[StudyState, Stage] = {
+    StudyState.READY: Stage("classify", classify.run, classify.run_batch),
+    StudyState.CLASSIFIED: Stage("report", report.run),
+    StudyState.REPORTED: Stage("send", send.run),
 }
-"""Which stage moves a study on from each claimable state (lifecycle.WORK names the same pairs)."""
+"""Which stage moves a study on from each claimable state; the names are ``lifecycle.WORK``'s (a test holds them
+equal: lifecycle cannot import the stages, which import the queue)."""
 
 log = get_logger("worker")
 
@@ -63,13 +65,6 @@ class Heartbeat:
                 )
 
 
-def _captured(stage: StageFunction, ctx: StageContext, claim: queue.Claim) -> Outcome | Exception:
-    try:
-        return stage(ctx, claim)
-    except Exception as exc:
-        return exc
-
-
 class Worker:
     """One claim loop on one thread."""
 
@@ -77,7 +72,7 @@ class Worker:
         self,
         ctx: StageContext,
         name: str,
-        pipeline: Mapping[StudyState, StageFunction] = PIPELINE,
+        pipeline: Mapping[StudyState, Stage] = PIPELINE,
     ) -> None:
         self.ctx, self.name, self.pipeline = ctx, name, dict(pipeline)
         if ctx.engine is None:
@@ -110,9 +105,10 @@ class Worker:
         claim = queue.claim(self.ctx.db, self.name, lease_seconds=q.lease_seconds, states=list(self.pipeline))
         if claim is None:
             return False
+        stage = self.pipeline[claim.state]
         claims = [claim]
-        if claim.state is StudyState.READY and self.pipeline.get(StudyState.READY) is classify.run:
-            claims += self._more_ready(self.ctx.settings.workers.batch_studies - 1)
+        if stage.run_batch is not None:
+            claims += self._more_ready(claim.state, self.ctx.settings.workers.batch_studies - 1)
         for c in claims:
             log.info(
                 Event.STUDY_CLAIMED,
@@ -125,21 +121,19 @@ class Worker:
         with contextlib.ExitStack() as beats:
             for c in claims:
                 beats.enter_context(Heartbeat(self.ctx, c))
-            if len(claims) == 1:
-                results: list[Outcome | Exception] = [_captured(self.pipeline[claim.state], self.ctx, claim)]
+            if stage.run_batch is None or len(claims) == 1:
+                results: list[Outcome | Exception] = [captured(partial(stage.run, self.ctx, claim))]
             else:
-                results = classify.run_batch(self.ctx, claims)
+                results = stage.run_batch(self.ctx, claims)
         for c, result in zip(claims, results, strict=True):
             self._settle(c, result)
         return True
 
-    def _more_ready(self, n: int) -> list[queue.Claim]:
-        """Up to ``n`` more ready studies, so one forward batch spans studies."""
+    def _more_ready(self, state: StudyState, n: int) -> list[queue.Claim]:
+        """Up to ``n`` more studies in ``state``, so one batch (one forward pass) spans studies."""
         more: list[queue.Claim] = []
         while len(more) < n:
-            c = queue.claim(
-                self.ctx.db, self.name, lease_seconds=self.ctx.settings.queue.lease_seconds, states=[StudyState.READY]
-            )
+            c = queue.claim(self.ctx.db, self.name, lease_seconds=self.ctx.settings.queue.lease_seconds, states=[state])
             if c is None:
                 break
             more.append(c)

@@ -42,7 +42,8 @@ def test_transition_allows_exactly_the_table(current: StudyState, to: StudyState
     session, st = RecordingSession(), study(current)
     if to in TRANSITIONS[current]:
         lifecycle.transition(session, st, to, now=NOW, actor="t", reason="why")  # type: ignore[arg-type]
-        assert st.state == to and st.attempts == 0 and st.next_attempt_at is None
+        assert st.state == to and st.next_attempt_at is None
+        assert st.attempts == (2 if to in TERMINAL else 0)  # an end state keeps the count the operator reads
         (event,) = session.added
         assert isinstance(event, StudyEvent)
         assert (event.from_state, event.to_state, event.actor, event.reason) == (current, to, "t", "why")
@@ -62,3 +63,10 @@ def test_the_happy_path_is_the_pipeline() -> None:
     path = [S.RECEIVING, S.READY, S.CLASSIFIED, S.REPORTED, S.DONE]
     assert all(b in TRANSITIONS[a] for a, b in pairwise(path))
     assert WORK == {S.READY: "classify", S.CLASSIFIED: "report", S.REPORTED: "send"}
+
+
+def test_the_worker_pipeline_table_is_the_lifecycles_work() -> None:
+    from daemon.worker import PIPELINE
+
+    assert {state: stage.name for state, stage in PIPELINE.items()} == WORK
+    assert [state for state, stage in PIPELINE.items() if stage.run_batch is not None] == [S.READY]
