@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from daemon import cli_evaluate, cli_training, queue, records
+from daemon import cli_evaluate, cli_training, queue, views
 from daemon.config import ConfigError, Settings, load_settings
 from daemon.db import Database, DatabaseNotAtHead
 from daemon.lifecycle import IllegalTransition, StudyState
@@ -133,7 +133,7 @@ def queue_ls(
     as_json: JsonOption = False,
 ) -> None:
     """List studies, most recently changed first."""
-    rows = records.list_studies(_db(_settings(config)), state=state, limit=limit)
+    rows = views.list_studies(_db(_settings(config)), state=state, limit=limit)
     if as_json:
         _print_json(rows)
         return
@@ -148,7 +148,7 @@ def queue_ls(
 @queue_app.command("show")
 def queue_show(study_uid: str, config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """One study: instances, state history, predictions, SR UID, deliveries."""
-    detail = records.study_detail(_db(_settings(config)), study_uid)
+    detail = views.study_detail(_db(_settings(config)), study_uid)
     if detail is None:
         err.print(f"[red]error:[/red] no study {study_uid}")
         raise typer.Exit(1)

@@ -11,7 +11,7 @@ from datetime import timedelta
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from daemon import health, leases, queue, records
+from daemon import health, leases, queue, retention
 from daemon.db import utcnow
 from daemon.log import Event, get_logger
 from daemon.stage import StageContext
@@ -53,8 +53,8 @@ def purge(ctx: StageContext) -> int:
     """
     cutoff = utcnow() - timedelta(days=ctx.settings.spool.retention_days)
     removed = 0
-    for batch in records.purgeable(ctx.db, cutoff):
-        records.mark_purged(ctx.db, batch.instance_ids)
+    for batch in retention.purgeable(ctx.db, cutoff):
+        retention.mark_purged(ctx.db, batch.instance_ids)
         n = ctx.spool.purge(batch.study_uid, batch.instance_paths, batch.run_nos)
         removed += n
         log.info(Event.PURGED, study_uid=batch.study_uid, files=n)

@@ -1,18 +1,122 @@
-"""The outbox's queries across destinations: which destinations deliveries wait for, and making them due at once.
+"""The outbox: one row per (destination, document) of a run, its delivery states, and the writes of the send stage.
 
-The SQL of :mod:`daemon.health` lives here, so that the probing module holds no SQL (the import contracts keep SQL
-in the storage modules). Per-delivery writes are still in :mod:`daemon.records`.
+Also the queries across destinations for :mod:`daemon.health` (which destinations deliveries wait for, making them
+due at once), so the probing module holds no SQL. The rows are created with the run's report
+(:func:`daemon.records.save_report`, one transaction). Unlike the run writes of :mod:`daemon.records`, the
+delivery writes do not check the study's claim yet: the send stage calls them while it holds it (issue 13 asks for
+claim-checked writes here).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import select, update
 
-from daemon import records
-from daemon.db import Database
+from daemon.db import Database, utcnow
+from daemon.queue import RetryPolicy
 from daemon.tables import Delivery, Run, Study
+
+PENDING, SENT, FAILED = "pending", "sent", "failed"
+"""Delivery states (tables.Delivery.state)."""
+SR, KEY_IMAGE, HL7 = "sr", "key_image", "hl7"
+"""Document kinds (tables.Delivery.kind)."""
+
+
+@dataclass(frozen=True)
+class DeliveryView:
+    id: int
+    destination: str
+    sop_instance_uid: str
+    path: Path
+    state: str
+    attempts: int
+    next_attempt_at: datetime | None
+    last_error: str | None
+    kind: str = SR
+
+
+@dataclass(frozen=True)
+class DeliverySummary:
+    pending: int
+    failed: list[DeliveryView]
+    next_attempt_at: datetime | None
+    """Earliest retry among pending deliveries (None when all are due now or none is pending)."""
+
+
+def deliveries(db: Database, run_id: int) -> list[DeliveryView]:
+    with db.transaction() as s:
+        rows = s.scalars(select(Delivery).where(Delivery.run_id == run_id).order_by(Delivery.id)).all()
+        return [_delivery_view(d) for d in rows]
+
+
+def _delivery_view(d: Delivery) -> DeliveryView:
+    return DeliveryView(
+        d.id,
+        d.destination,
+        d.sop_instance_uid,
+        Path(d.path),
+        d.state,
+        d.attempts,
+        d.next_attempt_at,
+        d.last_error,
+        d.kind,
+    )
+
+
+def mark_sent(db: Database, delivery_id: int, *, now: datetime | None = None) -> None:
+    with db.transaction() as s:
+        d = s.get(Delivery, delivery_id)
+        if d is not None:
+            d.state = SENT
+            d.attempts += 1
+            d.sent_at = now or utcnow()
+            d.last_error = None
+            d.next_attempt_at = None
+
+
+def mark_attempt_failed(
+    db: Database,
+    delivery_id: int,
+    error: str,
+    *,
+    policy: RetryPolicy,
+    permanent: bool = False,
+    give_up_after: timedelta | None = None,
+    now: datetime | None = None,
+) -> str:
+    """Count a failed delivery attempt; returns the delivery's new state (pending with backoff, or failed).
+
+    A retryable failure gives up only when the row is older than ``give_up_after`` (or, with ``policy.max_attempts``
+    above 0, after that many attempts): a long PACS outage must not lose results.
+    """
+    now = now or utcnow()
+    with db.transaction() as s:
+        d = s.get(Delivery, delivery_id)
+        if d is None:
+            raise LookupError(f"no delivery {delivery_id}")
+        d.attempts += 1
+        d.last_error = error
+        too_old = give_up_after is not None and d.created_at is not None and now - d.created_at >= give_up_after
+        too_many = 0 < policy.max_attempts <= d.attempts
+        if permanent or too_old or too_many:
+            d.state = FAILED
+            d.next_attempt_at = None
+        else:
+            d.next_attempt_at = now + policy.delay(d.attempts)
+        return d.state
+
+
+def summarize(views: list[DeliveryView], now: datetime) -> DeliverySummary:
+    pending = [v for v in views if v.state == PENDING]
+    waits = [v.next_attempt_at for v in pending if v.next_attempt_at is not None and v.next_attempt_at > now]
+    return DeliverySummary(
+        pending=len(pending),
+        failed=[v for v in views if v.state == FAILED],
+        next_attempt_at=min(waits) if len(waits) == len(pending) and waits else None,
+    )
 
 
 def waiting_destinations(db: Database, now: datetime) -> list[str]:
@@ -20,7 +124,7 @@ def waiting_destinations(db: Database, now: datetime) -> list[str]:
     with db.transaction() as s:
         names = s.scalars(
             select(Delivery.destination)
-            .where(Delivery.state == records.PENDING, Delivery.attempts > 0, Delivery.next_attempt_at > now)
+            .where(Delivery.state == PENDING, Delivery.attempts > 0, Delivery.next_attempt_at > now)
             .distinct()
         ).all()
     return sorted(names)
@@ -29,7 +133,7 @@ def waiting_destinations(db: Database, now: datetime) -> list[str]:
 def flush(db: Database, destination: str, now: datetime) -> int:
     """Make ``destination``'s waiting deliveries, and their studies, due now; returns how many deliveries."""
     with db.transaction() as s:
-        waiting = (Delivery.destination == destination) & (Delivery.state == records.PENDING)
+        waiting = (Delivery.destination == destination) & (Delivery.state == PENDING)
         run_ids = select(Delivery.run_id).where(waiting)
         study_ids = select(Run.study_id).where(Run.id.in_(run_ids))
         s.execute(update(Study).where(Study.id.in_(study_ids), Study.next_attempt_at > now).values(next_attempt_at=now))

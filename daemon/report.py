@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import pydicom
 
-from daemon import records
+from daemon import outbox, records
 from daemon.config import Hl7Destination
 from daemon.db import utcnow
 from daemon.lifecycle import StudyState
@@ -43,14 +43,14 @@ SR_SERIES_NUMBER = 9901
 log = get_logger("report")
 
 
-DICOM_KINDS = frozenset({records.SR, records.KEY_IMAGE})
+DICOM_KINDS = frozenset({outbox.SR, outbox.KEY_IMAGE})
 """What a DICOM destination (C-STORE or STOW-RS) and the outbox folder receive; an HL7 destination gets the message."""
 
 
 def routes(ctx: StageContext) -> list[tuple[str, frozenset[str]]]:
     """Each destination's name and the document kinds it receives; the outbox folder when none is configured."""
     configured = [
-        (d.name, frozenset({records.HL7}) if d.type == "hl7" else DICOM_KINDS) for d in ctx.settings.send.destinations
+        (d.name, frozenset({outbox.HL7}) if d.type == "hl7" else DICOM_KINDS) for d in ctx.settings.send.destinations
     ]
     return configured or [(OUTBOX_FOLDER, DICOM_KINDS)]
 
@@ -60,7 +60,7 @@ def deliveries(ctx: StageContext, documents: list[records.Document]) -> list[tup
 
     A document addressed to one destination (an HL7 message, built for its receiver) goes there only.
     """
-    order = {records.KEY_IMAGE: 0, records.SR: 1, records.HL7: 2}
+    order = {outbox.KEY_IMAGE: 0, outbox.SR: 1, outbox.HL7: 2}
     ordered = sorted(documents, key=lambda doc: order[doc.kind])
     return [
         (name, doc)
@@ -96,7 +96,7 @@ def _hl7_messages(
         )
         path = ctx.spool.document_path(view.study_uid, view.run_no, uid).with_suffix(".hl7")
         durable_write(path, message.encode("utf-8"))
-        documents.append(records.Document(records.HL7, uid, path, destination=dest.name))
+        documents.append(records.Document(outbox.HL7, uid, path, destination=dest.name))
     return documents
 
 
@@ -142,7 +142,7 @@ def run(ctx: StageContext, claim: Claim) -> Outcome:
         study_uid=claim.study_uid,
         run_no=claim.run_no,
         sr_sop_instance_uid=sr_uid,
-        key_images=sum(doc.kind == records.KEY_IMAGE for doc in documents),
+        key_images=sum(doc.kind == outbox.KEY_IMAGE for doc in documents),
     )
     return Advance(StudyState.REPORTED)
 
@@ -161,7 +161,7 @@ def _documents(
     key_images = _key_images(ctx, engine, view, cards, sr_uid) if settings.key_images else {}
     documents = [
         records.Document(
-            records.KEY_IMAGE,
+            outbox.KEY_IMAGE,
             str(sc.SOPInstanceUID),
             ctx.spool.write_dataset(sc, ctx.spool.document_path(view.study_uid, view.run_no, str(sc.SOPInstanceUID))),
         )
@@ -185,7 +185,7 @@ def _documents(
         considered_models=[f"{c.name}@{c.version}" for c in cards.values()] if view.not_assessed_reason else (),
     )
     path = ctx.spool.write_dataset(sr, ctx.spool.document_path(view.study_uid, view.run_no, sr_uid))
-    documents.append(records.Document(records.SR, sr_uid, path))
+    documents.append(records.Document(outbox.SR, sr_uid, path))
     documents += _hl7_messages(ctx, view, sources[0], text, sr_uid)
     return documents, path
 

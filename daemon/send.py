@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from daemon import records
+from daemon import outbox, records
 from daemon.config import Destination, DicomDestination, StowDestination
 from daemon.db import utcnow
 from daemon.dimse import SendError, store_file
@@ -30,15 +30,15 @@ log = get_logger("send")
 def run(ctx: StageContext, claim: Claim) -> Outcome:
     view = records.load_run(ctx.db, claim.study_id, claim.run_no)
     now = utcnow()
-    for delivery in records.deliveries(ctx.db, view.run_id):
-        if delivery.state != records.PENDING:
+    for delivery in outbox.deliveries(ctx.db, view.run_id):
+        if delivery.state != outbox.PENDING:
             continue
         if delivery.next_attempt_at is not None and delivery.next_attempt_at > now:
             continue
         try:
             _deliver(ctx, view, delivery)
         except SendError as exc:
-            state = records.mark_attempt_failed(
+            state = outbox.mark_attempt_failed(
                 ctx.db,
                 delivery.id,
                 str(exc),
@@ -56,7 +56,7 @@ def run(ctx: StageContext, claim: Claim) -> Outcome:
                 reason=str(exc),
             )
             continue
-        records.mark_sent(ctx.db, delivery.id)
+        outbox.mark_sent(ctx.db, delivery.id)
         log.info(
             Event.SR_SENT,
             study_uid=claim.study_uid,
@@ -65,7 +65,7 @@ def run(ctx: StageContext, claim: Claim) -> Outcome:
             kind=delivery.kind,
             sr_sop_instance_uid=delivery.sop_instance_uid,
         )
-    summary = records.summarize(records.deliveries(ctx.db, view.run_id), utcnow())
+    summary = outbox.summarize(outbox.deliveries(ctx.db, view.run_id), utcnow())
     if summary.pending == 0 and not summary.failed:
         return Advance(StudyState.DONE)
     if summary.pending == 0:
@@ -74,7 +74,7 @@ def run(ctx: StageContext, claim: Claim) -> Outcome:
     return Defer(summary.next_attempt_at or utcnow())
 
 
-def _deliver(ctx: StageContext, view: records.RunView, delivery: records.DeliveryView) -> None:
+def _deliver(ctx: StageContext, view: records.RunView, delivery: outbox.DeliveryView) -> None:
     if delivery.destination == OUTBOX_FOLDER:
         _to_folder(ctx.settings.send.outbox_dir, view, delivery)
         return
@@ -105,12 +105,12 @@ def _destination(ctx: StageContext, name: str) -> Destination:
     raise SendError(f"destination {name!r} is no longer configured", retryable=False)
 
 
-def _to_folder(outbox: Path, view: records.RunView, delivery: records.DeliveryView) -> None:
+def _to_folder(root: Path, view: records.RunView, delivery: outbox.DeliveryView) -> None:
     """The SR and its report text side by side (and any key images), one folder per study, written durably."""
-    folder = outbox / view.study_uid
+    folder = root / view.study_uid
     try:
         durable_copy(delivery.path, folder / f"{delivery.sop_instance_uid}.dcm")
-        if delivery.kind == records.SR:
+        if delivery.kind == outbox.SR:
             durable_write(folder / f"{delivery.sop_instance_uid}.txt", (view.report_text or "").encode() + b"\n")
     except OSError as exc:
-        raise SendError(f"cannot write to the outbox folder {outbox}: {exc}", retryable=True) from exc
+        raise SendError(f"cannot write to the outbox folder {root}: {exc}", retryable=True) from exc

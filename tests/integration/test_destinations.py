@@ -13,7 +13,7 @@ from typing import Any
 import hl7
 import pytest
 
-from daemon import records
+from daemon import outbox, views
 from daemon.db import Database
 from daemon.lifecycle import StudyState
 from daemon.stage import StageContext
@@ -48,7 +48,7 @@ def _hl7(port: int, **fields: Any) -> dict[str, Any]:
 
 
 def _state(ctx: StageContext, study_uid: str) -> str:
-    detail = records.study_detail(ctx.db, study_uid)
+    detail = views.study_detail(ctx.db, study_uid)
     assert detail is not None
     return str(detail["state"])
 
@@ -70,11 +70,11 @@ def test_hl7_and_stow_destinations_get_their_documents(
     stored = receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "hip.dcm"))
     wait_until(lambda: _done(ctx, stored.study_uid), timeout=60, what="the study to be delivered")
 
-    detail = records.study_detail(db, stored.study_uid)
+    detail = views.study_detail(db, stored.study_uid)
     assert detail is not None
     (run,) = detail["runs"]
-    outbox = sorted((d["destination"], d["kind"], d["state"]) for d in run["deliveries"])
-    assert outbox == [("dictation", records.HL7, records.SENT), ("web", records.SR, records.SENT)]
+    rows = sorted((d["destination"], d["kind"], d["state"]) for d in run["deliveries"])
+    assert rows == [("dictation", outbox.HL7, outbox.SENT), ("web", outbox.SR, outbox.SENT)]
     sr_uid, text = run["sr_sop_instance_uid"], run["report_text"]
 
     (message,) = listener.received
@@ -117,6 +117,6 @@ def test_an_hl7_reject_fails_the_study_with_the_reason(db: Database, tmp_path: P
         return _state(ctx, stored.study_uid) == StudyState.FAILED
 
     wait_until(failed, timeout=60, what="the study to fail")
-    detail = records.study_detail(db, stored.study_uid)
+    detail = views.study_detail(db, stored.study_uid)
     assert detail is not None and "dictation" in str(detail["reason"]) and "AR" in str(detail["reason"])
     assert len(listener.received) == 1  # a reject is not retried

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon import jobs, queue, records
+from daemon import jobs, queue, retention, views
 from daemon.app import load_engine
 from daemon.db import Database, utcnow
 from daemon.lifecycle import StudyState
@@ -61,7 +61,7 @@ def test_late_images_after_the_purge_are_classified_alone(db: Database, tmp_path
     assert jobs.purge(ctx) >= 2 and not first.path.exists()
     late = receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "b.dcm", study_uid=first.study_uid))
     drain(ctx)
-    detail = records.study_detail(db, first.study_uid)
+    detail = views.study_detail(db, first.study_uid)
     assert detail is not None and detail["state"] == StudyState.DONE, detail.get("reason")
     run2 = detail["runs"][-1]
     assert [p["sop_instance_uid"] for p in run2["predictions"]] == [late.sop_instance_uid]
@@ -74,9 +74,9 @@ def test_purge_spares_an_instance_written_while_it_runs(db: Database, tmp_path: 
     ctx = context(tmp_path, db, spool={"retention_days": 0})
     first = receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "a.dcm"))
     drain(ctx)
-    (batch,) = records.purgeable(db, utcnow())
+    (batch,) = retention.purgeable(db, utcnow())
     late = receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "b.dcm", study_uid=first.study_uid))
     assert late.path.parent.parent == first.path.parent.parent  # the same study folder
-    records.mark_purged(db, batch.instance_ids)
+    retention.mark_purged(db, batch.instance_ids)
     ctx.spool.purge(batch.study_uid, batch.instance_paths, batch.run_nos)
     assert late.path.exists() and not first.path.exists()

@@ -12,7 +12,7 @@ import pydicom
 import pytest
 from sqlalchemy import select
 
-from daemon import jobs, records
+from daemon import jobs, outbox, views
 from daemon.db import Database
 from daemon.dimse import SendError, echo
 from daemon.lifecycle import StudyState
@@ -22,7 +22,7 @@ from tests.support import RG2_HIP_JLSL, free_port, wait_until
 
 
 def _deliveries(db: Database, study_uid: str) -> list[dict]:
-    detail = records.study_detail(db, study_uid)
+    detail = views.study_detail(db, study_uid)
     assert detail is not None
     return list(detail["runs"][0]["deliveries"])
 
@@ -48,7 +48,7 @@ def test_a_destination_that_answers_again_gets_its_queue_at_once(db: Database, t
     stored = receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "hip.dcm"))
     drain(ctx)
     (waiting,) = _deliveries(db, stored.study_uid)
-    assert waiting["state"] == records.PENDING and waiting["attempts"] == 1
+    assert waiting["state"] == outbox.PENDING and waiting["attempts"] == 1
     assert jobs.probe(ctx) == {}  # still down: nothing is made due
     assert drain(ctx) == 0  # and nothing is due for ten minutes
     proc = subprocess.Popen(
@@ -62,8 +62,8 @@ def test_a_destination_that_answers_again_gets_its_queue_at_once(db: Database, t
         assert jobs.probe(ctx) == {"pacs": 1}
         assert drain(ctx) >= 1
         (sent,) = _deliveries(db, stored.study_uid)
-        assert sent["state"] == records.SENT and sent["attempts"] == 2
-        detail = records.study_detail(db, stored.study_uid)
+        assert sent["state"] == outbox.SENT and sent["attempts"] == 2
+        detail = views.study_detail(db, stored.study_uid)
         assert detail is not None and detail["state"] == StudyState.DONE
         (received,) = list(peer.iterdir())
         assert str(pydicom.dcmread(received).SOPInstanceUID) == detail["runs"][0]["sr_sop_instance_uid"]
@@ -87,8 +87,8 @@ def test_a_day_long_outage_gives_nothing_up_and_three_days_do(db: Database, tmp_
     attempt = queued
     while attempt < queued + timedelta(hours=24):
         attempt += timedelta(minutes=15)  # the shipped backoff cap: 96 attempts in a day
-        state = records.mark_attempt_failed(db, delivery_id, "down", policy=policy, give_up_after=give_up, now=attempt)
-        assert state == records.PENDING, attempt - queued
+        state = outbox.mark_attempt_failed(db, delivery_id, "down", policy=policy, give_up_after=give_up, now=attempt)
+        assert state == outbox.PENDING, attempt - queued
     late = queued + timedelta(hours=72)
-    final = records.mark_attempt_failed(db, delivery_id, "down", policy=policy, give_up_after=give_up, now=late)
-    assert final == records.FAILED
+    final = outbox.mark_attempt_failed(db, delivery_id, "down", policy=policy, give_up_after=give_up, now=late)
+    assert final == outbox.FAILED

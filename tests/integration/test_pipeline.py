@@ -13,7 +13,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from daemon import queue, records
+from daemon import queue, views
 from daemon.db import Database
 from daemon.lifecycle import StudyState
 from daemon.worker import Worker
@@ -24,7 +24,7 @@ from tests.support import RG2_HIP_JLSL, assert_dciodvfy_clean, free_port, pydico
 
 
 def study(db: Database, uid: str) -> dict:
-    detail = records.study_detail(db, uid)
+    detail = views.study_detail(db, uid)
     assert detail is not None
     return detail
 

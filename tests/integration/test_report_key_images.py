@@ -8,7 +8,7 @@ import highdicom as hd
 import pydicom
 import pytest
 
-from daemon import queue, records, report
+from daemon import outbox, queue, records, report, views
 from daemon.db import Database
 from daemon.lifecycle import StudyState
 from daemon.stage import Advance, StageContext
@@ -40,13 +40,13 @@ def test_key_images_on_queue_one_sc_per_finding_before_the_sr(db: Database, tmp_
     decided = [p for p in view.predictions if not p.is_indeterminate]
     assert decided, "the tiny model has no thresholds: its top class is always decided"
 
-    outbox = records.deliveries(db, view.run_id)
-    assert [d.kind for d in outbox] == [records.KEY_IMAGE] * len(decided) + [records.SR]
-    assert {d.destination for d in outbox} == {report.OUTBOX_FOLDER}
+    rows = outbox.deliveries(db, view.run_id)
+    assert [d.kind for d in rows] == [outbox.KEY_IMAGE] * len(decided) + [outbox.SR]
+    assert {d.destination for d in rows} == {report.OUTBOX_FOLDER}
     sr_uid = view.sr_sop_instance_uid
-    assert sr_uid is not None and outbox[-1].sop_instance_uid == sr_uid
-    key_uids = [d.sop_instance_uid for d in outbox[:-1]]
-    for d in outbox[:-1]:
+    assert sr_uid is not None and rows[-1].sop_instance_uid == sr_uid
+    key_uids = [d.sop_instance_uid for d in rows[:-1]]
+    for d in rows[:-1]:
         assert d.path == ctx.spool.document_path(stored.study_uid, view.run_no, d.sop_instance_uid)
         sc = pydicom.dcmread(d.path)
         assert sc.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage
@@ -54,7 +54,7 @@ def test_key_images_on_queue_one_sc_per_finding_before_the_sr(db: Database, tmp_
         assert sc.SeriesInstanceUID == uids.key_image_series_uid(stored.study_uid)
         assert sc.BurnedInAnnotation == "YES" and sc.PhotometricInterpretation == "RGB"
         assert len(_own_equipment(sc)) == 1  # how the receiver recognises our own output coming back
-    sr = hd.sr.srread(outbox[-1].path)
+    sr = hd.sr.srread(rows[-1].path)
     assert len(_own_equipment(sr)) == 1
     cited = [
         item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
@@ -62,10 +62,10 @@ def test_key_images_on_queue_one_sc_per_finding_before_the_sr(db: Database, tmp_
     ]
     assert cited == key_uids
 
-    drain(ctx)  # send: key images and SR reach the outbox folder
+    drain(ctx)  # send: key images and SR reach the rows folder
     folder = ctx.settings.send.outbox_dir / stored.study_uid
     assert {path.stem for path in folder.glob("*.dcm")} == {*key_uids, sr_uid}
-    assert records.study_detail(db, stored.study_uid)["state"] == StudyState.DONE  # type: ignore[index]
+    assert views.study_detail(db, stored.study_uid)["state"] == StudyState.DONE  # type: ignore[index]
 
 
 def test_key_images_off_sends_the_sr_alone(db: Database, tmp_path: Path) -> None:
@@ -73,7 +73,7 @@ def test_key_images_off_sends_the_sr_alone(db: Database, tmp_path: Path) -> None
     assert ctx.settings.report.key_images is False
     receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "hip.dcm"))
     _, view = _classify_then_report(ctx)
-    assert [d.kind for d in records.deliveries(db, view.run_id)] == [records.SR]
+    assert [d.kind for d in outbox.deliveries(db, view.run_id)] == [outbox.SR]
     assert view.sr_path is not None
     assert not hd.sr.utils.find_content_items(hd.sr.srread(view.sr_path), name=codes.BEST_ILLUSTRATION, recursive=True)
 
@@ -94,8 +94,8 @@ def test_rerun_after_a_late_image_names_the_first_sr_as_predecessor(db: Database
     assert series_item.SeriesInstanceUID == uids.sr_series_uid(first.study_uid)
     assert series_item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == run2.predecessor_sr_uid
     # run 2 covers both images: its key images are new objects (their UIDs derive from run 2's SR)
-    kinds = [(d.kind, d.sop_instance_uid) for d in records.deliveries(db, run2.run_id)]
-    assert [kind for kind, _ in kinds].count(records.KEY_IMAGE) == 2
+    kinds = [(d.kind, d.sop_instance_uid) for d in outbox.deliveries(db, run2.run_id)]
+    assert [kind for kind, _ in kinds].count(outbox.KEY_IMAGE) == 2
     assert run2.sr_sop_instance_uid is not None
     sr_uid = run2.sr_sop_instance_uid
     keys = [
@@ -104,4 +104,4 @@ def test_rerun_after_a_late_image_names_the_first_sr_as_predecessor(db: Database
         if not p.is_indeterminate
     ]
     expected = {uids.key_image_uid(sr_uid, key) for key in keys}
-    assert {uid for kind, uid in kinds if kind == records.KEY_IMAGE} == expected
+    assert {uid for kind, uid in kinds if kind == outbox.KEY_IMAGE} == expected

@@ -1,0 +1,121 @@
+"""Read views for operators (the CLI's `queue ls` and `queue show`): studies, their runs, events and deliveries."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from daemon.db import Database
+from daemon.tables import Delivery, Instance, PredictionRow, Run, Study, StudyEvent
+
+
+def list_studies(db: Database, *, state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    with db.transaction() as s:
+        stmt = select(Study).order_by(Study.updated_at.desc(), Study.id.desc()).limit(limit)
+        if state:
+            stmt = stmt.where(Study.state == state)
+        studies = s.scalars(stmt).all()
+        counts = dict(
+            s.execute(
+                select(Instance.study_id, func.count())
+                .where(Instance.study_id.in_([st.id for st in studies]))
+                .group_by(Instance.study_id)
+            ).all()
+        )
+        return [_study_dict(st, int(counts.get(st.id, 0))) for st in studies]
+
+
+def _study_dict(st: Study, n_instances: int) -> dict[str, Any]:
+    return {
+        "study_uid": st.study_uid,
+        "state": st.state,
+        "run_no": st.run_no,
+        "modality": st.modality,
+        "calling_ae": st.calling_ae,
+        "instances": n_instances,
+        "attempts": st.attempts,
+        "claimed_by": st.claimed_by,
+        "next_attempt_at": _iso(st.next_attempt_at),
+        "updated_at": _iso(st.updated_at),
+        "reason": st.reason,
+    }
+
+
+def study_detail(db: Database, study_uid: str) -> dict[str, Any] | None:
+    """Everything an operator asks about one study: instances, history, predictions, SR, deliveries."""
+    with db.transaction() as s:
+        st = s.scalar(select(Study).where(Study.study_uid == study_uid))
+        if st is None:
+            return None
+        instances = s.scalars(select(Instance).where(Instance.study_id == st.id).order_by(Instance.id)).all()
+        events = s.scalars(select(StudyEvent).where(StudyEvent.study_id == st.id).order_by(StudyEvent.id)).all()
+        runs = s.scalars(select(Run).where(Run.study_id == st.id).order_by(Run.run_no)).all()
+        detail = _study_dict(st, len(instances))
+        detail["instances_detail"] = [
+            {
+                "sop_instance_uid": i.sop_instance_uid,
+                "series_uid": i.series_uid,
+                "sop_class_uid": i.sop_class_uid,
+                "transfer_syntax_uid": i.transfer_syntax_uid,
+                "size_bytes": i.size_bytes,
+                "run_no": i.run_no,
+                "received_at": _iso(i.received_at),
+            }
+            for i in instances
+        ]
+        detail["events"] = [
+            {
+                "at": _iso(e.at),
+                "run_no": e.run_no,
+                "from": e.from_state,
+                "to": e.to_state,
+                "actor": e.actor,
+                "reason": e.reason,
+            }
+            for e in events
+        ]
+        detail["runs"] = [_run_dict(s, r) for r in runs]
+        return detail
+
+
+def _run_dict(s: Session, r: Run) -> dict[str, Any]:
+    preds = s.scalars(select(PredictionRow).where(PredictionRow.run_id == r.id).order_by(PredictionRow.id)).all()
+    dels = s.scalars(select(Delivery).where(Delivery.run_id == r.id).order_by(Delivery.id)).all()
+    return {
+        "run_no": r.run_no,
+        "started_at": _iso(r.started_at),
+        "classified_at": _iso(r.classified_at),
+        "model_versions": r.model_versions,
+        "sr_sop_instance_uid": r.sr_sop_instance_uid,
+        "report_text": r.report_text,
+        "predictions": [
+            {
+                "sop_instance_uid": p.sop_instance_uid,
+                "model": f"{p.model_name}@{p.model_version}",
+                "task": p.task,
+                "label": p.label,
+                "probability": round(p.probability, 4),
+                "laterality": p.laterality,
+            }
+            for p in preds
+        ],
+        "deliveries": [
+            {
+                "destination": d.destination,
+                "kind": d.kind,
+                "state": d.state,
+                "attempts": d.attempts,
+                "sent_at": _iso(d.sent_at),
+                "next_attempt_at": _iso(d.next_attempt_at),
+                "last_error": d.last_error,
+            }
+            for d in dels
+        ],
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
