@@ -2,9 +2,9 @@
 
 Also the queries across destinations for :mod:`daemon.health` (which destinations deliveries wait for, making them
 due at once), so the probing module holds no SQL. The rows are created with the run's report
-(:func:`daemon.records.save_report`, one transaction). Unlike the run writes of :mod:`daemon.records`, the
-delivery writes do not check the study's claim yet: the send stage calls them while it holds it (issue 13 asks for
-claim-checked writes here).
+(:func:`daemon.records.save_report`, one transaction). Like the run writes of :mod:`daemon.records`, every delivery
+write checks in its transaction that the caller still holds the study's claim, so a sender whose lease was reaped
+cannot overwrite what the study's new owner recorded (the document is resent with the same UID: idempotent).
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from daemon.db import Database, utcnow
-from daemon.queue import RetryPolicy
+from daemon.queue import Claim, RetryPolicy, held
 from daemon.tables import Delivery, Run, Study
 
 PENDING, SENT, FAILED = "pending", "sent", "failed"
@@ -66,19 +67,20 @@ def _delivery_view(d: Delivery) -> DeliveryView:
     )
 
 
-def mark_sent(db: Database, delivery_id: int, *, now: datetime | None = None) -> None:
+def mark_sent(db: Database, claim: Claim, delivery_id: int, *, now: datetime | None = None) -> None:
+    """Record a delivered document; LeaseLost (nothing written) when ``claim`` is no longer held."""
     with db.transaction() as s:
-        d = s.get(Delivery, delivery_id)
-        if d is not None:
-            d.state = SENT
-            d.attempts += 1
-            d.sent_at = now or utcnow()
-            d.last_error = None
-            d.next_attempt_at = None
+        d = _claimed_delivery(db, s, claim, delivery_id)
+        d.state = SENT
+        d.attempts += 1
+        d.sent_at = now or utcnow()
+        d.last_error = None
+        d.next_attempt_at = None
 
 
 def mark_attempt_failed(
     db: Database,
+    claim: Claim,
     delivery_id: int,
     error: str,
     *,
@@ -90,13 +92,12 @@ def mark_attempt_failed(
     """Count a failed delivery attempt; returns the delivery's new state (pending with backoff, or failed).
 
     A retryable failure gives up only when the row is older than ``give_up_after`` (or, with ``policy.max_attempts``
-    above 0, after that many attempts): a long PACS outage must not lose results.
+    above 0, after that many attempts): a long PACS outage must not lose results. LeaseLost (nothing written) when
+    ``claim`` is no longer held.
     """
     now = now or utcnow()
     with db.transaction() as s:
-        d = s.get(Delivery, delivery_id)
-        if d is None:
-            raise LookupError(f"no delivery {delivery_id}")
+        d = _claimed_delivery(db, s, claim, delivery_id)
         d.attempts += 1
         d.last_error = error
         too_old = give_up_after is not None and d.created_at is not None and now - d.created_at >= give_up_after
@@ -107,6 +108,16 @@ def mark_attempt_failed(
         else:
             d.next_attempt_at = now + policy.delay(d.attempts)
         return d.state
+
+
+def _claimed_delivery(db: Database, s: Session, claim: Claim, delivery_id: int) -> Delivery:
+    """The delivery, if it belongs to the claim's run and the claim is still held (the study row locked)."""
+    held(db, s, claim)
+    d = s.get(Delivery, delivery_id)
+    run = s.get(Run, d.run_id) if d is not None else None
+    if d is None or run is None or (run.study_id, run.run_no) != (claim.study_id, claim.run_no):
+        raise LookupError(f"no delivery {delivery_id} in run {claim.run_no} of study {claim.study_uid}")
+    return d
 
 
 def summarize(views: list[DeliveryView], now: datetime) -> DeliverySummary:

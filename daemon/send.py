@@ -40,6 +40,7 @@ def run(ctx: StageContext, claim: Claim) -> Outcome:
         except SendError as exc:
             state = outbox.mark_attempt_failed(
                 ctx.db,
+                claim,
                 delivery.id,
                 str(exc),
                 policy=ctx.send_policy,
@@ -56,7 +57,7 @@ def run(ctx: StageContext, claim: Claim) -> Outcome:
                 reason=str(exc),
             )
             continue
-        outbox.mark_sent(ctx.db, delivery.id)
+        outbox.mark_sent(ctx.db, claim, delivery.id)
         log.info(
             Event.SR_SENT,
             study_uid=claim.study_uid,

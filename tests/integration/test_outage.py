@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,8 +13,8 @@ import pydicom
 import pytest
 from sqlalchemy import select
 
-from daemon import jobs, outbox, views
-from daemon.db import Database
+from daemon import jobs, outbox, queue, views
+from daemon.db import Database, utcnow
 from daemon.dimse import SendError, echo
 from daemon.lifecycle import StudyState
 from daemon.tables import Delivery
@@ -84,11 +85,40 @@ def test_a_day_long_outage_gives_nothing_up_and_three_days_do(db: Database, tmp_
         delivery_id, queued = row.id, row.created_at
     assert queued is not None
     policy, give_up = ctx.send_policy, timedelta(hours=ctx.settings.send.give_up_after_hours)
+    claim = queue.claim(db, "sender", lease_seconds=10**6, now=queued + timedelta(days=4))  # the deferred send
+    assert claim is not None and claim.state == StudyState.REPORTED
     attempt = queued
     while attempt < queued + timedelta(hours=24):
         attempt += timedelta(minutes=15)  # the shipped backoff cap: 96 attempts in a day
-        state = outbox.mark_attempt_failed(db, delivery_id, "down", policy=policy, give_up_after=give_up, now=attempt)
+        state = outbox.mark_attempt_failed(
+            db, claim, delivery_id, "down", policy=policy, give_up_after=give_up, now=attempt
+        )
         assert state == outbox.PENDING, attempt - queued
     late = queued + timedelta(hours=72)
-    final = outbox.mark_attempt_failed(db, delivery_id, "down", policy=policy, give_up_after=give_up, now=late)
+    final = outbox.mark_attempt_failed(db, claim, delivery_id, "down", policy=policy, give_up_after=give_up, now=late)
     assert final == outbox.FAILED
+
+
+def test_a_sender_whose_claim_was_taken_writes_nothing(db: Database, tmp_path: Path) -> None:
+    """A worker whose lease was reaped mid-send must not record the delivery: the study's new owner decides."""
+    down = {"name": "down", "ae_title": "DOWN", "host": "127.0.0.1", "port": free_port(), "timeout_seconds": 2}
+    ctx = context(tmp_path, db, send={"destinations": [down]})
+    receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "hip.dcm"))
+    drain(ctx)
+    with db.transaction() as s:
+        (row,) = s.scalars(select(Delivery)).all()
+        delivery_id, attempts = row.id, row.attempts
+    later = utcnow() + timedelta(days=1)
+    claim = queue.claim(db, "new-owner", lease_seconds=600, now=later)
+    assert claim is not None
+    stale = replace(claim, worker="reaped-worker")
+    with pytest.raises(queue.LeaseLost):
+        outbox.mark_sent(db, stale, delivery_id)
+    with pytest.raises(queue.LeaseLost):
+        outbox.mark_attempt_failed(db, stale, delivery_id, "down", policy=ctx.send_policy)
+    with db.transaction() as s:
+        row = s.get(Delivery, delivery_id)
+        assert row is not None and (row.state, row.attempts) == (outbox.PENDING, attempts)
+    outbox.mark_sent(db, claim, delivery_id)  # the owner's write goes through
+    with db.transaction() as s:
+        assert s.get(Delivery, delivery_id).state == outbox.SENT  # type: ignore[union-attr]
