@@ -1,4 +1,5 @@
-"""The outbox: one row per (destination, document) of a run, its delivery states, and the writes of the send stage.
+"""The outbox: which destination gets which document (routing), one row per (destination, document) of a run, the
+delivery states and kinds, and the writes of the send stage.
 
 Also the queries across destinations for :mod:`daemon.health` (which destinations deliveries wait for, making them
 due at once), so the probing module holds no SQL. The rows are created with the run's report
@@ -9,6 +10,7 @@ cannot overwrite what the study's new owner recorded (the document is resent wit
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -16,6 +18,7 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from daemon.config import Destination
 from daemon.db import Database, utcnow
 from daemon.queue import Claim, RetryPolicy, held
 from daemon.tables import Delivery, Run, Study
@@ -24,6 +27,46 @@ PENDING, SENT, FAILED = "pending", "sent", "failed"
 """Delivery states (tables.Delivery.state)."""
 SR, KEY_IMAGE, HL7 = "sr", "key_image", "hl7"
 """Document kinds (tables.Delivery.kind)."""
+
+
+OUTBOX_FOLDER = "outbox-folder"
+"""Destination name used when no destination is configured: documents are written to ``send.outbox_dir``."""
+DICOM_KINDS = frozenset({SR, KEY_IMAGE})
+"""What a DICOM destination (C-STORE or STOW-RS) and the outbox folder receive; an HL7 destination gets the message."""
+
+
+@dataclass(frozen=True)
+class Document:
+    """One file a run sends: the SR, a key image (Secondary Capture) or an HL7 message."""
+
+    kind: str
+    """"sr", "key_image" or "hl7" (see tables.Delivery.kind)."""
+    sop_instance_uid: str
+    """The DICOM object's UID; for an HL7 message, a UID derived from the SR's, so retries dedupe the same way."""
+    path: Path
+    destination: str | None = None
+    """Only for this destination (an HL7 message names its receiver in MSH-5/6); None: every one of its kind."""
+
+
+def routes(destinations: Sequence[Destination]) -> list[tuple[str, frozenset[str]]]:
+    """Each destination's name and the document kinds it receives; the outbox folder when none is configured."""
+    configured = [(d.name, frozenset({HL7}) if d.type == "hl7" else DICOM_KINDS) for d in destinations]
+    return configured or [(OUTBOX_FOLDER, DICOM_KINDS)]
+
+
+def routed(destinations: Sequence[Destination], documents: Sequence[Document]) -> list[tuple[str, Document]]:
+    """Every (destination, document) pair to queue, key images before the SR that references them.
+
+    A document addressed to one destination (an HL7 message, built for its receiver) goes there only.
+    """
+    order = {KEY_IMAGE: 0, SR: 1, HL7: 2}
+    ordered = sorted(documents, key=lambda doc: order[doc.kind])
+    return [
+        (name, doc)
+        for name, kinds in routes(destinations)
+        for doc in ordered
+        if doc.kind in kinds and doc.destination in (None, name)
+    ]
 
 
 @dataclass(frozen=True)

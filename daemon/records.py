@@ -16,7 +16,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from daemon.db import Database, utcnow
-from daemon.outbox import PENDING
+from daemon.outbox import PENDING, Document
 from daemon.queue import Claim, held
 from daemon.tables import Delivery, Instance, PredictionRow, Run, Study
 from models.prediction import Prediction
@@ -45,19 +45,6 @@ class RunView:
     """SOP Instance UID of the SR of the latest earlier run that built one: the new SR's predecessor document."""
     not_assessed_reason: str | None = None
     """Why no model applied to the study: the run has no predictions and reports "not assessed"."""
-
-
-@dataclass(frozen=True)
-class Document:
-    """One file a run sends: the SR, a key image (Secondary Capture) or an HL7 message."""
-
-    kind: str
-    """"sr", "key_image" or "hl7" (see tables.Delivery.kind)."""
-    sop_instance_uid: str
-    """The DICOM object's UID; for an HL7 message, a UID derived from the SR's, so retries dedupe the same way."""
-    path: Path
-    destination: str | None = None
-    """Only for this destination (an HL7 message names its receiver in MSH-5/6); None: every one of its kind."""
 
 
 def _run_row(s: Session, study_id: int, run_no: int) -> Run:

@@ -35,44 +35,14 @@ from reporting.text import not_assessed_text, report_text
 if TYPE_CHECKING:
     from models.inference import Engine
 
-OUTBOX_FOLDER = "outbox-folder"
-"""Destination name used when no PACS is configured: documents are written to ``send.outbox_dir``."""
-
 SR_SERIES_NUMBER = 9901
 
 log = get_logger("report")
 
 
-DICOM_KINDS = frozenset({outbox.SR, outbox.KEY_IMAGE})
-"""What a DICOM destination (C-STORE or STOW-RS) and the outbox folder receive; an HL7 destination gets the message."""
-
-
-def routes(ctx: StageContext) -> list[tuple[str, frozenset[str]]]:
-    """Each destination's name and the document kinds it receives; the outbox folder when none is configured."""
-    configured = [
-        (d.name, frozenset({outbox.HL7}) if d.type == "hl7" else DICOM_KINDS) for d in ctx.settings.send.destinations
-    ]
-    return configured or [(OUTBOX_FOLDER, DICOM_KINDS)]
-
-
-def deliveries(ctx: StageContext, documents: list[records.Document]) -> list[tuple[str, records.Document]]:
-    """Every (destination, document) pair to queue, key images before the SR that references them.
-
-    A document addressed to one destination (an HL7 message, built for its receiver) goes there only.
-    """
-    order = {outbox.KEY_IMAGE: 0, outbox.SR: 1, outbox.HL7: 2}
-    ordered = sorted(documents, key=lambda doc: order[doc.kind])
-    return [
-        (name, doc)
-        for name, kinds in routes(ctx)
-        for doc in ordered
-        if doc.kind in kinds and doc.destination in (None, name)
-    ]
-
-
 def _hl7_messages(
     ctx: StageContext, view: records.RunView, header: pydicom.Dataset, text: str, sr_uid: str
-) -> list[records.Document]:
+) -> list[outbox.Document]:
     """One ORU^R01 per HL7 destination (its MSH-5/6 differ), written once so every retry sends the same bytes.
 
     The control id derives from the SR's UID and the destination, and the message time is the run's classification
@@ -96,7 +66,7 @@ def _hl7_messages(
         )
         path = ctx.spool.document_path(view.study_uid, view.run_no, uid).with_suffix(".hl7")
         durable_write(path, message.encode("utf-8"))
-        documents.append(records.Document(outbox.HL7, uid, path, destination=dest.name))
+        documents.append(outbox.Document(outbox.HL7, uid, path, destination=dest.name))
     return documents
 
 
@@ -135,7 +105,7 @@ def run(ctx: StageContext, claim: Claim) -> Outcome:
         sr_sop_instance_uid=sr_uid,
         sr_path=path,
         report_text=text,
-        deliveries=deliveries(ctx, documents),
+        deliveries=outbox.routed(ctx.settings.send.destinations, documents),
     )
     log.info(
         Event.SR_BUILT,
@@ -155,12 +125,12 @@ def _documents(
     sources: Sequence[pydicom.Dataset],
     text: str,
     sr_uid: str,
-) -> tuple[list[records.Document], Path]:
+) -> tuple[list[outbox.Document], Path]:
     """Key images, the SR and the HL7 messages of one run, written to the spool; the SR's path."""
     settings = ctx.settings.report
     key_images = _key_images(ctx, engine, view, cards, sr_uid) if settings.key_images else {}
     documents = [
-        records.Document(
+        outbox.Document(
             outbox.KEY_IMAGE,
             str(sc.SOPInstanceUID),
             ctx.spool.write_dataset(sc, ctx.spool.document_path(view.study_uid, view.run_no, str(sc.SOPInstanceUID))),
@@ -185,7 +155,7 @@ def _documents(
         considered_models=[f"{c.name}@{c.version}" for c in cards.values()] if view.not_assessed_reason else (),
     )
     path = ctx.spool.write_dataset(sr, ctx.spool.document_path(view.study_uid, view.run_no, sr_uid))
-    documents.append(records.Document(outbox.SR, sr_uid, path))
+    documents.append(outbox.Document(outbox.SR, sr_uid, path))
     documents += _hl7_messages(ctx, view, sources[0], text, sr_uid)
     return documents, path
 

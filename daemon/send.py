@@ -19,7 +19,6 @@ from daemon.lifecycle import StudyState
 from daemon.log import Event, get_logger
 from daemon.mllp import send_hl7
 from daemon.queue import Claim
-from daemon.report import OUTBOX_FOLDER
 from daemon.spool import durable_copy, durable_write
 from daemon.stage import Advance, Defer, Outcome, StageContext, StageError
 from daemon.stow import stow_file
@@ -76,7 +75,7 @@ def run(ctx: StageContext, claim: Claim) -> Outcome:
 
 
 def _deliver(ctx: StageContext, view: records.RunView, delivery: outbox.DeliveryView) -> None:
-    if delivery.destination == OUTBOX_FOLDER:
+    if delivery.destination == outbox.OUTBOX_FOLDER:
         _to_folder(ctx.settings.send.outbox_dir, view, delivery)
         return
     dest = _destination(ctx, delivery.destination)

@@ -42,7 +42,7 @@ def test_key_images_on_queue_one_sc_per_finding_before_the_sr(db: Database, tmp_
 
     rows = outbox.deliveries(db, view.run_id)
     assert [d.kind for d in rows] == [outbox.KEY_IMAGE] * len(decided) + [outbox.SR]
-    assert {d.destination for d in rows} == {report.OUTBOX_FOLDER}
+    assert {d.destination for d in rows} == {outbox.OUTBOX_FOLDER}
     sr_uid = view.sr_sop_instance_uid
     assert sr_uid is not None and rows[-1].sop_instance_uid == sr_uid
     key_uids = [d.sop_instance_uid for d in rows[:-1]]
