@@ -237,16 +237,7 @@ def finish(
         lifecycle.transition(s, study, to, now=now, actor=c.worker, reason=reason)
         study.claimed_by = None
         study.lease_until = None
-        if to in TERMINAL and _has_unprocessed_instances(s, study.id):
-            lifecycle.transition(
-                s,
-                study,
-                S.RECEIVING,
-                now=now,
-                actor=c.worker,
-                reason="instances arrived during the run",
-                new_run=True,
-            )
+        _reopen_if_instances_arrived(s, study, now, c.worker)
         return StudyState(study.state)
 
 
@@ -284,11 +275,25 @@ def count_failure(
     if permanent or study.attempts >= policy.max_attempts:
         why = reason if permanent else f"{reason} (after {study.attempts} attempts)"
         lifecycle.transition(s, study, S.FAILED, now=now, actor=actor, reason=why)
-        return S.FAILED
+        if _run_took_instances(s, study.id, study.run_no):  # else it failed before reading any: no loop
+            _reopen_if_instances_arrived(s, study, now, actor)
+        return StudyState(study.state)
     study.next_attempt_at = now + policy.delay(study.attempts)
     study.reason = f"attempt {study.attempts} failed: {reason}"
     study.updated_at = now
     return StudyState(study.state)
+
+
+def _reopen_if_instances_arrived(s: Session, study: Study, now: datetime, actor: str) -> None:
+    """A run that ended (done, skipped or failed) while instances arrived reopens at once as the next run with them."""
+    if StudyState(study.state) in TERMINAL and _has_unprocessed_instances(s, study.id):
+        reason = "instances arrived during the run"
+        lifecycle.transition(s, study, S.RECEIVING, now=now, actor=actor, reason=reason, new_run=True)
+
+
+def _run_took_instances(s: Session, study_id: int, run_no: int) -> bool:
+    taken = select(Instance.id).where(Instance.study_id == study_id, Instance.run_no == run_no).limit(1)
+    return s.scalar(taken) is not None
 
 
 def _has_unprocessed_instances(s: Session, study_id: int) -> bool:

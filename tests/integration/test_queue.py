@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from daemon import leases, queue
+from daemon import leases, queue, records
 from daemon.db import Database, utcnow
 from daemon.lifecycle import IllegalTransition, StudyState
 from daemon.tables import Study, StudyEvent
@@ -165,6 +165,18 @@ def test_late_instance_opens_a_new_run_and_every_move_is_an_event(db: Database) 
         ("reported", "done", 1),
         ("done", "receiving", 2),
     ]
+
+
+def test_a_run_that_fails_while_an_instance_arrives_reopens_with_it(db: Database) -> None:
+    t0 = utcnow()
+    (uid,) = ready_studies(db, 1, t0)
+    c = queue.claim(db, "w", lease_seconds=60, now=t0)
+    assert c is not None
+    records.start_run(db, c, now=t0)  # the run takes the instance it was made of
+    queue.note_instance(db, stored(uid), now=t0)  # one more arrives while the run works
+    assert queue.fail(db, c, "no pixel data", policy=POLICY, permanent=True, now=t0) == StudyState.RECEIVING
+    study = state_of(db, uid)
+    assert (study.state, study.run_no) == (StudyState.RECEIVING, 2)  # not left failed with the image unread
 
 
 def test_operator_retry_and_cancel(db: Database) -> None:
