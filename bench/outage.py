@@ -11,8 +11,6 @@ stored in it (the goal of issue 12: at most 30 s after a 120 s outage), per stud
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -40,13 +38,7 @@ def run(studies: int, outage: float, root: Path) -> dict[str, float]:
         for n in range(studies):
             src = copy_as_new_study(RG2_HIP_JLSL, root / f"study{n}.dcm")
             uids.append(str(pydicom.dcmread(src, stop_before_pixels=True).StudyInstanceUID))
-            subprocess.run(
-                ["storescu", "-aec", server.ae_title, "-xt", "127.0.0.1", str(server.port), str(src)],
-                check=True,
-                capture_output=True,
-                timeout=60,
-                env={**os.environ, "TCP_NODELAY": "1"},
-            )
+            server.storescu(src)
         wait_until(lambda: all(server.study_state(u) == "reported" for u in uids), timeout=outage, interval=1.0)
         time.sleep(max(0.0, outage - (time.monotonic() - down)))  # the outage itself: nothing to poll for
         pacs.__enter__()

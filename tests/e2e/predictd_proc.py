@@ -106,6 +106,16 @@ class PredictdServer:
             check=True,
         )
 
+    def storescu(self, path: Path) -> None:
+        """Send one file as a modality would: dcmtk storescu, JPEG-LS proposed, Nagle off (see pacs-peers.md)."""
+        subprocess.run(
+            ["storescu", "-aec", self.ae_title, "-xt", "127.0.0.1", str(self.port), str(path)],
+            check=True,
+            capture_output=True,
+            timeout=60,
+            env={**os.environ, "TCP_NODELAY": "1"},
+        )
+
     def queue_ls(self) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = json.loads(self.cli("queue", "ls", "--json").stdout)
         return rows

@@ -6,9 +6,7 @@ searched for those strings."""
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -128,13 +126,7 @@ def test_phi_reaches_no_log_line_no_cli_answer_and_no_stray_file(tmp_path: Path)
     cwd.mkdir()
     with PredictdServer(root, env={"TMPDIR": str(system_tmp)}, cwd=cwd) as server:
         for path in (good, garbage):
-            subprocess.run(
-                ["storescu", "-aec", server.ae_title, "-xt", "127.0.0.1", str(server.port), str(path)],
-                check=True,
-                capture_output=True,
-                timeout=60,
-                env={**os.environ, "TCP_NODELAY": "1"},
-            )
+            server.storescu(path)
         assert _raw_store(server.port, server.ae_title, unparseable) == 0xC210
         _raw_store(server.port, server.ae_title, big, abort_midway=True)
         wait_until(lambda: server.study_state(studies["good.dcm"]) == "done", timeout=120, interval=0.5, what="done")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -22,13 +21,7 @@ def test_storescu_to_serve_yields_an_sr_in_the_outbox(tmp_path: Path) -> None:
     src = copy_as_new_study(RG2_HIP_JLSL, tmp_path / "hip.dcm")
     ds = pydicom.dcmread(src, stop_before_pixels=True)
     with PredictdServer(tmp_path / "predictd") as server:
-        subprocess.run(
-            ["storescu", "-aec", server.ae_title, "-xt", "127.0.0.1", str(server.port), str(src)],
-            check=True,
-            capture_output=True,
-            timeout=60,
-            env={**os.environ, "TCP_NODELAY": "1"},
-        )
+        server.storescu(src)
         wait_until(
             lambda: server.study_state(ds.StudyInstanceUID) == "done",
             timeout=120,
@@ -71,13 +64,7 @@ def test_shipped_models_never_call_the_single_hip_cr_an_arthroplasty(tmp_path: P
     src = copy_as_new_study(RG2_HIP_JLSL, tmp_path / "hip.dcm")
     ds = pydicom.dcmread(src, stop_before_pixels=True)
     with PredictdServer(tmp_path / "predictd", shipped=True, key_images=True) as server:
-        subprocess.run(
-            ["storescu", "-aec", server.ae_title, "-xt", "127.0.0.1", str(server.port), str(src)],
-            check=True,
-            capture_output=True,
-            timeout=60,
-            env={**os.environ, "TCP_NODELAY": "1"},
-        )
+        server.storescu(src)
         wait_until(lambda: server.study_state(ds.StudyInstanceUID) == "done", timeout=180, interval=0.5, what="done")
     (text_file,) = (server.outbox / ds.StudyInstanceUID).glob("*.txt")
     text = text_file.read_text()

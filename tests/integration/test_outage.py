@@ -17,6 +17,7 @@ from daemon import jobs, outbox, queue, views
 from daemon.db import Database, utcnow
 from daemon.dimse import SendError, echo
 from daemon.lifecycle import StudyState
+from daemon.stage import StageContext
 from daemon.tables import Delivery
 from tests.integration.pipeline_helpers import context, copy_as_new_study, drain, receive_file
 from tests.support import RG2_HIP_JLSL, free_port, wait_until
@@ -73,16 +74,22 @@ def test_a_destination_that_answers_again_gets_its_queue_at_once(db: Database, t
         proc.wait(10)
 
 
-def test_a_day_long_outage_gives_nothing_up_and_three_days_do(db: Database, tmp_path: Path) -> None:
-    """Deliveries give up by age (send.give_up_after_hours, 72 by default), not by attempt count: a shortened clock
-    drives 24 h of failed attempts at the capped backoff."""
+def _waiting_on_a_dead_destination(db: Database, tmp_path: Path) -> tuple[StageContext, Delivery]:
+    """A study through the pipeline whose one delivery failed once: its destination's port has no listener."""
     down = {"name": "down", "ae_title": "DOWN", "host": "127.0.0.1", "port": free_port(), "timeout_seconds": 2}
     ctx = context(tmp_path, db, send={"destinations": [down]})
     receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "hip.dcm"))
     drain(ctx)
     with db.transaction() as s:
         (row,) = s.scalars(select(Delivery)).all()
-        delivery_id, queued = row.id, row.created_at
+        return ctx, row
+
+
+def test_a_day_long_outage_gives_nothing_up_and_three_days_do(db: Database, tmp_path: Path) -> None:
+    """Deliveries give up by age (send.give_up_after_hours, 72 by default), not by attempt count: a shortened clock
+    drives 24 h of failed attempts at the capped backoff."""
+    ctx, row = _waiting_on_a_dead_destination(db, tmp_path)
+    delivery_id, queued = row.id, row.created_at
     assert queued is not None
     policy, give_up = ctx.send_policy, timedelta(hours=ctx.settings.send.give_up_after_hours)
     claim = queue.claim(db, "sender", lease_seconds=10**6, now=queued + timedelta(days=4))  # the deferred send
@@ -101,13 +108,8 @@ def test_a_day_long_outage_gives_nothing_up_and_three_days_do(db: Database, tmp_
 
 def test_a_sender_whose_claim_was_taken_writes_nothing(db: Database, tmp_path: Path) -> None:
     """A worker whose lease was reaped mid-send must not record the delivery: the study's new owner decides."""
-    down = {"name": "down", "ae_title": "DOWN", "host": "127.0.0.1", "port": free_port(), "timeout_seconds": 2}
-    ctx = context(tmp_path, db, send={"destinations": [down]})
-    receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "hip.dcm"))
-    drain(ctx)
-    with db.transaction() as s:
-        (row,) = s.scalars(select(Delivery)).all()
-        delivery_id, attempts = row.id, row.attempts
+    ctx, row = _waiting_on_a_dead_destination(db, tmp_path)
+    delivery_id, attempts = row.id, row.attempts
     later = utcnow() + timedelta(days=1)
     claim = queue.claim(db, "new-owner", lease_seconds=600, now=later)
     assert claim is not None
