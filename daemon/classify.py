@@ -19,7 +19,7 @@ from daemon.queue import Claim
 from daemon.stage import Advance, Outcome, StageContext, StageError, captured
 from models.cascade import Classification
 from models.decode_pool import DecodeWorkerError
-from models.phi import exception_text, scrub
+from models.phi import exception_text
 from models.preprocess import PixelDecodeError
 
 if TYPE_CHECKING:  # torch is imported when the engine loads, after the receiver listens
@@ -64,9 +64,9 @@ def _classify(ctx: StageContext, engine: Engine, views: Sequence[records.RunView
     except InvalidDicomError as exc:
         raise StageError(f"unreadable file: {exception_text(exc)}", permanent=True) from exc
     except PixelDecodeError as exc:
-        raise StageError(f"pixel data cannot be decoded: {scrub(str(exc))}", permanent=True) from exc
+        raise StageError(f"pixel data cannot be decoded: {exc}", permanent=True) from exc  # scrubbed where raised
     except DecodeWorkerError as exc:  # reproduced: the image kills its decoder every time, retrying cannot help
-        raise StageError(scrub(str(exc)), permanent=exc.reproduced) from exc
+        raise StageError(str(exc), permanent=exc.reproduced) from exc  # names instance, syntax, decoder
 
 
 def _conclude(ctx: StageContext, claim: Claim, view: records.RunView, result: Classification) -> Outcome:
