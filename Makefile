@@ -33,7 +33,11 @@ lint: $(BIN)/predictd
 	$(BIN)/ruff format --check $(SOURCES)
 	$(BIN)/lint-imports
 
+# mypy finds modules on disk, not through the editable install's import hook, so it reads them through a tree of
+# links named as installed (build/typecheck/predictd/daemon -> daemon, ...); its paths start there.
 typecheck: $(BIN)/predictd
+	mkdir -p build/typecheck/predictd
+	for pkg in daemon models reporting migrations; do ln -sfn ../../../$$pkg build/typecheck/predictd/$$pkg; done
 	$(BIN)/mypy
 
 fmt: $(BIN)/predictd

@@ -29,11 +29,11 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from models import data, probes
-from models.calibrate import gate_statistics, outlier_inputs, outputs
-from models.gate import DomainGate, threshold_for
-from models.loading import load_verified_resident
-from models.preprocess import gray_to_input
+from predictd.models import data, probes
+from predictd.models.calibrate import gate_statistics, outlier_inputs, outputs
+from predictd.models.gate import DomainGate, threshold_for
+from predictd.models.loading import load_verified_resident
+from predictd.models.preprocess import gray_to_input
 
 
 def _split(records: list[data.Record], name: str) -> list[data.Record]:

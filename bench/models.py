@@ -31,11 +31,11 @@ import pydicom
 import torch
 from pydicom.uid import generate_uid
 
-from daemon.log import configure_logging
-from models.card import Label, Preprocessing
-from models.demo import write_model
-from models.inference import Engine
-from models.preprocess import preprocess
+from predictd.daemon.log import configure_logging
+from predictd.models.card import Label, Preprocessing
+from predictd.models.demo import write_model
+from predictd.models.inference import Engine
+from predictd.models.preprocess import preprocess
 from tests.support import RG2_HIP_JLSL, pydicom_data_file
 from tests.support.transcode import MAX_BITS, SYNTAXES, TranscodeToolMissing, accepts, transcode
 

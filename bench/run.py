@@ -19,14 +19,14 @@ from pathlib import Path
 import pydicom
 from pydicom.uid import generate_uid
 
-from daemon import queue
-from daemon.config import ReceiveSettings
-from daemon.db import Database
-from daemon.log import configure_logging
-from daemon.receive import Receiver
-from daemon.spool import Spool
-from models.demo import install_demo
-from models.inference import Engine
+from predictd.daemon import queue
+from predictd.daemon.config import ReceiveSettings
+from predictd.daemon.db import Database
+from predictd.daemon.log import configure_logging
+from predictd.daemon.receive import Receiver
+from predictd.daemon.spool import Spool
+from predictd.models.demo import install_demo
+from predictd.models.inference import Engine
 
 SOURCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "dicom" / "RG2_JLSL_hip_cr.dcm"
 

@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models import data
-from models.crossval import assign_folds, fold_names
-from models.ensemble import Ensemble
-from models.loading import load_verified
-from models.metrics import log_loss, softmax
-from models.preprocess import gray_to_input
-from models.probes import framings
+from predictd.models import data
+from predictd.models.crossval import assign_folds, fold_names
+from predictd.models.ensemble import Ensemble
+from predictd.models.loading import load_verified
+from predictd.models.metrics import log_loss, softmax
+from predictd.models.preprocess import gray_to_input
+from predictd.models.probes import framings
 
 
 @torch.no_grad()

@@ -13,26 +13,26 @@ import threading
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from daemon import leases, queue
-from daemon.config import Settings
-from daemon.db import Database
-from daemon.jobs import build_scheduler
-from daemon.log import Event, configure_logging, get_logger
-from daemon.receive import Receiver
-from daemon.spool import Spool
-from daemon.stage import StageContext
-from daemon.worker import Worker, default_worker_name
+from predictd.daemon import leases, queue
+from predictd.daemon.config import Settings
+from predictd.daemon.db import Database
+from predictd.daemon.jobs import build_scheduler
+from predictd.daemon.log import Event, configure_logging, get_logger
+from predictd.daemon.receive import Receiver
+from predictd.daemon.spool import Spool
+from predictd.daemon.stage import StageContext
+from predictd.daemon.worker import Worker, default_worker_name
 
 if TYPE_CHECKING:
-    from models.inference import Engine
+    from predictd.models.inference import Engine
 
 log = get_logger("app")
 
 
 def load_engine(settings: Settings) -> Engine | None:
     """The resident models, or None (logged loudly) when none is installed: images are still received and kept."""
-    from models.inference import Engine  # torch and timm: seconds, so after the receiver listens
-    from models.loading import NoModelsError
+    from predictd.models.inference import Engine  # torch and timm: seconds, so after the receiver listens
+    from predictd.models.loading import NoModelsError
 
     m = settings.models
     try:

@@ -15,8 +15,8 @@ from typing import Any
 
 from pynetdicom import evt
 
-from daemon.config import AllowedCaller, ReceiveSettings
-from daemon.log import Event, get_logger
+from predictd.daemon.config import AllowedCaller, ReceiveSettings
+from predictd.daemon.log import Event, get_logger
 
 log = get_logger("receive")
 

@@ -12,18 +12,18 @@ from typing import TYPE_CHECKING
 
 from pydicom.errors import InvalidDicomError
 
-from daemon import records
-from daemon.lifecycle import StudyState
-from daemon.log import Event, get_logger
-from daemon.queue import Claim
-from daemon.stage import Advance, Outcome, StageContext, StageError, captured
-from models.cascade import Classification
-from models.decode_pool import DecodeWorkerError
-from models.phi import exception_text
-from models.preprocess import PixelDecodeError
+from predictd.daemon import records
+from predictd.daemon.lifecycle import StudyState
+from predictd.daemon.log import Event, get_logger
+from predictd.daemon.queue import Claim
+from predictd.daemon.stage import Advance, Outcome, StageContext, StageError, captured
+from predictd.models.cascade import Classification
+from predictd.models.decode_pool import DecodeWorkerError
+from predictd.models.phi import exception_text
+from predictd.models.preprocess import PixelDecodeError
 
 if TYPE_CHECKING:  # torch is imported when the engine loads, after the receiver listens
-    from models.inference import Engine
+    from predictd.models.inference import Engine
 
 log = get_logger("classify")
 

@@ -18,12 +18,21 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from daemon import cli_evaluate, cli_models, cli_training, queue, views
-from daemon.cli_common import ConfigOption, JsonOption, console, err, open_db, print_json, root_config, settings_for
-from daemon.db import Database, DatabaseNotAtHead
-from daemon.lifecycle import IllegalTransition, StudyState
-from daemon.log import configure_logging
-from daemon.registry import ExportFormat
+from predictd.daemon import cli_evaluate, cli_models, cli_training, queue, views
+from predictd.daemon.cli_common import (
+    ConfigOption,
+    JsonOption,
+    console,
+    err,
+    open_db,
+    print_json,
+    root_config,
+    settings_for,
+)
+from predictd.daemon.db import Database, DatabaseNotAtHead
+from predictd.daemon.lifecycle import IllegalTransition, StudyState
+from predictd.daemon.log import configure_logging
+from predictd.daemon.registry import ExportFormat
 
 app = typer.Typer(help="predictd: pre-dictation daemon for radiographs.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -55,7 +64,7 @@ def main(config: ConfigOption = None) -> None:
 @app.command()
 def serve(config: ConfigOption = None) -> None:
     """Run the daemon: DICOM receiver, workers and periodic jobs, until SIGTERM or Ctrl-C."""
-    from daemon.app import App  # imports torch: only the commands that need it pay for it
+    from predictd.daemon.app import App  # imports torch: only the commands that need it pay for it
 
     settings = settings_for(config)
     configure_logging(settings.log.level, settings.log.json_output)
@@ -222,7 +231,7 @@ def registry_export(
     ] = None,
 ) -> None:
     """One row per patient, study and side from each study's latest classified run (see daemon/registry.py)."""
-    from daemon import registry
+    from predictd.daemon import registry
 
     if fmt is ExportFormat.PARQUET and output is None:
         err.print("[red]error:[/red] --format parquet needs --output FILE")
@@ -252,8 +261,8 @@ def echo(
     aec: Annotated[str, typer.Option(help="The peer's (called) AE title.")] = "ANY-SCP",
 ) -> None:
     """C-ECHO a DICOM peer (a PACS, or predictd itself) and print the status."""
-    from daemon.dimse import SendError
-    from daemon.dimse import echo as dicom_echo
+    from predictd.daemon.dimse import SendError
+    from predictd.daemon.dimse import echo as dicom_echo
 
     calling = aet or settings_for(config).receive.ae_title
     try:

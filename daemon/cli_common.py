@@ -10,8 +10,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from daemon.config import ConfigError, Settings, load_settings
-from daemon.db import Database, DatabaseNotAtHead
+from predictd.daemon.config import ConfigError, Settings, load_settings
+from predictd.daemon.db import Database, DatabaseNotAtHead
 
 console = Console()
 err = Console(stderr=True)

@@ -44,10 +44,10 @@ def evaluate(
 ) -> None:
     """Accuracy, kappa, per-class precision/recall/F1/AUC with 95% CIs, calibration, the domain gate's coverage;
     with --ood, the share of out-of-domain images refused."""
-    from models import data
-    from models.card import CardError
-    from models.evaluate import EvaluationError, evaluate_model, evaluate_ood
-    from models.report_html import write_html
+    from predictd.models import data
+    from predictd.models.card import CardError
+    from predictd.models.evaluate import EvaluationError, evaluate_model, evaluate_ood
+    from predictd.models.report_html import write_html
 
     records = data.read_manifest(data_path)
     try:
@@ -68,7 +68,7 @@ def evaluate(
 
 
 def _probes(manifests: list[Path], folders: list[Path], split: str) -> list[Any]:
-    from models import data, probes
+    from predictd.models import data, probes
 
     found = probes.default_probes()
     for manifest in manifests:
@@ -81,8 +81,8 @@ def _probes(manifests: list[Path], folders: list[Path], split: str) -> list[Any]
 
 def _record(model: Path, report: dict[str, Any], split: str) -> None:
     """Headline figures into the card (its weights, and so its sha256, do not change)."""
-    from models.card import ModelCard
-    from models.evaluate import summary
+    from predictd.models.card import ModelCard
+    from predictd.models.evaluate import summary
 
     card = ModelCard.load(model)
     metrics = {**card.training.get("metrics", {}), split: summary(report)}

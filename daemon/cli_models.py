@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from daemon.cli_common import ConfigOption, JsonOption, console, err, print_json, settings_for
+from predictd.daemon.cli_common import ConfigOption, JsonOption, console, err, print_json, settings_for
 
 models_app = typer.Typer(help="Installed models.", no_args_is_help=True)
 
@@ -22,8 +22,8 @@ def models_install_demo(
     if_missing: Annotated[bool, typer.Option("--if-missing", help="Do nothing when any model is installed.")] = False,
 ) -> None:
     """Install an UNTRAINED demonstration model (its reports say its findings are meaningless)."""
-    from models.card import find_cards
-    from models.demo import install_demo
+    from predictd.models.card import find_cards
+    from predictd.models.demo import install_demo
 
     models_dir = settings_for(config).models.dir
     if if_missing and find_cards(models_dir):
@@ -42,8 +42,8 @@ def models_install(
     overwrite: Annotated[bool, typer.Option(help="Replace an installed model of the same name.")] = False,
 ) -> None:
     """Install the models that ship with predictd (trained by the project; see `predictd models shipped`)."""
-    from models.card import CardError
-    from models.install import install_shipped
+    from predictd.models.card import CardError
+    from predictd.models.install import install_shipped
 
     models_dir = settings_for(config).models.dir
     try:
@@ -60,8 +60,8 @@ def models_install(
 @models_app.command("shipped")
 def models_shipped(as_json: JsonOption = False) -> None:
     """Models trained by this project and shipped with it, with the accuracy measured on their own test split."""
-    from models.card import ModelCard
-    from models.install import shipped
+    from predictd.models.card import ModelCard
+    from predictd.models.install import shipped
 
     rows = []
     for name, path in sorted(shipped().items()):
@@ -121,7 +121,7 @@ def _gate_figures(card: Any) -> dict[str, Any]:
 @models_app.command("ls")
 def models_ls(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Model cards found in the models directory."""
-    from models.card import ModelCard, find_cards
+    from predictd.models.card import ModelCard, find_cards
 
     settings = settings_for(config)
     folders = find_cards(settings.models.dir)
@@ -169,9 +169,9 @@ def models_explain(
     """Grad-CAM of one model on one image, as a PNG overlay a person can look at."""
     import pydicom
 
-    from models.explain import overlay_png
-    from models.inference import Engine
-    from models.preprocess import to_gray
+    from predictd.models.explain import overlay_png
+    from predictd.models.inference import Engine
+    from predictd.models.preprocess import to_gray
 
     settings = settings_for(config)
     ds = pydicom.dcmread(dicom_file)
@@ -188,7 +188,7 @@ def models_explain(
 @models_app.command("catalog")
 def models_catalog(as_json: JsonOption = False) -> None:
     """Card templates for every task predictd knows (train weights for them with the toolkit)."""
-    from models.catalog import catalog
+    from predictd.models.catalog import catalog
 
     rows = [
         {

@@ -18,9 +18,9 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from models.card import ModelCard
-    from models.data import Record
-    from models.train import Trainer, TrainOptions, TrainResult
+    from predictd.models.card import ModelCard
+    from predictd.models.data import Record
+    from predictd.models.train import Trainer, TrainOptions, TrainResult
 
 console = Console()
 err = Console(stderr=True)
@@ -49,7 +49,7 @@ def dataset(
     keep_split: Annotated[bool, typer.Option(help="Keep a CSV's own split column instead of splitting.")] = False,
 ) -> None:
     """Build a manifest (path, label, group, split, reader columns); one patient or near-duplicate group per split."""
-    from models import data
+    from predictd.models import data
 
     try:
         if source.is_dir():
@@ -151,10 +151,10 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run saved in --out.")] = False,
 ) -> None:
     """Train a card's timm model on the manifest's train split (early stopping, temperature and gate on val)."""
-    from models import data
-    from models.card import CardError, ModelCard
-    from models.catalog import catalog
-    from models.train import Trainer, TrainError, TrainOptions
+    from predictd.models import data
+    from predictd.models.card import CardError, ModelCard
+    from predictd.models.catalog import catalog
+    from predictd.models.train import Trainer, TrainError, TrainOptions
 
     records = data.read_manifest(data_path)
     root = data_path.parent
@@ -218,7 +218,7 @@ def train(
 
 
 def _preset(name: str | None) -> dict[str, Any]:
-    from models.train import TrainError
+    from predictd.models.train import TrainError
 
     if name is None:
         return {}
@@ -243,7 +243,7 @@ def _finished(result: TrainResult, out: Path) -> None:
 def _train_folds(
     card: ModelCard, records: list[Record], out: Path, options: TrainOptions, folds: int, root: Path
 ) -> None:
-    from models.crossval import train_crossval
+    from predictd.models.crossval import train_crossval
 
     holder: dict[str, Any] = {}
 
@@ -279,9 +279,9 @@ def calibrate(
 
     For models trained elsewhere: the weights are not touched; the card and a gate file beside them are written.
     """
-    from models import data
-    from models.calibrate import calibrate_model
-    from models.card import CardError
+    from predictd.models import data
+    from predictd.models.calibrate import calibrate_model
+    from predictd.models.card import CardError
 
     records = data.read_manifest(data_path)
     try:
@@ -307,9 +307,9 @@ def export(
     version: Annotated[str | None, typer.Option(help="Version to write into the card.")] = None,
 ) -> None:
     """Card + safetensors (fp16 where it costs no accuracy), optionally ONNX: a folder `models ls` can install."""
-    from models import data
-    from models.card import CardError
-    from models.export import ExportError, export_model
+    from predictd.models import data
+    from predictd.models.card import CardError
+    from predictd.models.export import ExportError, export_model
 
     check = [r for r in data.read_manifest(data_path) if split == "all" or r.split == split] if data_path else []
     try:

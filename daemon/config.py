@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, IPvAnyNetwork, Tag, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from reporting.text import check_templates
+from predictd.reporting.text import check_templates
 
 
 class ConfigError(ValueError):

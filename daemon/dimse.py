@@ -14,7 +14,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 
-from daemon.config import DicomDestination
+from predictd.daemon.config import DicomDestination
 
 VERIFICATION = "1.2.840.10008.1.1"
 

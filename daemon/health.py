@@ -15,10 +15,10 @@ import ssl
 from datetime import datetime
 from urllib.parse import urlsplit
 
-from daemon import outbox
-from daemon.config import Destination, DicomDestination, Hl7Destination, StowDestination
-from daemon.db import Database, utcnow
-from daemon.dimse import SendError, echo
+from predictd.daemon import outbox
+from predictd.daemon.config import Destination, DicomDestination, Hl7Destination, StowDestination
+from predictd.daemon.db import Database, utcnow
+from predictd.daemon.dimse import SendError, echo
 
 
 def answers(dest: Destination, calling_ae: str) -> bool:

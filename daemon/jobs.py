@@ -11,11 +11,11 @@ from datetime import timedelta
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from daemon import health, leases, queue, retention
-from daemon.db import utcnow
-from daemon.log import Event, get_logger
-from daemon.stage import StageContext
-from models.phi import exception_text
+from predictd.daemon import health, leases, queue, retention
+from predictd.daemon.db import utcnow
+from predictd.daemon.log import Event, get_logger
+from predictd.daemon.stage import StageContext
+from predictd.models.phi import exception_text
 
 log = get_logger("jobs")
 

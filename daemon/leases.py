@@ -16,9 +16,9 @@ from datetime import datetime
 
 from sqlalchemy import select
 
-from daemon.db import Database, utcnow
-from daemon.queue import RetryPolicy, count_failure
-from daemon.tables import Study
+from predictd.daemon.db import Database, utcnow
+from predictd.daemon.queue import RetryPolicy, count_failure
+from predictd.daemon.tables import Study
 
 
 def reap(db: Database, *, policy: RetryPolicy, now: datetime | None = None) -> list[str]:

@@ -11,7 +11,7 @@ from enum import StrEnum
 
 from sqlalchemy.orm import Session
 
-from daemon.tables import Study, StudyEvent
+from predictd.daemon.tables import Study, StudyEvent
 
 
 class StudyState(StrEnum):

@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from models.phi import scrub
+from predictd.models.phi import scrub
 
 
 class Event(StrEnum):

@@ -26,9 +26,9 @@ from __future__ import annotations
 import socket
 import time
 
-from daemon.config import Hl7Destination
-from daemon.dimse import SendError
-from reporting.hl7 import parse_ack
+from predictd.daemon.config import Hl7Destination
+from predictd.daemon.dimse import SendError
+from predictd.reporting.hl7 import parse_ack
 
 START_BLOCK = b"\x0b"
 END_BLOCK = b"\x1c\x0d"

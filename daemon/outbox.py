@@ -18,10 +18,10 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from daemon.config import Destination
-from daemon.db import Database, utcnow
-from daemon.queue import Claim, RetryPolicy, held
-from daemon.tables import Delivery, Run, Study
+from predictd.daemon.config import Destination
+from predictd.daemon.db import Database, utcnow
+from predictd.daemon.queue import Claim, RetryPolicy, held
+from predictd.daemon.tables import Delivery, Run, Study
 
 PENDING, SENT, FAILED = "pending", "sent", "failed"
 """Delivery states (tables.Delivery.state)."""

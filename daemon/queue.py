@@ -16,10 +16,10 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from daemon import lifecycle
-from daemon.db import Database, utcnow
-from daemon.lifecycle import TERMINAL, StudyState
-from daemon.tables import Delivery, Instance, Study
+from predictd.daemon import lifecycle
+from predictd.daemon.db import Database, utcnow
+from predictd.daemon.lifecycle import TERMINAL, StudyState
+from predictd.daemon.tables import Delivery, Instance, Study
 
 S = StudyState
 

@@ -37,13 +37,13 @@ from pydicom.uid import UID, AllTransferSyntaxes, DeflatedExplicitVRLittleEndian
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.dimse_primitives import C_STORE
 
-from daemon import incoming
-from daemon.associations import CallerPolicy, handle_rejected, handle_requested
-from daemon.config import ReceiveSettings
-from daemon.log import Event, get_logger
-from daemon.spool import Spool, check_uid
-from models.phi import exception_text
-from reporting.uids import device_uid
+from predictd.daemon import incoming
+from predictd.daemon.associations import CallerPolicy, handle_rejected, handle_requested
+from predictd.daemon.config import ReceiveSettings
+from predictd.daemon.log import Event, get_logger
+from predictd.daemon.spool import Spool, check_uid
+from predictd.models.phi import exception_text
+from predictd.reporting.uids import device_uid
 
 log = get_logger("receive")
 

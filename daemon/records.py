@@ -15,11 +15,11 @@ from pathlib import Path
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from daemon.db import Database, utcnow
-from daemon.outbox import PENDING, Document
-from daemon.queue import Claim, held
-from daemon.tables import Delivery, Instance, PredictionRow, Run, Study
-from models.prediction import Prediction
+from predictd.daemon.db import Database, utcnow
+from predictd.daemon.outbox import PENDING, Document
+from predictd.daemon.queue import Claim, held
+from predictd.daemon.tables import Delivery, Instance, PredictionRow, Run, Study
+from predictd.models.prediction import Prediction
 
 
 @dataclass(frozen=True)

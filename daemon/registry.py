@@ -29,9 +29,9 @@ from typing import IO, Any
 
 from sqlalchemy import func, select
 
-from daemon.db import Database
-from daemon.tables import PredictionRow, Run, Study
-from models.prediction import Prediction
+from predictd.daemon.db import Database
+from predictd.daemon.tables import PredictionRow, Run, Study
+from predictd.models.prediction import Prediction
 
 REGISTRY_COLUMNS: dict[str, tuple[str, ...]] = {
     "body_part": ("body_part",),
@@ -261,7 +261,7 @@ def write_parquet(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
 
 def write_fhir(rows: Sequence[Mapping[str, Any]], out: IO[str]) -> None:
     """A FHIR Bundle (see reporting/fhir.py) as JSON."""
-    from reporting.fhir import bundle_json
+    from predictd.reporting.fhir import bundle_json
 
     out.write(bundle_json(rows) + "\n")
 

@@ -16,24 +16,24 @@ from typing import TYPE_CHECKING
 
 import pydicom
 
-from daemon import outbox, records
-from daemon.config import Hl7Destination
-from daemon.db import utcnow
-from daemon.lifecycle import StudyState
-from daemon.log import Event, get_logger
-from daemon.queue import Claim
-from daemon.spool import durable_write
-from daemon.stage import Advance, Outcome, StageContext, StageError
-from models.card import ModelCard
-from models.phi import exception_text
-from reporting import uids
-from reporting.hl7 import message_control_id, oru_r01
-from reporting.key_images import KEY_IMAGE_SERIES_NUMBER, build_key_image
-from reporting.sr import build_sr, unusable_dates
-from reporting.text import not_assessed_text, report_text
+from predictd.daemon import outbox, records
+from predictd.daemon.config import Hl7Destination
+from predictd.daemon.db import utcnow
+from predictd.daemon.lifecycle import StudyState
+from predictd.daemon.log import Event, get_logger
+from predictd.daemon.queue import Claim
+from predictd.daemon.spool import durable_write
+from predictd.daemon.stage import Advance, Outcome, StageContext, StageError
+from predictd.models.card import ModelCard
+from predictd.models.phi import exception_text
+from predictd.reporting import uids
+from predictd.reporting.hl7 import message_control_id, oru_r01
+from predictd.reporting.key_images import KEY_IMAGE_SERIES_NUMBER, build_key_image
+from predictd.reporting.sr import build_sr, unusable_dates
+from predictd.reporting.text import not_assessed_text, report_text
 
 if TYPE_CHECKING:
-    from models.inference import Engine
+    from predictd.models.inference import Engine
 
 SR_SERIES_NUMBER = 9901
 

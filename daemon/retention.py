@@ -9,9 +9,9 @@ from pathlib import Path
 
 from sqlalchemy import select, update
 
-from daemon.db import Database, utcnow
-from daemon.lifecycle import TERMINAL
-from daemon.tables import Instance, Study
+from predictd.daemon.db import Database, utcnow
+from predictd.daemon.lifecycle import TERMINAL
+from predictd.daemon.tables import Instance, Study
 
 
 @dataclass(frozen=True)

@@ -11,17 +11,17 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from daemon import outbox, records
-from daemon.config import Destination, DicomDestination, StowDestination
-from daemon.db import utcnow
-from daemon.dimse import SendError, store_file
-from daemon.lifecycle import StudyState
-from daemon.log import Event, get_logger
-from daemon.mllp import send_hl7
-from daemon.queue import Claim
-from daemon.spool import durable_copy, durable_write
-from daemon.stage import Advance, Defer, Outcome, StageContext, StageError
-from daemon.stow import stow_file
+from predictd.daemon import outbox, records
+from predictd.daemon.config import Destination, DicomDestination, StowDestination
+from predictd.daemon.db import utcnow
+from predictd.daemon.dimse import SendError, store_file
+from predictd.daemon.lifecycle import StudyState
+from predictd.daemon.log import Event, get_logger
+from predictd.daemon.mllp import send_hl7
+from predictd.daemon.queue import Claim
+from predictd.daemon.spool import durable_copy, durable_write
+from predictd.daemon.stage import Advance, Defer, Outcome, StageContext, StageError
+from predictd.daemon.stow import stow_file
 
 log = get_logger("send")
 

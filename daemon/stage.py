@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from daemon.config import Settings
-from daemon.db import Database
-from daemon.lifecycle import StudyState
-from daemon.queue import Claim, RetryPolicy
-from daemon.spool import Spool
+from predictd.daemon.config import Settings
+from predictd.daemon.db import Database
+from predictd.daemon.lifecycle import StudyState
+from predictd.daemon.queue import Claim, RetryPolicy
+from predictd.daemon.spool import Spool
 
 if TYPE_CHECKING:
-    from models.inference import Engine
+    from predictd.models.inference import Engine
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 
 import pydicom
 
-from daemon.config import StowDestination
-from daemon.dimse import SendError
+from predictd.daemon.config import StowDestination
+from predictd.daemon.dimse import SendError
 
 FAILED_SOP_SEQUENCE = "00081198"
 REFERENCED_SOP_SEQUENCE = "00081199"

@@ -8,8 +8,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from daemon.db import Database
-from daemon.tables import Delivery, Instance, PredictionRow, Run, Study, StudyEvent
+from predictd.daemon.db import Database
+from predictd.daemon.tables import Delivery, Instance, PredictionRow, Run, Study, StudyEvent
 
 
 def list_studies(db: Database, *, state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:

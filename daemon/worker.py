@@ -13,11 +13,11 @@ import threading
 from collections.abc import Mapping
 from functools import partial
 
-from daemon import classify, queue, report, send
-from daemon.lifecycle import StudyState
-from daemon.log import Event, get_logger
-from daemon.stage import Advance, Outcome, Stage, StageContext, StageError, captured
-from models.phi import exception_text
+from predictd.daemon import classify, queue, report, send
+from predictd.daemon.lifecycle import StudyState
+from predictd.daemon.log import Event, get_logger
+from predictd.daemon.stage import Advance, Outcome, Stage, StageContext, StageError, captured
+from predictd.models.phi import exception_text
 
 PIPELINE: Mapping[StudyState, Stage] = {
     StudyState.READY: Stage("classify", classify.run, classify.run_batch),

@@ -8,7 +8,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Engine, create_engine
 
-from daemon.tables import Base
+from predictd.daemon.tables import Base
 
 config = context.config
 target_metadata = Base.metadata

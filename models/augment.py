@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from models.card import Preprocessing
+from predictd.models.card import Preprocessing
 
 MARKER_TEXTS = ("L", "R", "AP", "PA", "LAT", "SUPINE", "ERECT", "WB", "12", "3", "PORTABLE")
 

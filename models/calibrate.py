@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.augment import Augmentation, augment
-from models.card import ModelCard, Preprocessing, file_sha256
-from models.data import Record, load_images, read_manifest
-from models.features import Features, concat, forward_with_features
-from models.gate import DEFAULT_COVERAGE, GATE_FILE, DomainGate
-from models.loading import load_verified_resident
-from models.metrics import expected_calibration_error, fit_temperature, softmax
+from predictd.models.augment import Augmentation, augment
+from predictd.models.card import ModelCard, Preprocessing, file_sha256
+from predictd.models.data import Record, load_images, read_manifest
+from predictd.models.features import Features, concat, forward_with_features
+from predictd.models.gate import DEFAULT_COVERAGE, GATE_FILE, DomainGate
+from predictd.models.loading import load_verified_resident
+from predictd.models.metrics import expected_calibration_error, fit_temperature, softmax
 
 TEMPERATURE_RANGE = (0.5, 5.0)
 """Bounds of the fitted temperature: a few dozen held-out images, often all classified right, would otherwise drive

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.body_part import BODY_PARTS
+from predictd.models.body_part import BODY_PARTS
 
 CARD_FILE = "card.json"
 ROLES = ("finding", "router")

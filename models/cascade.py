@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import pydicom
 
-from models.body_part import BODY_PARTS, body_part_from_tags, body_parts_by_tag
-from models.card import ModelCard
-from models.prediction import Prediction
+from predictd.models.body_part import BODY_PARTS, body_part_from_tags, body_parts_by_tag
+from predictd.models.card import ModelCard
+from predictd.models.prediction import Prediction
 
 INDETERMINATE = "indeterminate"
 """What a router answers when no class reached its threshold; treated as no answer."""

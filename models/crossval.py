@@ -23,8 +23,8 @@ import numpy as np
 import timm
 import torch
 
-from models.augment import Augmentation
-from models.calibrate import (
+from predictd.models.augment import Augmentation
+from predictd.models.calibrate import (
     calibration_summary,
     fitted_temperature,
     gate_statistics,
@@ -32,13 +32,13 @@ from models.calibrate import (
     outputs,
     write_gate,
 )
-from models.card import ModelCard
-from models.data import Record, load_images, manifest_sha256, split
-from models.ensemble import Ensemble, ensemble_state
-from models.gate import DomainGate
-from models.loading import load_verified
-from models.metrics import log_loss, softmax
-from models.train import CHECKPOINT, MODEL_DIR, Trainer, TrainError, TrainOptions, labels_for, write_model_dir
+from predictd.models.card import ModelCard
+from predictd.models.data import Record, load_images, manifest_sha256, split
+from predictd.models.ensemble import Ensemble, ensemble_state
+from predictd.models.gate import DomainGate
+from predictd.models.loading import load_verified
+from predictd.models.metrics import log_loss, softmax
+from predictd.models.train import CHECKPOINT, MODEL_DIR, Trainer, TrainError, TrainOptions, labels_for, write_model_dir
 
 
 @dataclass

@@ -24,8 +24,8 @@ import numpy as np
 import pydicom
 from PIL import Image
 
-from models.card import Preprocessing, file_sha256
-from models.preprocess import gray_to_input, to_gray
+from predictd.models.card import Preprocessing, file_sha256
+from predictd.models.preprocess import gray_to_input, to_gray
 
 SPLITS = ("train", "val", "test")
 """Split names, in the order of the ``fractions`` given to :func:`split`."""

@@ -27,9 +27,9 @@ import numpy as np
 import pydicom
 from pydicom.pixels import pixel_array
 
-from models.card import Preprocessing
-from models.decoders import preferred_plugins
-from models.preprocess import (
+from predictd.models.card import Preprocessing
+from predictd.models.decoders import preferred_plugins
+from predictd.models.preprocess import (
     PixelDecodeError,
     content_box,
     gray_to_input,

@@ -29,7 +29,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from models.phi import scrub
+from predictd.models.phi import scrub
 
 PREFERRED: dict[str, tuple[str, ...]] = {
     JPEGLosslessSV1: ("gdcm", "pylibjpeg"),

@@ -15,8 +15,8 @@ from typing import Any
 import safetensors.torch
 import torch
 
-from models.card import Applicability, Label, ModelCard, Preprocessing, file_sha256
-from models.loading import build_model
+from predictd.models.card import Applicability, Label, ModelCard, Preprocessing, file_sha256
+from predictd.models.loading import build_model
 
 TINY_ARCH = "test_efficientnet"
 """timm's own test network: ~100k parameters (~0.4 MB), builds offline, milliseconds per image on CPU."""

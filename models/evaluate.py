@@ -16,15 +16,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.calibrate import outputs
-from models.card import ModelCard
-from models.data import Record, load_images, manifest_sha256
-from models.features import Features
-from models.gate import DomainGate
-from models.loading import load_verified_resident
-from models.metrics import evaluate, expected_calibration_error, reader_study, roc_curve, softmax
-from models.preprocess import gray_to_input
-from models.probes import Probe
+from predictd.models.calibrate import outputs
+from predictd.models.card import ModelCard
+from predictd.models.data import Record, load_images, manifest_sha256
+from predictd.models.features import Features
+from predictd.models.gate import DomainGate
+from predictd.models.loading import load_verified_resident
+from predictd.models.metrics import evaluate, expected_calibration_error, reader_study, roc_curve, softmax
+from predictd.models.preprocess import gray_to_input
+from predictd.models.probes import Probe
 
 SMALL_SPLIT = 50
 """Below this many images a report warns that its confidence intervals are wide."""

@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.calibrate import outputs
-from models.card import ModelCard
-from models.data import Record, load_images
-from models.gate import DomainGate
-from models.loading import load_verified_resident
-from models.metrics import softmax
-from models.train import write_model_dir
+from predictd.models.calibrate import outputs
+from predictd.models.card import ModelCard
+from predictd.models.data import Record, load_images
+from predictd.models.gate import DomainGate
+from predictd.models.loading import load_verified_resident
+from predictd.models.metrics import softmax
+from predictd.models.train import write_model_dir
 
 HALF_TOLERANCE = 0.01
 """Largest allowed change of any class probability when the weights are stored as fp16."""

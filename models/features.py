@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from models.ensemble import members_of
+from predictd.models.ensemble import members_of
 
 MAX_DIMS = 512
 

@@ -28,15 +28,24 @@ import pydicom
 import torch
 from PIL import Image
 
-from models.card import ModelCard
-from models.cascade import Classification, select_cards
-from models.decode_pool import DecodePool, DecodeWorkerError, Job, Plan, Prepared, framed, prepare, prepare_file
-from models.ensemble import members_of
-from models.explain import gradcam, overlay_rgb, unpad
-from models.features import forward_with_features
-from models.loading import Resident, load_resident, resolve_device, select_installed
-from models.prediction import Prediction
-from models.preprocess import gray_to_input, split_bilateral, to_gray
+from predictd.models.card import ModelCard
+from predictd.models.cascade import Classification, select_cards
+from predictd.models.decode_pool import (
+    DecodePool,
+    DecodeWorkerError,
+    Job,
+    Plan,
+    Prepared,
+    framed,
+    prepare,
+    prepare_file,
+)
+from predictd.models.ensemble import members_of
+from predictd.models.explain import gradcam, overlay_rgb, unpad
+from predictd.models.features import forward_with_features
+from predictd.models.loading import Resident, load_resident, resolve_device, select_installed
+from predictd.models.prediction import Prediction
+from predictd.models.preprocess import gray_to_input, split_bilateral, to_gray
 
 __all__ = ["HALVES", "Classification", "DecodeWorkerError", "Engine"]
 

@@ -8,9 +8,9 @@ import safetensors.torch
 import timm
 import torch
 
-from models.card import ModelCard
-from models.loading import build_model
-from models.train_options import TrainError
+from predictd.models.card import ModelCard
+from predictd.models.loading import build_model
+from predictd.models.train_options import TrainError
 
 
 def _adapt_state(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:

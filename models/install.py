@@ -12,7 +12,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from models.card import CardError, ModelCard, find_cards
+from predictd.models.card import CardError, ModelCard, find_cards
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
 

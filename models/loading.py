@@ -15,9 +15,9 @@ import safetensors.torch
 import timm
 import torch
 
-from models.card import CardError, ModelCard, file_sha256, find_cards
-from models.ensemble import Ensemble
-from models.gate import DomainGate, GateError
+from predictd.models.card import CardError, ModelCard, file_sha256, find_cards
+from predictd.models.ensemble import Ensemble
+from predictd.models.gate import DomainGate, GateError
 
 
 class NoModelsError(RuntimeError):

@@ -17,9 +17,9 @@ import pydicom
 from PIL import Image
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
-from models.card import Preprocessing
-from models.decoders import decode_pixels
-from models.phi import exception_text
+from predictd.models.card import Preprocessing
+from predictd.models.decoders import decode_pixels
+from predictd.models.phi import exception_text
 
 WINDOWS = ("first", "minmax")
 """Accepted values of ``Preprocessing.window``."""

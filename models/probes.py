@@ -20,8 +20,8 @@ import numpy as np
 import pydicom
 from PIL import Image, ImageDraw, ImageFont
 
-from models.data import Record, load_gray
-from models.preprocess import PixelDecodeError, to_gray
+from predictd.models.data import Record, load_gray
+from predictd.models.preprocess import PixelDecodeError, to_gray
 
 SIDE = 512
 RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "RG"})
@@ -158,8 +158,8 @@ def framing_changes(model: Any, card: Any, grays: Sequence[np.ndarray]) -> list[
     framings of a near-uniform answer (0.30 / 0.29) whose top classes swap both read "indeterminate"."""
     import torch
 
-    from models.preprocess import gray_to_input
-    from models.train_data import predict_logits
+    from predictd.models.preprocess import gray_to_input
+    from predictd.models.train_data import predict_logits
 
     out = []
     for gray in grays:

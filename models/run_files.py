@@ -11,7 +11,7 @@ from typing import Any
 import safetensors.torch
 import torch
 
-from models.card import ModelCard, file_sha256
+from predictd.models.card import ModelCard, file_sha256
 
 CHECKPOINT = "checkpoint.pt"
 LOG_CSV = "log.csv"

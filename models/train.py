@@ -27,14 +27,30 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from models.augment import Augmentation, augment
-from models.calibrate import calibrate_single, outlier_inputs, write_gate
-from models.card import ModelCard
-from models.data import Record, manifest_sha256
-from models.init_weights import initial_model
-from models.run_files import BEST_WEIGHTS, CHECKPOINT, LOG_CSV, MODEL_DIR, append_log, save_atomic, write_model_dir
-from models.train_data import Split, draw_batches, evaluate_loss, labels_for, load_split, predict_logits, usable
-from models.train_options import TrainError, TrainOptions, TrainResult
+from predictd.models.augment import Augmentation, augment
+from predictd.models.calibrate import calibrate_single, outlier_inputs, write_gate
+from predictd.models.card import ModelCard
+from predictd.models.data import Record, manifest_sha256
+from predictd.models.init_weights import initial_model
+from predictd.models.run_files import (
+    BEST_WEIGHTS,
+    CHECKPOINT,
+    LOG_CSV,
+    MODEL_DIR,
+    append_log,
+    save_atomic,
+    write_model_dir,
+)
+from predictd.models.train_data import (
+    Split,
+    draw_batches,
+    evaluate_loss,
+    labels_for,
+    load_split,
+    predict_logits,
+    usable,
+)
+from predictd.models.train_options import TrainError, TrainOptions, TrainResult
 
 __all__ = [
     "BEST_WEIGHTS",

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from models.card import Label, ModelCard
-from models.data import Record, load_images
-from models.train_options import TrainError, TrainOptions
+from predictd.models.card import Label, ModelCard
+from predictd.models.data import Record, load_images
+from predictd.models.train_options import TrainError, TrainOptions
 
 
 @dataclass

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.card import ModelCard
-from models.gate import DEFAULT_COVERAGE
+from predictd.models.card import ModelCard
+from predictd.models.gate import DEFAULT_COVERAGE
 
 
 class TrainError(ValueError):

@@ -39,8 +39,8 @@ from highdicom.sr import CodedConcept
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from models.card import ModelCard
-from models.prediction import Prediction
+from predictd.models.card import ModelCard
+from predictd.models.prediction import Prediction
 
 SCHEME = "99PREDICTD"
 SCHEME_VERSION = "1"

@@ -40,7 +40,7 @@ from fhir.resources.observation import Observation, ObservationComponent
 from fhir.resources.quantity import Quantity
 from fhir.resources.reference import Reference
 
-from models.prediction import Prediction
+from predictd.models.prediction import Prediction
 
 TASK_SYSTEM = "urn:predictd:task"
 """Local CodeSystem for model tasks (Observation.code); a task's labels use ``urn:predictd:label:<task>``."""

@@ -20,10 +20,10 @@ import numpy as np
 import pydicom
 from PIL import Image, ImageDraw, ImageFont
 
-from models.card import ModelCard
-from models.prediction import Prediction
-from reporting import codes, uids
-from reporting.sr import DEVICE_NAME, SOFTWARE_VERSION, predictd_equipment
+from predictd.models.card import ModelCard
+from predictd.models.prediction import Prediction
+from predictd.reporting import codes, uids
+from predictd.reporting.sr import DEVICE_NAME, SOFTWARE_VERSION, predictd_equipment
 
 KEY_IMAGE_SERIES_NUMBER = 9902
 SERIES_DESCRIPTION = "predictd AI overlay Grad-CAM (unverified)"

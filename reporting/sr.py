@@ -34,9 +34,9 @@ from pydicom.dataelem import DataElement
 from pydicom.sr.codedict import codes as dcm_codes
 from pydicom.valuerep import DA, DT, TM
 
-from models.card import ModelCard
-from models.prediction import Prediction
-from reporting import codes, uids
+from predictd.models.card import ModelCard
+from predictd.models.prediction import Prediction
+from predictd.reporting import codes, uids
 
 DEVICE_NAME = "predictd"
 

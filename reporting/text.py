@@ -22,8 +22,8 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
-from models.card import ModelCard
-from models.prediction import Prediction
+from predictd.models.card import ModelCard
+from predictd.models.prediction import Prediction
 
 UNTRAINED_BANNER = "DEMONSTRATION ONLY: produced by an untrained model; the findings below are meaningless."
 NO_MODEL_LINE = "No applicable AI model ran on this study; no preliminary findings."

@@ -23,7 +23,7 @@ import json
 from functools import cache
 from importlib import resources
 
-from models.card import CardError, ModelCard
+from predictd.models.card import CardError, ModelCard
 
 SITE_SPECIFIC_LABELS = frozenset({"femoral_fixation_model"})
 """Tasks whose template labels are placeholders; training builds the labels from the site's data."""

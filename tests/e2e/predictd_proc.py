@@ -16,9 +16,9 @@ from typing import Any
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from models.card import Label
-from models.demo import write_model
-from models.install import install_shipped
+from predictd.models.card import Label
+from predictd.models.demo import write_model
+from predictd.models.install import install_shipped
 from tests.support import REPO, free_port, wait_until
 
 PREDICTD = Path(sys.executable).parent / "predictd"

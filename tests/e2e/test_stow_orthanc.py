@@ -12,14 +12,14 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from daemon.config import StowDestination
-from daemon.dimse import SendError
-from daemon.stow import stow_file
-from models.card import Label, ModelCard
-from models.prediction import Prediction
-from reporting import uids
-from reporting.sr import build_sr
-from reporting.text import report_text
+from predictd.daemon.config import StowDestination
+from predictd.daemon.dimse import SendError
+from predictd.daemon.stow import stow_file
+from predictd.models.card import Label, ModelCard
+from predictd.models.prediction import Prediction
+from predictd.reporting import uids
+from predictd.reporting.sr import build_sr
+from predictd.reporting.text import report_text
 from tests.e2e.orthanc import OrthancServer
 from tests.integration.pipeline_helpers import copy_as_new_study
 from tests.support import RG2_HIP_JLSL

@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
-from daemon.db import Database
+from predictd.daemon.db import Database
 from tests.integration.receivers import start_receiver  # noqa: F401  (a fixture of the receiver tests)
 
 POSTGRES_URL = os.environ.get(

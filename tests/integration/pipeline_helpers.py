@@ -10,16 +10,16 @@ import pydicom
 from pydicom.encaps import encapsulate
 from pydicom.uid import generate_uid
 
-from daemon import queue
-from daemon.config import Settings, load_settings
-from daemon.db import Database
-from daemon.receive import StoredInstance
-from daemon.spool import Spool
-from daemon.stage import StageContext
-from daemon.worker import Worker
-from models.card import Label
-from models.demo import write_model
-from models.inference import Engine
+from predictd.daemon import queue
+from predictd.daemon.config import Settings, load_settings
+from predictd.daemon.db import Database
+from predictd.daemon.receive import StoredInstance
+from predictd.daemon.spool import Spool
+from predictd.daemon.stage import StageContext
+from predictd.daemon.worker import Worker
+from predictd.models.card import Label
+from predictd.models.demo import write_model
+from predictd.models.inference import Engine
 
 LABELS = (
     Label("none", "no hardware"),

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from pydicom.uid import generate_uid
 
-from daemon import queue
-from daemon.db import Database
+from predictd.daemon import queue
+from predictd.daemon.db import Database
 
 CR = "1.2.840.10008.5.1.4.1.1.1"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"

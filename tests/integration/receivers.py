@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from daemon import queue
-from daemon.config import ReceiveSettings
-from daemon.db import Database
-from daemon.receive import Receiver
-from daemon.spool import Spool
-from daemon.tables import Instance, Study
+from predictd.daemon import queue
+from predictd.daemon.config import ReceiveSettings
+from predictd.daemon.db import Database
+from predictd.daemon.receive import Receiver
+from predictd.daemon.spool import Spool
+from predictd.daemon.tables import Instance, Study
 from tests.support import free_port
 
 CALLING = "MODALITY"

@@ -7,11 +7,11 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from daemon.cli import app
-from daemon.config import load_settings
-from daemon.db import Database
-from daemon.receive import Receiver
-from daemon.spool import Spool
+from predictd.daemon.cli import app
+from predictd.daemon.config import load_settings
+from predictd.daemon.db import Database
+from predictd.daemon.receive import Receiver
+from predictd.daemon.spool import Spool
 from tests.integration.pipeline_helpers import context, copy_as_new_study, drain, receive_file
 from tests.support import RG2_HIP_JLSL, free_port
 
@@ -95,7 +95,7 @@ def test_echo_reaches_a_running_receiver(tmp_path: Path) -> None:
 def test_models_commands(tmp_path: Path) -> None:
     from PIL import Image
 
-    from models.demo import write_model
+    from predictd.models.demo import write_model
     from tests.integration.pipeline_helpers import LABELS
 
     write_model(tmp_path / "models" / "tiny", name="tiny", task="hip_hardware", labels=LABELS)

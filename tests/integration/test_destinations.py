@@ -13,10 +13,10 @@ from typing import Any
 import hl7
 import pytest
 
-from daemon import outbox, views
-from daemon.db import Database
-from daemon.lifecycle import StudyState
-from daemon.stage import StageContext
+from predictd.daemon import outbox, views
+from predictd.daemon.db import Database
+from predictd.daemon.lifecycle import StudyState
+from predictd.daemon.stage import StageContext
 from tests.integration.pipeline_helpers import context, copy_as_new_study, drain, receive_file
 from tests.integration.test_mllp import Answer, MllpListener, ack
 from tests.integration.test_stow_http import StowServer, serving

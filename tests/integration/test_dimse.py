@@ -12,10 +12,10 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from daemon.config import DicomDestination, ReceiveSettings
-from daemon.dimse import SendError, echo, store_file
-from daemon.receive import Receiver
-from daemon.spool import Spool
+from predictd.daemon.config import DicomDestination, ReceiveSettings
+from predictd.daemon.dimse import SendError, echo, store_file
+from predictd.daemon.receive import Receiver
+from predictd.daemon.spool import Spool
 from tests.support import RG2_HIP_JLSL, free_port, pydicom_data_file, wait_until
 
 PEER_AE = "PEER"

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from daemon import jobs, queue, retention, views
-from daemon.app import load_engine
-from daemon.db import Database, utcnow
-from daemon.lifecycle import StudyState
-from daemon.log import configure_logging
+from predictd.daemon import jobs, queue, retention, views
+from predictd.daemon.app import load_engine
+from predictd.daemon.db import Database, utcnow
+from predictd.daemon.lifecycle import StudyState
+from predictd.daemon.log import configure_logging
 from tests.integration.pipeline_helpers import context, copy_as_new_study, drain, receive_file, settings_for
 from tests.support import RG2_HIP_JLSL, wait_until
 

@@ -7,8 +7,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
-from daemon.db import Database, DatabaseNotAtHead
-from daemon.tables import Base
+from predictd.daemon.db import Database, DatabaseNotAtHead
+from predictd.daemon.tables import Base
 
 
 def test_empty_database_is_refused_with_the_fixing_command(empty_db: Database) -> None:

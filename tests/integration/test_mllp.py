@@ -17,10 +17,10 @@ import hl7.mllp
 import pytest
 from pydicom.dataset import Dataset
 
-from daemon.config import Hl7Destination
-from daemon.dimse import SendError
-from daemon.mllp import send_hl7
-from reporting.hl7 import message_control_id, oru_r01
+from predictd.daemon.config import Hl7Destination
+from predictd.daemon.dimse import SendError
+from predictd.daemon.mllp import send_hl7
+from predictd.reporting.hl7 import message_control_id, oru_r01
 from tests.support import free_port, wait_until
 
 SR_UID = "1.2.826.0.1.3680043.8.498.777"

@@ -13,12 +13,12 @@ import pydicom
 import pytest
 from sqlalchemy import select
 
-from daemon import jobs, outbox, queue, views
-from daemon.db import Database, utcnow
-from daemon.dimse import SendError, echo
-from daemon.lifecycle import StudyState
-from daemon.stage import StageContext
-from daemon.tables import Delivery
+from predictd.daemon import jobs, outbox, queue, views
+from predictd.daemon.db import Database, utcnow
+from predictd.daemon.dimse import SendError, echo
+from predictd.daemon.lifecycle import StudyState
+from predictd.daemon.stage import StageContext
+from predictd.daemon.tables import Delivery
 from tests.integration.pipeline_helpers import context, copy_as_new_study, drain, receive_file
 from tests.support import RG2_HIP_JLSL, free_port, wait_until
 

@@ -13,12 +13,12 @@ import pydicom
 import pytest
 from PIL import Image
 
-from daemon import queue, views
-from daemon.db import Database
-from daemon.lifecycle import StudyState
-from daemon.worker import Worker
-from models.card import Applicability
-from reporting import codes, uids
+from predictd.daemon import queue, views
+from predictd.daemon.db import Database
+from predictd.daemon.lifecycle import StudyState
+from predictd.daemon.worker import Worker
+from predictd.models.card import Applicability
+from predictd.reporting import codes, uids
 from tests.integration.pipeline_helpers import context, copy_as_new_study, drain, receive_file
 from tests.support import RG2_HIP_JLSL, assert_dciodvfy_clean, free_port, pydicom_data_file, wait_until
 
@@ -201,7 +201,7 @@ def test_a_document_that_cannot_be_built_fails_at_once_without_phi(
     db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A deterministic error in building the SR is not retried, and its reason quotes no patient value."""
-    from daemon import report
+    from predictd.daemon import report
 
     def broken(sources: list[pydicom.Dataset], *args: object, **kwargs: object) -> pydicom.Dataset:
         raise AttributeError(f"'FileDataset' has no attribute 'X' (patient {sources[0].PatientName})")

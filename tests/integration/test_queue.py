@@ -9,10 +9,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from daemon import leases, queue, records
-from daemon.db import Database, utcnow
-from daemon.lifecycle import IllegalTransition, StudyState
-from daemon.tables import Study, StudyEvent
+from predictd.daemon import leases, queue, records
+from predictd.daemon.db import Database, utcnow
+from predictd.daemon.lifecycle import IllegalTransition, StudyState
+from predictd.daemon.tables import Study, StudyEvent
 from tests.integration.queue_helpers import ready_studies, stored
 
 POLICY = queue.RetryPolicy(max_attempts=3, base_seconds=10, cap_seconds=25)

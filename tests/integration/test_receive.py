@@ -20,10 +20,10 @@ from pynetdicom import AE, _config
 from pynetdicom.dsutils import split_dataset
 from structlog.testing import capture_logs
 
-from daemon.config import ReceiveSettings
-from daemon.receive import Receiver, accepted_transfer_syntaxes
-from daemon.spool import Spool
-from reporting.uids import device_uid
+from predictd.daemon.config import ReceiveSettings
+from predictd.daemon.receive import Receiver, accepted_transfer_syntaxes
+from predictd.daemon.spool import Spool
+from predictd.reporting.uids import device_uid
 from tests.integration.receivers import CALLED, CALLING, Running
 from tests.support import RG2_HIP_JLSL, free_port, pydicom_data_file, wait_until
 

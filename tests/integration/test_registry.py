@@ -22,9 +22,9 @@ from fhir.resources.diagnosticreport import DiagnosticReport
 from fhir.resources.observation import Observation
 from typer.testing import CliRunner
 
-from daemon.cli import app
-from daemon.db import Database
-from daemon.registry import (
+from predictd.daemon.cli import app
+from predictd.daemon.db import Database
+from predictd.daemon.registry import (
     COLUMNS,
     REGISTRY_COLUMNS,
     parquet_schema,
@@ -33,9 +33,9 @@ from daemon.registry import (
     write_fhir,
     write_parquet,
 )
-from daemon.tables import PredictionRow, Run, Study
-from models.prediction import Prediction
-from reporting.fhir import LATERALITY, TASK_SYSTEM, bundle_json, label_system
+from predictd.daemon.tables import PredictionRow, Run, Study
+from predictd.models.prediction import Prediction
+from predictd.reporting.fhir import LATERALITY, TASK_SYSTEM, bundle_json, label_system
 
 T0 = datetime(2024, 5, 2, 9, 30, tzinfo=UTC)
 _uids = itertools.count(1)

@@ -8,12 +8,12 @@ import highdicom as hd
 import pydicom
 import pytest
 
-from daemon import outbox, queue, records, report, views
-from daemon.db import Database
-from daemon.lifecycle import StudyState
-from daemon.stage import Advance, StageContext
-from daemon.worker import Worker
-from reporting import codes, uids
+from predictd.daemon import outbox, queue, records, report, views
+from predictd.daemon.db import Database
+from predictd.daemon.lifecycle import StudyState
+from predictd.daemon.stage import Advance, StageContext
+from predictd.daemon.worker import Worker
+from predictd.reporting import codes, uids
 from tests.integration.pipeline_helpers import context, copy_as_new_study, drain, receive_file
 from tests.support import RG2_HIP_JLSL, pydicom_data_file
 

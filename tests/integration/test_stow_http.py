@@ -22,9 +22,9 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from daemon.config import StowDestination
-from daemon.dimse import SendError
-from daemon.stow import stow_file
+from predictd.daemon.config import StowDestination
+from predictd.daemon.dimse import SendError
+from predictd.daemon.stow import stow_file
 from tests.support import RG2_HIP_JLSL, free_port
 
 SOURCE = pydicom.dcmread(RG2_HIP_JLSL, stop_before_pixels=True)

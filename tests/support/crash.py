@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from models.decode_pool import Plan, Prepared, prepare_file
+from predictd.models.decode_pool import Plan, Prepared, prepare_file
 
 POISON_SUFFIX = "poison.dcm"
 

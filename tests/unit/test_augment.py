@@ -6,8 +6,8 @@ import dataclasses
 
 import torch
 
-from models.augment import Augmentation, augment
-from models.card import Preprocessing
+from predictd.models.augment import Augmentation, augment
+from predictd.models.card import Preprocessing
 
 PREP = Preprocessing(input_size=64, crop_content=True)
 OFF = Augmentation(

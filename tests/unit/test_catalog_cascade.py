@@ -10,11 +10,11 @@ import pydicom
 import pytest
 import timm
 
-from models.body_part import BODY_PARTS, body_part_from_tags, body_parts_by_tag
-from models.card import Applicability, CardError, Label, ModelCard
-from models.cascade import select_cards
-from models.catalog import SITE_SPECIFIC_LABELS, catalog, template
-from models.demo import DEMO_LABELS
+from predictd.models.body_part import BODY_PARTS, body_part_from_tags, body_parts_by_tag
+from predictd.models.card import Applicability, CardError, Label, ModelCard
+from predictd.models.cascade import select_cards
+from predictd.models.catalog import SITE_SPECIFIC_LABELS, catalog, template
+from predictd.models.demo import DEMO_LABELS
 from tests.support import RG2_HIP_JLSL, SHARED_DATA, pydicom_data_file
 
 TASKS = {

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from daemon.cli import app
-from models.card import ModelCard
-from models.loading import load_verified
+from predictd.daemon.cli import app
+from predictd.models.card import ModelCard
+from predictd.models.loading import load_verified
 from tests.support import REPO
 
 HIP = Path(__file__).resolve().parents[3] / "shared" / "data" / "hip_tha_radiologyai"

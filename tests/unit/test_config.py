@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from daemon.config import ConfigError, DicomDestination, Hl7Destination, Settings, StowDestination, load_settings
+from predictd.daemon.config import (
+    ConfigError,
+    DicomDestination,
+    Hl7Destination,
+    Settings,
+    StowDestination,
+    load_settings,
+)
 from tests.support import REPO
 
 EXAMPLE = REPO / "deploy" / "predictd.example.toml"

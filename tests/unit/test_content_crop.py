@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.card import Preprocessing
-from models.preprocess import content_box, crop_to_content, gray_to_input, to_gray
+from predictd.models.card import Preprocessing
+from predictd.models.preprocess import content_box, crop_to_content, gray_to_input, to_gray
 from tests.support import pydicom_data_file
 
 

@@ -11,8 +11,8 @@ import pydicom
 import pytest
 from PIL import Image
 
-from models.card import Preprocessing
-from models.data import (
+from predictd.models.card import Preprocessing
+from predictd.models.data import (
     DataError,
     Record,
     from_csv,

@@ -14,9 +14,9 @@ import pytest
 from pydicom.pixels import get_decoder, pixel_array
 from pydicom.uid import UID
 
-import models.decoders as decoders_module
-from models.decoders import PREFERRED, decode_pixels
-from models.preprocess import PixelDecodeError, to_gray
+import predictd.models.decoders as decoders_module
+from predictd.models.decoders import PREFERRED, decode_pixels
+from predictd.models.preprocess import PixelDecodeError, to_gray
 from tests.support import RG2_HIP_JLSL, pydicom_data_file
 from tests.support.transcode import LOSSLESS, SYNTAXES, accepts, transcode
 

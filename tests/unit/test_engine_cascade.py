@@ -10,10 +10,10 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from models.body_part import BODY_PARTS
-from models.card import Applicability, Label
-from models.demo import write_model
-from models.inference import Engine
+from predictd.models.body_part import BODY_PARTS
+from predictd.models.card import Applicability, Label
+from predictd.models.demo import write_model
+from predictd.models.inference import Engine
 from tests.support import RG2_HIP_JLSL, pydicom_data_file
 
 LABELS = (Label("a", "A"), Label("b", "B"))

@@ -9,11 +9,11 @@ import numpy as np
 import pydicom
 import pytest
 
-from models.card import Label
-from models.demo import write_model
-from models.inference import Engine
-from models.prediction import Prediction
-from models.preprocess import PixelDecodeError, preprocess
+from predictd.models.card import Label
+from predictd.models.demo import write_model
+from predictd.models.inference import Engine
+from predictd.models.prediction import Prediction
+from predictd.models.preprocess import PixelDecodeError, preprocess
 from tests.support import RG2_HIP_JLSL, pydicom_data_file
 
 LABELS = (Label("a", "class a"), Label("b", "class b"), Label("c", "class c"))
@@ -146,7 +146,7 @@ def test_a_worker_killed_by_one_image_names_it_and_the_engine_goes_on(
 ) -> None:
     """Three batches in flight, one image aborts its worker: the error names that image (reproduced alone), and the
     rebuilt pool decodes the good images as before."""
-    from models.decode_pool import DecodeWorkerError
+    from predictd.models.decode_pool import DecodeWorkerError
     from tests.support.crash import prepare_or_abort
 
     poison, uid = _poison_copy(files[1], tmp_path)
@@ -163,7 +163,7 @@ def test_the_decoder_that_crashes_natively_is_named(tmp_path: Path) -> None:
     refuses it with an error. Probing each plugin in its own worker finds GDCM, and the caller lives."""
     from functools import partial
 
-    from models.decode_pool import DecodePool, _decode_with
+    from predictd.models.decode_pool import DecodePool, _decode_with
 
     ds = pydicom.dcmread(RG2_HIP_JLSL)
     ds.Rows = ds.Columns = 40000

@@ -6,9 +6,9 @@ import pytest
 import timm
 import torch
 
-from models.card import CardError, Label, ModelCard
-from models.ensemble import Ensemble, central_zoom
-from models.features import forward_with_features
+from predictd.models.card import CardError, Label, ModelCard
+from predictd.models.ensemble import Ensemble, central_zoom
+from predictd.models.features import forward_with_features
 
 
 def _net(seed: int) -> torch.nn.Module:

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models import data, probes
-from models.card import ModelCard, Preprocessing
-from models.catalog import catalog
-from models.evaluate import evaluate_ood, report_warnings
-from models.metrics import evaluate
-from models.train import Trainer, TrainOptions
+from predictd.models import data, probes
+from predictd.models.card import ModelCard, Preprocessing
+from predictd.models.catalog import catalog
+from predictd.models.evaluate import evaluate_ood, report_warnings
+from predictd.models.metrics import evaluate
+from predictd.models.train import Trainer, TrainOptions
 from tests.support import SHARED_DATA
 
 HIP = SHARED_DATA / "hip_tha_radiologyai"

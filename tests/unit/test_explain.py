@@ -11,11 +11,11 @@ import timm
 import torch
 from PIL import Image
 
-from models.card import Label
-from models.demo import TINY_ARCH, write_model
-from models.explain import gradcam, jet, overlay_png, unpad
-from models.inference import Engine
-from models.preprocess import resize_pad, to_gray
+from predictd.models.card import Label
+from predictd.models.demo import TINY_ARCH, write_model
+from predictd.models.explain import gradcam, jet, overlay_png, unpad
+from predictd.models.inference import Engine
+from predictd.models.preprocess import resize_pad, to_gray
 from tests.support import RG2_HIP_JLSL
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.gate import DomainGate, GateError, threshold_for
+from predictd.models.gate import DomainGate, GateError, threshold_for
 
 
 def _clusters(n: int, seed: int, dims: tuple[int, ...] = (8, 16)) -> tuple[list[np.ndarray], np.ndarray]:

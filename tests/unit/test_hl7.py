@@ -9,7 +9,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from reporting.hl7 import (
+from predictd.reporting.hl7 import (
     CHARSET,
     SR_UID_ID,
     STUDY_UID_ID,
@@ -242,9 +242,9 @@ def test_malformed_ack(raw: str) -> None:
 
 def test_not_assessed_text_reaches_dictation_without_a_class() -> None:
     """The HL7 message carries the report text: a refused image's line, with no class and no probability."""
-    from models.card import Label, ModelCard
-    from models.prediction import Prediction
-    from reporting.text import report_text
+    from predictd.models.card import Label, ModelCard
+    from predictd.models.prediction import Prediction
+    from predictd.reporting.text import report_text
 
     card = ModelCard("hip", "1.0", "hip_arthroplasty", "x", (Label("yes_THA", "total hip arthroplasty"),))
     refused = Prediction("hip", "1.0", "hip_arthroplasty", "1.2.3.4.5.1", "1.2.3.4.5", Prediction.NOT_ASSESSED, 0.99)

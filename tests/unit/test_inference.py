@@ -9,12 +9,12 @@ from typing import Any
 import pydicom
 import pytest
 
-from models.card import CARD_FILE, CardError, Label, ModelCard
-from models.demo import DEMO_LABELS, DEMO_NAME, install_demo, write_model
-from models.inference import Engine
-from models.loading import NoModelsError
-from models.prediction import Prediction
-from models.preprocess import PixelDecodeError, laterality_of
+from predictd.models.card import CARD_FILE, CardError, Label, ModelCard
+from predictd.models.demo import DEMO_LABELS, DEMO_NAME, install_demo, write_model
+from predictd.models.inference import Engine
+from predictd.models.loading import NoModelsError
+from predictd.models.prediction import Prediction
+from predictd.models.preprocess import PixelDecodeError, laterality_of
 from tests.support import RG2_HIP_JLSL, pydicom_data_file
 
 LABELS = (Label("a", "class a"), Label("b", "class b"), Label("c", "class c"))

@@ -7,10 +7,10 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-from models.card import Label, ModelCard
-from models.ensemble import Ensemble
-from models.init_weights import initial_model
-from models.loading import build_model
+from predictd.models.card import Label, ModelCard
+from predictd.models.ensemble import Ensemble
+from predictd.models.init_weights import initial_model
+from predictd.models.loading import build_model
 
 
 def _card(labels: int) -> ModelCard:

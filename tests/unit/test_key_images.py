@@ -10,16 +10,16 @@ import numpy as np
 import pydicom
 import pytest
 
-from models.card import Label
-from models.demo import write_model
-from models.explain import overlay_rgb
-from models.inference import Engine
-from models.prediction import Prediction
-from models.preprocess import to_gray
-from reporting import codes, uids
-from reporting.key_images import SERIES_DESCRIPTION, build_key_image
-from reporting.sr import build_sr
-from reporting.text import report_text
+from predictd.models.card import Label
+from predictd.models.demo import write_model
+from predictd.models.explain import overlay_rgb
+from predictd.models.inference import Engine
+from predictd.models.prediction import Prediction
+from predictd.models.preprocess import to_gray
+from predictd.reporting import codes, uids
+from predictd.reporting.key_images import SERIES_DESCRIPTION, build_key_image
+from predictd.reporting.sr import build_sr
+from predictd.reporting.text import report_text
 from tests.support import RG2_HIP_JLSL, assert_dciodvfy_clean, pydicom_data_file
 
 LABELS = (Label("none", "no hardware"), Label("tha", "total hip arthroplasty"), Label("dhs", "dynamic hip screw"))

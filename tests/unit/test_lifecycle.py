@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from daemon import lifecycle
-from daemon.lifecycle import TERMINAL, TRANSITIONS, WORK, IllegalTransition, StudyState
-from daemon.tables import Study, StudyEvent
+from predictd.daemon import lifecycle
+from predictd.daemon.lifecycle import TERMINAL, TRANSITIONS, WORK, IllegalTransition, StudyState
+from predictd.daemon.tables import Study, StudyEvent
 
 S = StudyState
 NOW = datetime(2026, 11, 22, tzinfo=UTC)
@@ -66,7 +66,7 @@ def test_the_happy_path_is_the_pipeline() -> None:
 
 
 def test_the_worker_pipeline_table_is_the_lifecycles_work() -> None:
-    from daemon.worker import PIPELINE
+    from predictd.daemon.worker import PIPELINE
 
     assert {state: stage.name for state, stage in PIPELINE.items()} == WORK
     assert [state for state, stage in PIPELINE.items() if stage.run_batch is not None] == [S.READY]

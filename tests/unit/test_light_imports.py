@@ -13,7 +13,9 @@ import pytest
 from tests.support import REPO
 
 
-@pytest.mark.parametrize("module", ["daemon.app", "daemon.cli", "daemon.receive", "daemon.queue"])
+@pytest.mark.parametrize(
+    "module", ["predictd.daemon.app", "predictd.daemon.cli", "predictd.daemon.receive", "predictd.daemon.queue"]
+)
 def test_service_modules_import_no_torch(module: str) -> None:
     probe = f"import sys, {module}; print(sorted(m for m in ('torch', 'timm') if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=120)

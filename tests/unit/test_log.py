@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from daemon.log import Event, configure_logging, get_logger
+from predictd.daemon.log import Event, configure_logging, get_logger
 from tests.support import REPO
 
 early = get_logger("early")  # created at import, before configure_logging, as every module does
@@ -33,7 +33,7 @@ def test_level_filters(capsys: pytest.CaptureFixture[str]) -> None:
 STDLIB_AND_WARNINGS = """
 import logging, sys, warnings
 import pydicom
-from daemon.log import Event, configure_logging, get_logger
+from predictd.daemon.log import Event, configure_logging, get_logger
 configure_logging("INFO", json_output=True)
 ds = pydicom.Dataset()
 ds.PatientBirthDate = "ZQXDOB1923"  # pydicom warns, quoting the value

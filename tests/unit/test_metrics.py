@@ -11,7 +11,7 @@ import pytest
 from sklearn import metrics as sklearn_metrics
 from sklearn.calibration import calibration_curve
 
-from models import metrics as m
+from predictd.models import metrics as m
 
 CASES = [(2, 0), (2, 1), (3, 2), (5, 3), (9, 4)]  # (k, seed)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pydicom
 
-from models.phi import exception_text, scrub
+from predictd.models.phi import exception_text, scrub
 
 
 def test_scrub_removes_quoted_values_but_keeps_vrs_and_uids() -> None:

@@ -12,8 +12,8 @@ from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder
 from pydicom.uid import JPEGLSLossless
 
-from models.card import Preprocessing
-from models.preprocess import PixelDecodeError, preprocess, resize_pad, to_gray
+from predictd.models.card import Preprocessing
+from predictd.models.preprocess import PixelDecodeError, preprocess, resize_pad, to_gray
 from tests.support import RG2_HIP_JLSL, pydicom_data_file
 
 

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from models import metrics as m
-from models.report_html import render_html, write_html
+from predictd.models import metrics as m
+from predictd.models.report_html import render_html, write_html
 
 LABELS = ["none", "<b>&x", "plate"]
 VOID = {"meta", "br", "hr", "img", "input", "link", "wbr"}

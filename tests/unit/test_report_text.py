@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from daemon.config import Settings
-from models.card import Applicability, Label, ModelCard
-from models.demo import DEMO_LABELS
-from models.prediction import Prediction
-from reporting.text import check_templates, report_text
+from predictd.daemon.config import Settings
+from predictd.models.card import Applicability, Label, ModelCard
+from predictd.models.demo import DEMO_LABELS
+from predictd.models.prediction import Prediction
+from predictd.reporting.text import check_templates, report_text
 
 AI_LINE = "AI-generated preliminary text (predictd, hip@1.0); not verified by a radiologist."
 BANNER = "DEMONSTRATION ONLY: produced by an untrained model; the findings below are meaningless."

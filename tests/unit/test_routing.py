@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from daemon import outbox
-from daemon.config import DicomDestination, Hl7Destination, StowDestination
-from daemon.outbox import HL7, KEY_IMAGE, OUTBOX_FOLDER, SR, Document
+from predictd.daemon import outbox
+from predictd.daemon.config import DicomDestination, Hl7Destination, StowDestination
+from predictd.daemon.outbox import HL7, KEY_IMAGE, OUTBOX_FOLDER, SR, Document
 
 SR_DOC = Document(SR, "1.2.3.1", Path("sr.dcm"))
 KEY = Document(KEY_IMAGE, "1.2.3.2", Path("key.dcm"))

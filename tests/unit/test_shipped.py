@@ -14,12 +14,12 @@ from PIL import Image
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from models import data
-from models.card import ModelCard, file_sha256
-from models.evaluate import evaluate_model
-from models.inference import Engine
-from models.install import install_shipped, shipped
-from models.loading import load_verified
+from predictd.models import data
+from predictd.models.card import ModelCard, file_sha256
+from predictd.models.evaluate import evaluate_model
+from predictd.models.inference import Engine
+from predictd.models.install import install_shipped, shipped
+from predictd.models.loading import load_verified
 from tests.support import REPO, RG2_HIP_JLSL, SHARED_DATA
 
 MAX_WEIGHTS_BYTES = 10_000_000
@@ -102,7 +102,7 @@ def test_evaluate_reproduces_the_shipped_hip_figures(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["hip_arthroplasty", "shoulder_implant_manufacturer"])
 def test_framing_does_not_change_the_answer(name: str) -> None:
     """The same radiograph padded, letterboxed and cropped five ways: the same label, probabilities within 0.1."""
-    from models.probes import framing_changes
+    from predictd.models.probes import framing_changes
 
     folder = shipped()[name]
     card, model = load_verified(folder)
@@ -118,8 +118,8 @@ def test_framing_does_not_change_the_answer(name: str) -> None:
 def test_shipped_gate_figures_are_what_evaluate_measures(name: str, other: str) -> None:
     """The refusals recorded in the card (and printed by `predictd models shipped`) are what `predictd evaluate --ood`
     measures on the same probes today."""
-    from models import probes
-    from models.evaluate import evaluate_ood
+    from predictd.models import probes
+    from predictd.models.evaluate import evaluate_ood
 
     folder = shipped()[name]
     card = ModelCard.load(folder)

@@ -6,7 +6,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from models.preprocess import image_left_side, laterality_of, split_bilateral
+from predictd.models.preprocess import image_left_side, laterality_of, split_bilateral
 
 ROWS, COLS = 4, 10
 

@@ -13,12 +13,12 @@ import pytest
 from pydicom.sr.codedict import codes as dcm_codes
 from pydicom.sr.coding import Code
 
-from models.card import Applicability, Label, ModelCard
-from models.prediction import Prediction
-from reporting import codes, uids
-from reporting.key_images import build_key_image
-from reporting.sr import build_sr
-from reporting.text import report_text
+from predictd.models.card import Applicability, Label, ModelCard
+from predictd.models.prediction import Prediction
+from predictd.reporting import codes, uids
+from predictd.reporting.key_images import build_key_image
+from predictd.reporting.sr import build_sr
+from predictd.reporting.text import report_text
 from tests.support import RG2_HIP_JLSL, assert_dciodvfy_clean, pydicom_data_file
 
 HIP = ModelCard(

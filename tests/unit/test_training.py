@@ -17,16 +17,16 @@ import pytest
 import safetensors.torch
 import torch
 
-from models import data
-from models.calibrate import fitted_temperature
-from models.card import ModelCard, Preprocessing, file_sha256
-from models.catalog import catalog
-from models.evaluate import EvaluationError, evaluate_model
-from models.export import export_model
-from models.inference import Engine
-from models.loading import build_model
-from models.report_html import render_html
-from models.train import (
+from predictd.models import data
+from predictd.models.calibrate import fitted_temperature
+from predictd.models.card import ModelCard, Preprocessing, file_sha256
+from predictd.models.catalog import catalog
+from predictd.models.evaluate import EvaluationError, evaluate_model
+from predictd.models.export import export_model
+from predictd.models.inference import Engine
+from predictd.models.loading import build_model
+from predictd.models.report_html import render_html
+from predictd.models.train import (
     BEST_WEIGHTS,
     CHECKPOINT,
     LOG_CSV,

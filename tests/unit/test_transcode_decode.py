@@ -17,7 +17,7 @@ from pydicom.pixels import get_decoder, get_encoder
 from pydicom.uid import UID, HTJ2KLossless
 
 import tests.support.transcode as transcode_module
-from models.preprocess import PixelDecodeError, resize_pad, to_gray
+from predictd.models.preprocess import PixelDecodeError, resize_pad, to_gray
 from tests.support import RG2_HIP_JLSL, pydicom_data_file
 from tests.support.transcode import (
     JPEGLS_NEAR,

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from reporting import uids
+from predictd.reporting import uids
 
 STUDY = "1.3.6.1.4.1.5962.1.2.10.20040826185059.5457"
 _UID_SYNTAX = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
