@@ -9,8 +9,8 @@ C-STORE statuses answered:
 
 ======  ===================================================================================================
 0x0000  stored and recorded; also for a repeated SOP Instance UID (idempotent), for predictd's own key images sent
-        back by a PACS (discarded, see ``Header.made_by_predictd``), for SRs and presentation states (discarded,
-        see ``RESULT_SOP_CLASSES``) and, with
+        back by a PACS (discarded, see ``dataset_check.Header.made_by_predictd``), for SRs and presentation states
+        (discarded, see ``RESULT_SOP_CLASSES``) and, with
         ``unsupported_sop_classes = "ignore"``, for a SOP class predictd does not read (discarded)
 0xA700  out of resources: the spool has less than ``min_free_bytes`` free; nothing written
 0xA900  data set does not match SOP class: a required UID (study, series, SOP instance) is missing or not usable
@@ -20,30 +20,30 @@ C-STORE statuses answered:
 0xC211  an unexpected error (database down, disk error ...); logged, the server keeps serving
 ======  ===================================================================================================
 
-Every failure carries a fixed Error Comment (:data:`ERROR_COMMENTS`), so the modality's log says why.
+The header check is :func:`predictd.daemon.dataset_check.read_header`: its ``Unreadable`` problems are answered
+0xC210, its ``Unusable`` ones 0xA900. Every failure carries a fixed Error Comment (:data:`ERROR_COMMENTS`), so the
+modality's log says why.
 """
 
 from __future__ import annotations
 
-import io
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any, cast
 
 import pydicom
-from pydicom.uid import UID, AllTransferSyntaxes, DeflatedExplicitVRLittleEndian
+from pydicom.uid import AllTransferSyntaxes, DeflatedExplicitVRLittleEndian
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.dimse_primitives import C_STORE
 
 from predictd.daemon import incoming
 from predictd.daemon.associations import CallerPolicy, handle_rejected, handle_requested
 from predictd.daemon.config import ReceiveSettings
+from predictd.daemon.dataset_check import Unreadable, Unusable, read_header
 from predictd.daemon.log import Event, get_logger
-from predictd.daemon.spool import Spool, check_uid
+from predictd.daemon.spool import Spool
 from predictd.models.phi import exception_text
-from predictd.reporting.uids import device_uid
 
 log = get_logger("receive")
 
@@ -74,12 +74,6 @@ RESULT_SOP_CLASSES: tuple[str, ...] = (
 """Reports and presentation states, ours or a reader's: accepted even under ``unsupported_sop_classes = "refuse"`` and
 discarded with success, because a PACS forwarding whole studies sends them along (predictd's own SR among them) and a
 refused context would count as a failed forward there. Never classified, never stored."""
-
-_PIXEL_TAGS = frozenset({(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)})
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
-_ITEM = (0xFFFE, 0xE000)
-_SEQUENCE_DELIMITER = (0xFFFE, 0xE0DD)
-_UNDEFINED_LENGTH = 0xFFFFFFFF
 
 
 def accepted_transfer_syntaxes() -> list[str]:
@@ -265,7 +259,12 @@ def handle_store(event: evt.Event, ctx: StoreContext) -> int | pydicom.Dataset:
                 OUT_OF_RESOURCES, f"spool has {free} bytes free, less than receive.min_free_bytes {ctx.min_free_bytes}"
             )
         with incoming.received(event) as (fh, source):
-            header = read_header(fh, sop_class, sop_instance)
+            try:
+                header = read_header(fh, sop_class, sop_instance)
+            except Unreadable as exc:
+                raise Rejected(CANNOT_UNDERSTAND, exc.reason) from exc
+            except Unusable as exc:
+                raise Rejected(DOES_NOT_MATCH_SOP_CLASS, exc.reason) from exc
             if header.made_by_predictd:
                 log.info(
                     Event.INSTANCE_IGNORED,
@@ -325,155 +324,3 @@ def handle_store(event: evt.Event, ctx: StoreContext) -> int | pydicom.Dataset:
         calling_ae=calling,
     )
     return SUCCESS
-
-
-# --- header checks (cheap: pixel data is located and measured, never read or decoded) ----------------------------
-
-
-@dataclass(frozen=True)
-class Header:
-    study_uid: str
-    series_uid: str
-    sop_instance_uid: str
-    transfer_syntax_uid: str
-    modality: str | None
-    patient_id: str | None = None
-    accession_number: str | None = None
-    study_date: str | None = None
-    made_by_predictd: bool = False
-    """A key image predictd made (its device UID in Contributing Equipment), sent back by a PACS: never classified."""
-
-
-def _position(fh: BinaryIO) -> str:
-    try:
-        return f" near byte {fh.tell()}"
-    except (OSError, ValueError):
-        return ""
-
-
-def read_header(fh: BinaryIO, sop_class: str, sop_instance: str) -> Header:
-    """Parse everything before the pixel data and check the instance is one predictd can use; raise Rejected if not.
-
-    The dataset's SOP Class and Instance UIDs must equal the C-STORE request's: the spool path and the database row
-    are keyed by them, and a mismatch means the sender is confused about what it sent.
-    """
-    try:
-        ds = pydicom.dcmread(fh, stop_before_pixels=True)
-        syntax = UID(ds.file_meta.TransferSyntaxUID)
-        uids = {kw: str(ds.get(kw) or "").strip() for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
-        dataset_class = str(ds.get("SOPClassUID") or "").strip()
-        modality = str(ds.get("Modality") or "").strip() or None
-        registry = {kw: _text(ds, kw, size) for kw, size in _REGISTRY_ATTRIBUTES.items()}
-        made_by_predictd = _made_by_predictd(ds)
-    except Exception as exc:  # the parser's message may quote element values (PHI): the type and offset only
-        where = _position(fh)
-        raise Rejected(CANNOT_UNDERSTAND, f"data set cannot be parsed ({type(exc).__name__}{where})") from exc
-    missing = [kw for kw, value in uids.items() if not value]
-    if missing:
-        raise Rejected(DOES_NOT_MATCH_SOP_CLASS, f"required attribute missing: {', '.join(missing)}")
-    if uids["SOPInstanceUID"] != sop_instance:
-        raise Rejected(DOES_NOT_MATCH_SOP_CLASS, "SOPInstanceUID differs from the request's AffectedSOPInstanceUID")
-    if dataset_class and dataset_class != sop_class:
-        raise Rejected(DOES_NOT_MATCH_SOP_CLASS, "SOPClassUID differs from the request's AffectedSOPClassUID")
-    try:
-        for value in uids.values():
-            check_uid(value)
-    except ValueError as exc:
-        raise Rejected(DOES_NOT_MATCH_SOP_CLASS, str(exc)) from exc
-    problem = _pixel_data_problem(fh, syntax)
-    if problem:
-        raise Rejected(*problem)
-    return Header(
-        study_uid=uids["StudyInstanceUID"],
-        series_uid=uids["SeriesInstanceUID"],
-        sop_instance_uid=uids["SOPInstanceUID"],
-        transfer_syntax_uid=str(syntax),
-        modality=modality,
-        patient_id=registry["PatientID"],
-        accession_number=registry["AccessionNumber"],
-        study_date=registry["StudyDate"],
-        made_by_predictd=made_by_predictd,
-    )
-
-
-_REGISTRY_ATTRIBUTES = {"PatientID": 64, "AccessionNumber": 16, "StudyDate": 8}
-"""Kept on the study row (at most the column's length) for the registry export; never logged (PHI)."""
-
-
-def _text(ds: pydicom.Dataset, keyword: str, size: int) -> str | None:
-    value = str(ds.get(keyword) or "").strip()
-    return value[:size] or None
-
-
-def _made_by_predictd(ds: pydicom.Dataset) -> bool:
-    """True when a Contributing Equipment item carries predictd's device UID (every SR and key image predictd makes).
-
-    A PACS that auto-forwards whole studies sends predictd's key images back; classifying them would report on our
-    own overlays and loop.
-    """
-    ours = device_uid()
-    return any(str(item.get("DeviceUID") or "") == ours for item in ds.get("ContributingEquipmentSequence") or [])
-
-
-def _pixel_data_problem(fh: BinaryIO, syntax: UID) -> tuple[int, str] | None:
-    """None if the file positioned at (7FE0,0010) holds complete pixel data, else why not.
-
-    ``dcmread(stop_before_pixels=True)`` leaves the file at the pixel data tag, or at its end when there is none.
-    Only element and item headers are read, so this costs microseconds whatever the image size. A deflated data set
-    has no usable file position and is inflated and read whole instead (rare, and small).
-    """
-    if syntax == DeflatedExplicitVRLittleEndian:
-        fh.seek(0)
-        try:
-            ds = pydicom.dcmread(fh)
-        except Exception as exc:
-            return (CANNOT_UNDERSTAND, f"deflated data set cannot be read ({type(exc).__name__})")
-        return None if "PixelData" in ds else (DOES_NOT_MATCH_SOP_CLASS, "no pixel data")
-    start = fh.tell()
-    end = fh.seek(0, io.SEEK_END)
-    fh.seek(start)
-    head = fh.read(8)
-    if len(head) < 8:
-        return (DOES_NOT_MATCH_SOP_CLASS, "no pixel data")
-    endian = "<" if syntax.is_little_endian else ">"
-    group, elem = struct.unpack(endian + "HH", head[:4])
-    if (group, elem) not in _PIXEL_TAGS:
-        return (DOES_NOT_MATCH_SOP_CLASS, "no pixel data")
-    if syntax.is_implicit_VR:
-        (length,) = struct.unpack(endian + "L", head[4:8])
-        value_at = start + 8
-    elif head[4:6] in _LONG_VRS:
-        more = fh.read(4)
-        if len(more) < 4:
-            return (CANNOT_UNDERSTAND, "pixel data truncated")
-        (length,) = struct.unpack(endian + "L", more)
-        value_at = start + 12
-    else:
-        (length,) = struct.unpack(endian + "H", head[6:8])
-        value_at = start + 8
-    if length == _UNDEFINED_LENGTH:
-        return _encapsulated_problem(fh, value_at, end)
-    if length == 0:
-        return (DOES_NOT_MATCH_SOP_CLASS, "no pixel data (empty value)")
-    if value_at + length > end:
-        return (CANNOT_UNDERSTAND, f"pixel data truncated ({end - value_at} of {length} bytes)")
-    return None
-
-
-def _encapsulated_problem(fh: BinaryIO, pos: int, end: int) -> tuple[int, str] | None:
-    """Walk the items of encapsulated pixel data (offset table, fragments) up to the sequence delimiter."""
-    fragments = 0
-    while True:
-        fh.seek(pos)
-        head = fh.read(8)
-        if len(head) < 8:
-            return (CANNOT_UNDERSTAND, "pixel data truncated (no sequence delimiter)")
-        group, elem, length = struct.unpack("<HHL", head)
-        if (group, elem) == _SEQUENCE_DELIMITER:
-            return None if fragments > 1 else (DOES_NOT_MATCH_SOP_CLASS, "no pixel data (no fragments)")
-        if (group, elem) != _ITEM or length == _UNDEFINED_LENGTH:
-            return (CANNOT_UNDERSTAND, f"malformed encapsulated pixel data at byte {pos}")
-        fragments += 1  # the first item is the basic offset table
-        pos += 8 + length
-        if pos > end:
-            return (CANNOT_UNDERSTAND, "pixel data truncated (fragment runs past the end)")
