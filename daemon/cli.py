@@ -261,8 +261,8 @@ def echo(
     aec: Annotated[str, typer.Option(help="The peer's (called) AE title.")] = "ANY-SCP",
 ) -> None:
     """C-ECHO a DICOM peer (a PACS, or predictd itself) and print the status."""
-    from predictd.daemon.dimse import SendError
-    from predictd.daemon.dimse import echo as dicom_echo
+    from predictd.daemon.destinations import SendError
+    from predictd.daemon.destinations.dicom import echo as dicom_echo
 
     calling = aet or settings_for(config).receive.ae_title
     try:

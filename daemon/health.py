@@ -18,7 +18,8 @@ from urllib.parse import urlsplit
 from predictd.daemon import outbox
 from predictd.daemon.config import Destination, DicomDestination, Hl7Destination, StowDestination
 from predictd.daemon.db import Database, utcnow
-from predictd.daemon.dimse import SendError, echo
+from predictd.daemon.destinations import SendError
+from predictd.daemon.destinations.dicom import echo
 
 
 def answers(dest: Destination, calling_ae: str) -> bool:

@@ -1,5 +1,5 @@
 """The outbox: which destination gets which document (routing), one row per (destination, document) of a run, the
-delivery states and kinds, and the writes of the send stage.
+delivery states and document kinds (``DeliveryState``, ``DocumentKind``), and the writes of the send stage.
 
 Also the queries across destinations for :mod:`daemon.health` (which destinations deliveries wait for, making them
 due at once), so the probing module holds no SQL. The rows are created with the run's report
@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
 
 from sqlalchemy import select, update
@@ -23,15 +24,31 @@ from predictd.daemon.db import Database, utcnow
 from predictd.daemon.queue import Claim, RetryPolicy, held
 from predictd.daemon.tables import Delivery, Run, Study
 
-PENDING, SENT, FAILED = "pending", "sent", "failed"
-"""Delivery states (tables.Delivery.state)."""
-SR, KEY_IMAGE, HL7 = "sr", "key_image", "hl7"
-"""Document kinds (tables.Delivery.kind)."""
+
+class DeliveryState(StrEnum):
+    """A delivery's state (tables.Delivery.state); the values are the strings stored and shown (``queue show``)."""
+
+    PENDING = "pending"
+    """Not delivered yet: due now, or waiting out its backoff (``next_attempt_at``)."""
+    SENT = "sent"
+    FAILED = "failed"
+    """Given up: a permanent error, or too old (``send.give_up_after_hours``) or too many attempts."""
+
+
+class DocumentKind(StrEnum):
+    """What a delivery's file is (tables.Delivery.kind); the values are the strings stored."""
+
+    SR = "sr"
+    """The Comprehensive SR."""
+    KEY_IMAGE = "key_image"
+    """A Grad-CAM key image (Secondary Capture)."""
+    HL7 = "hl7"
+    """An HL7 ORU^R01 message, built for one HL7 destination."""
 
 
 OUTBOX_FOLDER = "outbox-folder"
 """Destination name used when no destination is configured: documents are written to ``send.outbox_dir``."""
-DICOM_KINDS = frozenset({SR, KEY_IMAGE})
+DICOM_KINDS = frozenset({DocumentKind.SR, DocumentKind.KEY_IMAGE})
 """What a DICOM destination (C-STORE or STOW-RS) and the outbox folder receive; an HL7 destination gets the message."""
 
 
@@ -39,8 +56,7 @@ DICOM_KINDS = frozenset({SR, KEY_IMAGE})
 class Document:
     """One file a run sends: the SR, a key image (Secondary Capture) or an HL7 message."""
 
-    kind: str
-    """"sr", "key_image" or "hl7" (see tables.Delivery.kind)."""
+    kind: DocumentKind
     sop_instance_uid: str
     """The DICOM object's UID; for an HL7 message, a UID derived from the SR's, so retries dedupe the same way."""
     path: Path
@@ -48,9 +64,10 @@ class Document:
     """Only for this destination (an HL7 message names its receiver in MSH-5/6); None: every one of its kind."""
 
 
-def routes(destinations: Sequence[Destination]) -> list[tuple[str, frozenset[str]]]:
+def routes(destinations: Sequence[Destination]) -> list[tuple[str, frozenset[DocumentKind]]]:
     """Each destination's name and the document kinds it receives; the outbox folder when none is configured."""
-    configured = [(d.name, frozenset({HL7}) if d.type == "hl7" else DICOM_KINDS) for d in destinations]
+    hl7 = frozenset({DocumentKind.HL7})
+    configured = [(d.name, hl7 if d.type == "hl7" else DICOM_KINDS) for d in destinations]
     return configured or [(OUTBOX_FOLDER, DICOM_KINDS)]
 
 
@@ -59,7 +76,7 @@ def routed(destinations: Sequence[Destination], documents: Sequence[Document]) -
 
     A document addressed to one destination (an HL7 message, built for its receiver) goes there only.
     """
-    order = {KEY_IMAGE: 0, SR: 1, HL7: 2}
+    order = {DocumentKind.KEY_IMAGE: 0, DocumentKind.SR: 1, DocumentKind.HL7: 2}
     ordered = sorted(documents, key=lambda doc: order[doc.kind])
     return [
         (name, doc)
@@ -75,11 +92,11 @@ class DeliveryView:
     destination: str
     sop_instance_uid: str
     path: Path
-    state: str
+    state: DeliveryState
     attempts: int
     next_attempt_at: datetime | None
     last_error: str | None
-    kind: str = SR
+    kind: DocumentKind = DocumentKind.SR
 
 
 @dataclass(frozen=True)
@@ -102,11 +119,11 @@ def _delivery_view(d: Delivery) -> DeliveryView:
         d.destination,
         d.sop_instance_uid,
         Path(d.path),
-        d.state,
+        DeliveryState(d.state),
         d.attempts,
         d.next_attempt_at,
         d.last_error,
-        d.kind,
+        DocumentKind(d.kind),
     )
 
 
@@ -114,7 +131,7 @@ def mark_sent(db: Database, claim: Claim, delivery_id: int, *, now: datetime | N
     """Record a delivered document; LeaseLost (nothing written) when ``claim`` is no longer held."""
     with db.transaction() as s:
         d = _claimed_delivery(db, s, claim, delivery_id)
-        d.state = SENT
+        d.state = DeliveryState.SENT
         d.attempts += 1
         d.sent_at = now or utcnow()
         d.last_error = None
@@ -131,7 +148,7 @@ def mark_attempt_failed(
     permanent: bool = False,
     give_up_after: timedelta | None = None,
     now: datetime | None = None,
-) -> str:
+) -> DeliveryState:
     """Count a failed delivery attempt; returns the delivery's new state (pending with backoff, or failed).
 
     A retryable failure gives up only when the row is older than ``give_up_after`` (or, with ``policy.max_attempts``
@@ -146,11 +163,11 @@ def mark_attempt_failed(
         too_old = give_up_after is not None and d.created_at is not None and now - d.created_at >= give_up_after
         too_many = 0 < policy.max_attempts <= d.attempts
         if permanent or too_old or too_many:
-            d.state = FAILED
+            d.state = DeliveryState.FAILED
             d.next_attempt_at = None
         else:
             d.next_attempt_at = now + policy.delay(d.attempts)
-        return d.state
+        return DeliveryState(d.state)
 
 
 def _claimed_delivery(db: Database, s: Session, claim: Claim, delivery_id: int) -> Delivery:
@@ -164,11 +181,11 @@ def _claimed_delivery(db: Database, s: Session, claim: Claim, delivery_id: int) 
 
 
 def summarize(views: list[DeliveryView], now: datetime) -> DeliverySummary:
-    pending = [v for v in views if v.state == PENDING]
+    pending = [v for v in views if v.state == DeliveryState.PENDING]
     waits = [v.next_attempt_at for v in pending if v.next_attempt_at is not None and v.next_attempt_at > now]
     return DeliverySummary(
         pending=len(pending),
-        failed=[v for v in views if v.state == FAILED],
+        failed=[v for v in views if v.state == DeliveryState.FAILED],
         next_attempt_at=min(waits) if len(waits) == len(pending) and waits else None,
     )
 
@@ -178,7 +195,7 @@ def waiting_destinations(db: Database, now: datetime) -> list[str]:
     with db.transaction() as s:
         names = s.scalars(
             select(Delivery.destination)
-            .where(Delivery.state == PENDING, Delivery.attempts > 0, Delivery.next_attempt_at > now)
+            .where(Delivery.state == DeliveryState.PENDING, Delivery.attempts > 0, Delivery.next_attempt_at > now)
             .distinct()
         ).all()
     return sorted(names)
@@ -187,7 +204,7 @@ def waiting_destinations(db: Database, now: datetime) -> list[str]:
 def flush(db: Database, destination: str, now: datetime) -> int:
     """Make ``destination``'s waiting deliveries, and their studies, due now; returns how many deliveries."""
     with db.transaction() as s:
-        waiting = (Delivery.destination == destination) & (Delivery.state == PENDING)
+        waiting = (Delivery.destination == destination) & (Delivery.state == DeliveryState.PENDING)
         run_ids = select(Delivery.run_id).where(waiting)
         study_ids = select(Run.study_id).where(Run.id.in_(run_ids))
         s.execute(update(Study).where(Study.id.in_(study_ids), Study.next_attempt_at > now).values(next_attempt_at=now))

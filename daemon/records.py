@@ -16,7 +16,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from predictd.daemon.db import Database, utcnow
-from predictd.daemon.outbox import PENDING, Document
+from predictd.daemon.outbox import DeliveryState, Document
 from predictd.daemon.queue import Claim, held
 from predictd.daemon.tables import Delivery, Instance, PredictionRow, Run, Study
 from predictd.models.prediction import Prediction
@@ -182,7 +182,7 @@ def save_report(
                 sop_instance_uid=doc.sop_instance_uid,
                 path=str(doc.path),
                 kind=doc.kind,
-                state=PENDING,
+                state=DeliveryState.PENDING,
                 attempts=0,
                 created_at=utcnow(),
             )

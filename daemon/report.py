@@ -66,7 +66,7 @@ def _hl7_messages(
         )
         path = ctx.spool.document_path(view.study_uid, view.run_no, uid).with_suffix(".hl7")
         durable_write(path, message.encode("utf-8"))
-        documents.append(outbox.Document(outbox.HL7, uid, path, destination=dest.name))
+        documents.append(outbox.Document(outbox.DocumentKind.HL7, uid, path, destination=dest.name))
     return documents
 
 
@@ -112,7 +112,7 @@ def run(ctx: StageContext, claim: Claim) -> Outcome:
         study_uid=claim.study_uid,
         run_no=claim.run_no,
         sr_sop_instance_uid=sr_uid,
-        key_images=sum(doc.kind == outbox.KEY_IMAGE for doc in documents),
+        key_images=sum(doc.kind == outbox.DocumentKind.KEY_IMAGE for doc in documents),
     )
     return Advance(StudyState.REPORTED)
 
@@ -131,7 +131,7 @@ def _documents(
     key_images = _key_images(ctx, engine, view, cards, sr_uid) if settings.key_images else {}
     documents = [
         outbox.Document(
-            outbox.KEY_IMAGE,
+            outbox.DocumentKind.KEY_IMAGE,
             str(sc.SOPInstanceUID),
             ctx.spool.write_dataset(sc, ctx.spool.document_path(view.study_uid, view.run_no, str(sc.SOPInstanceUID))),
         )
@@ -155,7 +155,7 @@ def _documents(
         considered_models=[f"{c.name}@{c.version}" for c in cards.values()] if view.not_assessed_reason else (),
     )
     path = ctx.spool.write_dataset(sr, ctx.spool.document_path(view.study_uid, view.run_no, sr_uid))
-    documents.append(outbox.Document(outbox.SR, sr_uid, path))
+    documents.append(outbox.Document(outbox.DocumentKind.SR, sr_uid, path))
     documents += _hl7_messages(ctx, view, sources[0], text, sr_uid)
     return documents, path
 

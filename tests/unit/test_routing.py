@@ -6,12 +6,12 @@ from pathlib import Path
 
 from predictd.daemon import outbox
 from predictd.daemon.config import DicomDestination, Hl7Destination, StowDestination
-from predictd.daemon.outbox import HL7, KEY_IMAGE, OUTBOX_FOLDER, SR, Document
+from predictd.daemon.outbox import OUTBOX_FOLDER, Document, DocumentKind
 
-SR_DOC = Document(SR, "1.2.3.1", Path("sr.dcm"))
-KEY = Document(KEY_IMAGE, "1.2.3.2", Path("key.dcm"))
-ORU_A = Document(HL7, "1.2.3.3", Path("a.hl7"), destination="ris-a")
-ORU_B = Document(HL7, "1.2.3.4", Path("b.hl7"), destination="ris-b")
+SR_DOC = Document(DocumentKind.SR, "1.2.3.1", Path("sr.dcm"))
+KEY = Document(DocumentKind.KEY_IMAGE, "1.2.3.2", Path("key.dcm"))
+ORU_A = Document(DocumentKind.HL7, "1.2.3.3", Path("a.hl7"), destination="ris-a")
+ORU_B = Document(DocumentKind.HL7, "1.2.3.4", Path("b.hl7"), destination="ris-b")
 
 
 def test_dicom_destinations_get_key_images_before_the_sr_and_each_hl7_receiver_its_own_message() -> None:

@@ -1,10 +1,11 @@
-"""DICOMweb STOW-RS client: POST one Part 10 file to ``{dest.url}/studies``. No database, no retries.
+"""DICOMweb destinations (``type = "stow"``): POST one Part 10 file to ``{dest.url}/studies``. No database, no retries.
 
 A STOW-RS server is a destination like a C-STORE peer: one object per request, and every failure becomes a
-:class:`~daemon.dimse.SendError` that says whether trying again later can help, so the send stage keeps one retry
-policy for both. The HTTP status alone is not the answer: a 200 or 202 can still list the instance as failed, so the
-DICOM JSON response body is checked for our SOP Instance UID. Only the standard library (``http.client``) is used:
-one POST needs no HTTP client dependency, and ``http.client`` never routes through proxy environment variables.
+:class:`~daemon.destinations.base.SendError` that says whether trying again later can help, so the send stage keeps
+one retry policy for both. The HTTP status alone is not the answer: a 200 or 202 can still list the instance as
+failed, so the DICOM JSON response body is checked for our SOP Instance UID. Only the standard library
+(``http.client``) is used: one POST needs no HTTP client dependency, and ``http.client`` never routes through proxy
+environment variables.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from urllib.parse import urlsplit
 import pydicom
 
 from predictd.daemon.config import StowDestination
-from predictd.daemon.dimse import SendError
+from predictd.daemon.destinations.base import Parcel, SendError
 
 FAILED_SOP_SEQUENCE = "00081198"
 REFERENCED_SOP_SEQUENCE = "00081199"
@@ -32,6 +33,11 @@ RETRYABLE_STATUSES = frozenset({408, 429})
 """Request timeout and too many requests, with every 5xx: the server may take the same request later. Every other
 status is permanent: the server understood and refused this request (bad body, credentials, URL, media type, a 409
 conflict), and resending the same bytes to the same URL gets the same answer until an operator changes something."""
+
+
+def deliver(parcel: Parcel, dest: StowDestination) -> None:
+    """The handler: STOW-RS the parcel's file."""
+    stow_file(parcel.path, dest)
 
 
 def stow_file(path: Path, dest: StowDestination) -> None:

@@ -1,8 +1,9 @@
-"""HL7 v2 over MLLP: send one message, read its ACK, say whether the receiver took it. No database, no retries.
+"""HL7 destinations (``type = "hl7"``): HL7 v2 over MLLP; send one message, read its ACK, say whether the receiver
+took it. No database, no retries.
 
 One connection per message (connect, send, read one framed ACK, close): a dictation system receives a few messages
 an hour from us, and a fresh connection never inherits a half-read frame. Every failure becomes a SendError, as a
-DICOM send does (daemon.dimse), so the send stage's retry policy treats both alike:
+DICOM send does (daemon.destinations.dicom), so the send stage's retry policy treats both alike:
 
 - AA, CA (application / commit accept): delivered. An enhanced-mode receiver's CA already means it took custody.
 - AE, CE (application / commit error): retryable; the receiver had a problem that may pass (HL7 2.9.2).
@@ -25,9 +26,10 @@ from __future__ import annotations
 
 import socket
 import time
+from pathlib import Path
 
 from predictd.daemon.config import Hl7Destination
-from predictd.daemon.dimse import SendError
+from predictd.daemon.destinations.base import Parcel, SendError
 from predictd.reporting.hl7 import parse_ack
 
 START_BLOCK = b"\x0b"
@@ -36,6 +38,22 @@ MAX_ACK_BYTES = 1 << 20
 """An acknowledgment is a few hundred bytes; a peer that sends a megabyte without an end block is not answering."""
 _ACCEPT = frozenset({"AA", "CA"})
 _RETRY = frozenset({"AE", "CE"})
+
+
+def deliver(parcel: Parcel, dest: Hl7Destination) -> None:
+    """The handler: send the message file exactly as the report stage wrote it, so a retry sends the same bytes."""
+    send_hl7(read_message(parcel.path), dest)
+
+
+def read_message(path: Path) -> str:
+    """The HL7 message in ``path``, decoded as UTF-8.
+
+    Read as bytes: text mode would turn HL7's carriage-return segment separators into newlines.
+    """
+    try:
+        return path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise SendError(f"HL7 message file unreadable: {exc.strerror or exc}", retryable=False) from exc
 
 
 def send_hl7(message: str, dest: Hl7Destination) -> None:

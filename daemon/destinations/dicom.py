@@ -1,4 +1,4 @@
-"""DICOM SCU helpers: C-STORE one file to a destination, C-ECHO a peer. No database, no retries.
+"""DICOM destinations (``type = "dicom"``): C-STORE one file to a destination, C-ECHO a peer. No database, no retries.
 
 Every failure becomes a SendError that says what went wrong and whether trying again later can help; the send stage
 owns the retry policy and the outbox rows.
@@ -15,6 +15,7 @@ from pynetdicom import AE, evt
 from pynetdicom.association import Association
 
 from predictd.daemon.config import DicomDestination
+from predictd.daemon.destinations.base import Parcel, SendError
 
 VERIFICATION = "1.2.840.10008.1.1"
 
@@ -23,12 +24,9 @@ SUCCESS_STATUSES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
 kept the instance, so resending it would not change anything."""
 
 
-class SendError(RuntimeError):
-    """A DICOM exchange failed; ``retryable`` says whether the same request may succeed later."""
-
-    def __init__(self, reason: str, *, retryable: bool) -> None:
-        super().__init__(reason)
-        self.retryable = retryable
+def deliver(parcel: Parcel, dest: DicomDestination) -> None:
+    """The handler: C-STORE the parcel's file, presenting the destination's calling AE title or ``receive.ae_title``."""
+    store_file(parcel.path, dest, dest.calling_ae_title or parcel.calling_ae)
 
 
 def store_file(path: Path | str, dest: DicomDestination, calling_ae: str) -> None:
