@@ -27,8 +27,9 @@ from predictd.daemon.receive import Receiver
 from predictd.daemon.spool import Spool
 from predictd.models.demo import install_demo
 from predictd.models.inference import Engine
+from tests.support import CR_JLSL
 
-SOURCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "dicom" / "RG2_JLSL_hip_cr.dcm"
+SOURCE = CR_JLSL
 
 
 def _copies(n: int, folder: Path) -> list[Path]:

@@ -299,8 +299,8 @@ def describe(exc: ValidationError, path: Path | None = None) -> str:
     return f"{source}: {where}: {first['msg']}{more}"
 
 
-NOT_SETTINGS = frozenset({"PREDICTD_CONFIG", "PREDICTD_TEST_POSTGRES_URL"})
-"""PREDICTD_ variables that are not settings: the CLI's --config, the test suite's PostgreSQL URL."""
+NOT_SETTINGS = frozenset({"PREDICTD_CONFIG", "PREDICTD_TEST_POSTGRES_URL", "PREDICTD_TEST_SHARED"})
+"""PREDICTD_ variables that are not settings: the CLI's --config, the test suite's PostgreSQL URL and shared folder."""
 
 
 def _check_environment(environ: Mapping[str, str]) -> None:

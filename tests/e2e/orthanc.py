@@ -9,7 +9,7 @@ Usage::
     from tests.e2e.orthanc import OrthancServer, storescu
 
     with OrthancServer(tmp_path / "orthanc", predictd=("PREDICTD", predictd_port), stable_age=1) as pacs:
-        storescu(pacs.dicom_port, pacs.aet, [RG2_HIP_JLSL])          # a modality sends to the PACS
+        storescu(pacs.dicom_port, pacs.aet, [CR_JLSL])          # a modality sends to the PACS
         ...                                                           # the Lua script forwards once stable
         srs = pacs.find_instances("SR")                               # Orthanc ids of SRs stored in the PACS
         tags = pacs.simplified_tags(srs[0])                           # {"Manufacturer": "predictd", ...}

@@ -17,7 +17,7 @@ from pydicom.filebase import DicomBytesIO
 from tests.e2e.orthanc import OrthancServer, storescu
 from tests.e2e.predictd_proc import PredictdServer
 from tests.integration.pipeline_helpers import copy_as_new_study
-from tests.support import RG2_HIP_JLSL, free_port, wait_until
+from tests.support import CR_JLSL, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -34,7 +34,7 @@ def _by_sop_class(pacs: OrthancServer, study_id: str) -> dict[str, list[str]]:
 
 
 def test_sr_and_key_images_stowed_into_orthanc_and_not_taken_back(tmp_path: Path) -> None:
-    src = copy_as_new_study(RG2_HIP_JLSL, tmp_path / "hip.dcm")
+    src = copy_as_new_study(CR_JLSL, tmp_path / "hip.dcm")
     source = pydicom.dcmread(src, stop_before_pixels=True)
     predictd_port = free_port()
     with OrthancServer(tmp_path / "orthanc", predictd=("PREDICTD", predictd_port), stable_age=1) as pacs:

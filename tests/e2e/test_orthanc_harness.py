@@ -21,7 +21,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import ComprehensiveSRStorage, Verification  # type: ignore[attr-defined]
 
 from tests.e2e.orthanc import NODELAY_ENV, OrthancServer, storescu
-from tests.support import RG2_HIP_JLSL, free_port, wait_until
+from tests.support import CR_JLSL, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -108,12 +108,12 @@ def c_store(ds: pydicom.Dataset, port: int, called_ae: str) -> None:
 
 
 def test_stable_study_is_forwarded_once_and_the_sr_does_not_loop(tmp_path: Path) -> None:
-    image = pydicom.dcmread(RG2_HIP_JLSL, stop_before_pixels=True)
+    image = pydicom.dcmread(CR_JLSL, stop_before_pixels=True)
     with (
         fake_predictd(tmp_path / "predictd") as (predictd_port, received),
         OrthancServer(tmp_path / "orthanc", predictd=("PREDICTD", predictd_port), stable_age=1) as pacs,
     ):
-        storescu(pacs.dicom_port, pacs.aet, [RG2_HIP_JLSL])
+        storescu(pacs.dicom_port, pacs.aet, [CR_JLSL])
         study_id = pacs.wait_study_id(image.StudyInstanceUID, timeout=10)
         (cr_id,) = pacs.find_instances("CR")
 

@@ -20,7 +20,7 @@ from pynetdicom.dsutils import split_dataset
 
 from tests.e2e.predictd_proc import PredictdServer
 from tests.integration.pipeline_helpers import copy_as_new_study
-from tests.support import RG2_HIP_JLSL, wait_until
+from tests.support import CR_JLSL, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -46,7 +46,7 @@ HOLDS_PHI = ("var/spool/instances", "var/spool/documents", "outbox", "var/predic
 
 
 def _with_phi(path: Path, *, garbage_pixels: bool = False) -> Path:
-    copy_as_new_study(RG2_HIP_JLSL, path, garbage_pixels=garbage_pixels)
+    copy_as_new_study(CR_JLSL, path, garbage_pixels=garbage_pixels)
     ds = pydicom.dcmread(path)
     for keyword, value in PHI.items():
         setattr(ds, keyword, value)

@@ -12,13 +12,13 @@ import pytest
 
 from tests.e2e.predictd_proc import PredictdServer
 from tests.integration.pipeline_helpers import copy_as_new_study
-from tests.support import RG2_HIP_JLSL, wait_until
+from tests.support import CR_JLSL, wait_until
 
 pytestmark = pytest.mark.e2e
 
 
 def test_storescu_to_serve_yields_an_sr_in_the_outbox(tmp_path: Path) -> None:
-    src = copy_as_new_study(RG2_HIP_JLSL, tmp_path / "hip.dcm")
+    src = copy_as_new_study(CR_JLSL, tmp_path / "hip.dcm")
     ds = pydicom.dcmread(src, stop_before_pixels=True)
     with PredictdServer(tmp_path / "predictd") as server:
         server.storescu(src)
@@ -61,7 +61,7 @@ def test_storescu_to_serve_yields_an_sr_in_the_outbox(tmp_path: Path) -> None:
 def test_shipped_models_never_call_the_single_hip_cr_an_arthroplasty(tmp_path: Path) -> None:
     """The first real CR a new user sends (WG04 RG2, a single-hip view without arthroplasty) through `make serve`'s
     models: the draft says "no hip arthroplasty" or "not assessed", never THA; a key image only for a decision."""
-    src = copy_as_new_study(RG2_HIP_JLSL, tmp_path / "hip.dcm")
+    src = copy_as_new_study(CR_JLSL, tmp_path / "hip.dcm")
     ds = pydicom.dcmread(src, stop_before_pixels=True)
     with PredictdServer(tmp_path / "predictd", shipped=True, key_images=True) as server:
         server.storescu(src)

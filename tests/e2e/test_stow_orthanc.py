@@ -1,8 +1,8 @@
 """STOW-RS to a real Orthanc (DICOMweb plugin): predictd's own SR and a real radiograph are indexed under their UIDs.
 
-A real Orthanc because the mapping in daemon.stow is only as good as its agreement with what a real DICOMweb server
-answers: its status codes, its DICOM JSON body, and that stowing the same object again is harmless (the outbox
-retries after a lost answer, so a second POST of a stored instance must not become an error).
+A real Orthanc because the mapping in daemon.destinations.stow is only as good as its agreement with what a real
+DICOMweb server answers: its status codes, its DICOM JSON body, and that stowing the same object again is harmless
+(the outbox retries after a lost answer, so a second POST of a stored instance must not become an error).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pydicom
 import pytest
 
 from predictd.daemon.config import StowDestination
-from predictd.daemon.dimse import SendError
-from predictd.daemon.stow import stow_file
+from predictd.daemon.destinations import SendError
+from predictd.daemon.destinations.stow import stow_file
 from predictd.models.card import Label, ModelCard
 from predictd.models.prediction import Prediction
 from predictd.reporting import uids
@@ -22,7 +22,7 @@ from predictd.reporting.sr import build_sr
 from predictd.reporting.text import report_text
 from tests.e2e.orthanc import OrthancServer
 from tests.integration.pipeline_helpers import copy_as_new_study
-from tests.support import RG2_HIP_JLSL
+from tests.support import CR_JLSL
 
 pytestmark = pytest.mark.e2e
 
@@ -66,7 +66,7 @@ def _indexed(pacs: OrthancServer, modality: str) -> list[str]:
 
 
 def test_sr_and_radiograph_stowed_to_orthanc_are_indexed_once(tmp_path: Path) -> None:
-    image = copy_as_new_study(RG2_HIP_JLSL, tmp_path / "hip.dcm")
+    image = copy_as_new_study(CR_JLSL, tmp_path / "hip.dcm")
     source = pydicom.dcmread(image, stop_before_pixels=True)
     sr_path = _sr_file(source, tmp_path / "sr.dcm")
     sr_uid = str(pydicom.dcmread(sr_path).SOPInstanceUID)
@@ -85,7 +85,7 @@ def test_sr_and_radiograph_stowed_to_orthanc_are_indexed_once(tmp_path: Path) ->
 
 
 def test_wrong_dicomweb_path_is_a_permanent_error(tmp_path: Path) -> None:
-    image = copy_as_new_study(RG2_HIP_JLSL, tmp_path / "hip.dcm")
+    image = copy_as_new_study(CR_JLSL, tmp_path / "hip.dcm")
     with OrthancServer(tmp_path / "orthanc") as pacs:
         url = f"{pacs.base_url}/not-dicom-web"
         with pytest.raises(SendError) as info:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pydicom
 from typer.testing import CliRunner
 
 from predictd.daemon.cli import app
@@ -13,7 +14,7 @@ from predictd.daemon.db import Database
 from predictd.daemon.receive import Receiver
 from predictd.daemon.spool import Spool
 from tests.integration.pipeline_helpers import context, copy_as_new_study, drain, receive_file
-from tests.support import RG2_HIP_JLSL, free_port
+from tests.support import CR_JLSL, free_port
 
 runner = CliRunner()
 
@@ -33,7 +34,7 @@ def test_queue_commands(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path / 'q.db'}")
     db.upgrade()
     ctx = context(tmp_path, db)
-    stored = receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "hip.dcm"))
+    stored = receive_file(ctx, copy_as_new_study(CR_JLSL, tmp_path / "hip.dcm"))
     drain(ctx)
     config = write_config(tmp_path, db.url)
 
@@ -104,10 +105,11 @@ def test_models_commands(tmp_path: Path) -> None:
     code, out = invoke(config, "models", "ls", "--json")
     assert code == 0 and [m["name"] for m in json.loads(out)] == ["tiny"]
     png = tmp_path / "heat.png"
-    code, out = invoke(config, "models", "explain", str(RG2_HIP_JLSL), "--model", "tiny", "--out", str(png))
+    code, out = invoke(config, "models", "explain", str(CR_JLSL), "--model", "tiny", "--out", str(png))
     assert code == 0, out
+    header = pydicom.dcmread(CR_JLSL, stop_before_pixels=True)
     with Image.open(png) as image:
-        assert image.size == (1760, 2140)  # the radiograph's own geometry
+        assert image.size == (header.Columns, header.Rows)  # the radiograph's own geometry
     write_model(tmp_path / "models" / "tiny_copy", name="tiny", task="hip_hardware", labels=LABELS)
     code, out = invoke(config, "models", "ls")
     assert code == 1 and "'tiny' is used by both" in out and "tiny_copy" in out and "rename one" in out

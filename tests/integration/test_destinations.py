@@ -20,7 +20,7 @@ from predictd.daemon.stage import StageContext
 from tests.integration.pipeline_helpers import context, copy_as_new_study, drain, receive_file
 from tests.integration.test_mllp import Answer, MllpListener, ack
 from tests.integration.test_stow_http import StowServer, serving
-from tests.support import RG2_HIP_JLSL, wait_until
+from tests.support import CR_JLSL, wait_until
 
 
 @pytest.fixture
@@ -67,14 +67,17 @@ def test_hl7_and_stow_destinations_get_their_documents(
         {"type": "stow", "name": "web", "url": stow.url},
     ]
     ctx = context(tmp_path, db, send={"destinations": destinations})
-    stored = receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "hip.dcm"))
+    stored = receive_file(ctx, copy_as_new_study(CR_JLSL, tmp_path / "hip.dcm"))
     wait_until(lambda: _done(ctx, stored.study_uid), timeout=60, what="the study to be delivered")
 
     detail = views.study_detail(db, stored.study_uid)
     assert detail is not None
     (run,) = detail["runs"]
     rows = sorted((d["destination"], d["kind"], d["state"]) for d in run["deliveries"])
-    assert rows == [("dictation", outbox.HL7, outbox.SENT), ("web", outbox.SR, outbox.SENT)]
+    assert rows == [
+        ("dictation", outbox.DocumentKind.HL7, outbox.DeliveryState.SENT),
+        ("web", outbox.DocumentKind.SR, outbox.DeliveryState.SENT),
+    ]
     sr_uid, text = run["sr_sop_instance_uid"], run["report_text"]
 
     (message,) = listener.received
@@ -100,7 +103,7 @@ def test_an_hl7_error_is_retried_with_the_same_message(db: Database, tmp_path: P
 
     listener = _listen(mllp, first_busy_then_accept)
     ctx = context(tmp_path, db, send={"destinations": [_hl7(listener.port)]})
-    stored = receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "hip.dcm"))
+    stored = receive_file(ctx, copy_as_new_study(CR_JLSL, tmp_path / "hip.dcm"))
     wait_until(lambda: _done(ctx, stored.study_uid), timeout=60, what="the retried HL7 delivery")
 
     first, second = listener.received
@@ -110,7 +113,7 @@ def test_an_hl7_error_is_retried_with_the_same_message(db: Database, tmp_path: P
 def test_an_hl7_reject_fails_the_study_with_the_reason(db: Database, tmp_path: Path, mllp: list[MllpListener]) -> None:
     listener = _listen(mllp, ack("AR", text="unsupported message"))
     ctx = context(tmp_path, db, send={"destinations": [_hl7(listener.port)]})
-    stored = receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "hip.dcm"))
+    stored = receive_file(ctx, copy_as_new_study(CR_JLSL, tmp_path / "hip.dcm"))
 
     def failed() -> bool:
         drain(ctx)

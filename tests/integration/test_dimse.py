@@ -1,4 +1,4 @@
-"""The SCU helpers against real peers: dcmtk storescp, predictd's own receiver, and a port nobody listens on."""
+"""daemon.destinations.dicom against real peers: dcmtk storescp, predictd's own receiver, a port nobody listens on."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ import pydicom
 import pytest
 
 from predictd.daemon.config import DicomDestination, ReceiveSettings
-from predictd.daemon.dimse import SendError, echo, store_file
+from predictd.daemon.destinations import SendError
+from predictd.daemon.destinations.dicom import echo, store_file
 from predictd.daemon.receive import Receiver
 from predictd.daemon.spool import Spool
-from tests.support import RG2_HIP_JLSL, free_port, pydicom_data_file, wait_until
+from tests.support import CR_JLSL, free_port, pydicom_data_file, wait_until
 
 PEER_AE = "PEER"
 OUR_AE = "PREDICTD"
@@ -70,7 +71,7 @@ def dest(port: int, ae_title: str = PEER_AE, timeout: float = 10) -> DicomDestin
 @pytest.mark.parametrize("name", ["RG1_UNCR.dcm", "jpeg-ls hip"])
 def test_store_file_reaches_storescp(storescp: tuple[int, Path], name: str) -> None:
     port, out = storescp
-    src = RG2_HIP_JLSL if name == "jpeg-ls hip" else pydicom_data_file(name)
+    src = CR_JLSL if name == "jpeg-ls hip" else pydicom_data_file(name)
     store_file(src, dest(port), OUR_AE)
     (received,) = wait_until(lambda: list(out.iterdir()), timeout=10, what="file in storescp folder")
     got, sent = pydicom.dcmread(received), pydicom.dcmread(src)

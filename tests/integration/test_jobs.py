@@ -15,14 +15,14 @@ from predictd.daemon.db import Database, utcnow
 from predictd.daemon.lifecycle import StudyState
 from predictd.daemon.log import configure_logging
 from tests.integration.pipeline_helpers import context, copy_as_new_study, drain, receive_file, settings_for
-from tests.support import RG2_HIP_JLSL, wait_until
+from tests.support import CR_JLSL, wait_until
 
 
 def test_sweep_reap_and_purge(db: Database, tmp_path: Path) -> None:
     ctx = context(tmp_path, db, queue={"lease_seconds": 0.01, "max_attempts": 5}, spool={"retention_days": 0})
-    done = receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "a.dcm"))
+    done = receive_file(ctx, copy_as_new_study(CR_JLSL, tmp_path / "a.dcm"))
     drain(ctx)
-    waiting = receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "b.dcm"))
+    waiting = receive_file(ctx, copy_as_new_study(CR_JLSL, tmp_path / "b.dcm"))
     assert jobs.sweep(ctx) == [waiting.study_uid]
     claim = queue.claim(db, "dead-worker", lease_seconds=0.01)
     assert claim is not None and claim.study_uid == waiting.study_uid
@@ -47,7 +47,7 @@ def test_no_models_is_logged_clearly(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_worker_without_models_leaves_ready_studies_waiting(db: Database, tmp_path: Path) -> None:
     ctx = context(tmp_path, db)
     ctx.engine = None
-    stored = receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "a.dcm"))
+    stored = receive_file(ctx, copy_as_new_study(CR_JLSL, tmp_path / "a.dcm"))
     assert drain(ctx) == 0
     assert queue.counts_by_state(db) == {StudyState.READY: 1}
     assert stored.path.exists()
@@ -56,10 +56,10 @@ def test_worker_without_models_leaves_ready_studies_waiting(db: Database, tmp_pa
 def test_late_images_after_the_purge_are_classified_alone(db: Database, tmp_path: Path) -> None:
     """Retention deleted the first images; a late one reopens the study and its run reads only what is on disk."""
     ctx = context(tmp_path, db, spool={"retention_days": 0})
-    first = receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "a.dcm"))
+    first = receive_file(ctx, copy_as_new_study(CR_JLSL, tmp_path / "a.dcm"))
     drain(ctx)
     assert jobs.purge(ctx) >= 2 and not first.path.exists()
-    late = receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "b.dcm", study_uid=first.study_uid))
+    late = receive_file(ctx, copy_as_new_study(CR_JLSL, tmp_path / "b.dcm", study_uid=first.study_uid))
     drain(ctx)
     detail = views.study_detail(db, first.study_uid)
     assert detail is not None and detail["state"] == StudyState.DONE, detail.get("reason")
@@ -72,10 +72,10 @@ def test_late_images_after_the_purge_are_classified_alone(db: Database, tmp_path
 def test_purge_spares_an_instance_written_while_it_runs(db: Database, tmp_path: Path) -> None:
     """The purge deletes the files its rows name, not the study's folder: a late image landing there survives."""
     ctx = context(tmp_path, db, spool={"retention_days": 0})
-    first = receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "a.dcm"))
+    first = receive_file(ctx, copy_as_new_study(CR_JLSL, tmp_path / "a.dcm"))
     drain(ctx)
     (batch,) = retention.purgeable(db, utcnow())
-    late = receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "b.dcm", study_uid=first.study_uid))
+    late = receive_file(ctx, copy_as_new_study(CR_JLSL, tmp_path / "b.dcm", study_uid=first.study_uid))
     assert late.path.parent.parent == first.path.parent.parent  # the same study folder
     retention.mark_purged(db, batch.instance_ids)
     ctx.spool.purge(batch.study_uid, batch.instance_paths, batch.run_nos)

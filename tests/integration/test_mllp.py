@@ -1,4 +1,4 @@
-"""daemon.mllp against a real MLLP listener: python-hl7's own asyncio server on a free port, in a background thread.
+"""daemon.destinations.hl7 against a real MLLP listener: python-hl7's own asyncio server on a free port, in a thread.
 
 The listener answers each message as a test tells it to (an ACK with a given code, nothing, a trickle, garbage), so
 every branch of the ACK handling runs over a real socket.
@@ -18,8 +18,8 @@ import pytest
 from pydicom.dataset import Dataset
 
 from predictd.daemon.config import Hl7Destination
-from predictd.daemon.dimse import SendError
-from predictd.daemon.mllp import send_hl7
+from predictd.daemon.destinations import SendError
+from predictd.daemon.destinations.hl7 import send_hl7
 from predictd.reporting.hl7 import message_control_id, oru_r01
 from tests.support import free_port, wait_until
 

@@ -15,12 +15,13 @@ from sqlalchemy import select
 
 from predictd.daemon import jobs, outbox, queue, views
 from predictd.daemon.db import Database, utcnow
-from predictd.daemon.dimse import SendError, echo
+from predictd.daemon.destinations import SendError
+from predictd.daemon.destinations.dicom import echo
 from predictd.daemon.lifecycle import StudyState
 from predictd.daemon.stage import StageContext
 from predictd.daemon.tables import Delivery
 from tests.integration.pipeline_helpers import context, copy_as_new_study, drain, receive_file
-from tests.support import RG2_HIP_JLSL, free_port, wait_until
+from tests.support import CR_JLSL, free_port, wait_until
 
 
 def _deliveries(db: Database, study_uid: str) -> list[dict]:
@@ -47,10 +48,10 @@ def test_a_destination_that_answers_again_gets_its_queue_at_once(db: Database, t
     peer.mkdir()
     pacs = {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": port, "timeout_seconds": 2}
     ctx = context(tmp_path, db, send={"destinations": [pacs], "backoff_base_seconds": 600, "backoff_cap_seconds": 900})
-    stored = receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "hip.dcm"))
+    stored = receive_file(ctx, copy_as_new_study(CR_JLSL, tmp_path / "hip.dcm"))
     drain(ctx)
     (waiting,) = _deliveries(db, stored.study_uid)
-    assert waiting["state"] == outbox.PENDING and waiting["attempts"] == 1
+    assert waiting["state"] == outbox.DeliveryState.PENDING and waiting["attempts"] == 1
     assert jobs.probe(ctx) == {}  # still down: nothing is made due
     assert drain(ctx) == 0  # and nothing is due for ten minutes
     proc = subprocess.Popen(
@@ -64,7 +65,7 @@ def test_a_destination_that_answers_again_gets_its_queue_at_once(db: Database, t
         assert jobs.probe(ctx) == {"pacs": 1}
         assert drain(ctx) >= 1
         (sent,) = _deliveries(db, stored.study_uid)
-        assert sent["state"] == outbox.SENT and sent["attempts"] == 2
+        assert sent["state"] == outbox.DeliveryState.SENT and sent["attempts"] == 2
         detail = views.study_detail(db, stored.study_uid)
         assert detail is not None and detail["state"] == StudyState.DONE
         (received,) = list(peer.iterdir())
@@ -78,7 +79,7 @@ def _waiting_on_a_dead_destination(db: Database, tmp_path: Path) -> tuple[StageC
     """A study through the pipeline whose one delivery failed once: its destination's port has no listener."""
     down = {"name": "down", "ae_title": "DOWN", "host": "127.0.0.1", "port": free_port(), "timeout_seconds": 2}
     ctx = context(tmp_path, db, send={"destinations": [down]})
-    receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "hip.dcm"))
+    receive_file(ctx, copy_as_new_study(CR_JLSL, tmp_path / "hip.dcm"))
     drain(ctx)
     with db.transaction() as s:
         (row,) = s.scalars(select(Delivery)).all()
@@ -100,10 +101,10 @@ def test_a_day_long_outage_gives_nothing_up_and_three_days_do(db: Database, tmp_
         state = outbox.mark_attempt_failed(
             db, claim, delivery_id, "down", policy=policy, give_up_after=give_up, now=attempt
         )
-        assert state == outbox.PENDING, attempt - queued
+        assert state == outbox.DeliveryState.PENDING, attempt - queued
     late = queued + timedelta(hours=72)
     final = outbox.mark_attempt_failed(db, claim, delivery_id, "down", policy=policy, give_up_after=give_up, now=late)
-    assert final == outbox.FAILED
+    assert final == outbox.DeliveryState.FAILED
 
 
 def test_a_sender_whose_claim_was_taken_writes_nothing(db: Database, tmp_path: Path) -> None:
@@ -120,7 +121,7 @@ def test_a_sender_whose_claim_was_taken_writes_nothing(db: Database, tmp_path: P
         outbox.mark_attempt_failed(db, stale, delivery_id, "down", policy=ctx.send_policy)
     with db.transaction() as s:
         row = s.get(Delivery, delivery_id)
-        assert row is not None and (row.state, row.attempts) == (outbox.PENDING, attempts)
+        assert row is not None and (row.state, row.attempts) == (outbox.DeliveryState.PENDING, attempts)
     outbox.mark_sent(db, claim, delivery_id)  # the owner's write goes through
     with db.transaction() as s:
-        assert s.get(Delivery, delivery_id).state == outbox.SENT  # type: ignore[union-attr]
+        assert s.get(Delivery, delivery_id).state == outbox.DeliveryState.SENT  # type: ignore[union-attr]

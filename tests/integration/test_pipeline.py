@@ -20,7 +20,7 @@ from predictd.daemon.worker import Worker
 from predictd.models.card import Applicability
 from predictd.reporting import codes, uids
 from tests.integration.pipeline_helpers import context, copy_as_new_study, drain, receive_file
-from tests.support import RG2_HIP_JLSL, assert_dciodvfy_clean, free_port, pydicom_data_file, wait_until
+from tests.support import CR_JLSL, assert_dciodvfy_clean, free_port, pydicom_data_file, wait_until
 
 
 def study(db: Database, uid: str) -> dict:
@@ -31,7 +31,7 @@ def study(db: Database, uid: str) -> dict:
 
 def test_real_cr_study_ends_done_with_an_sr_in_the_outbox_folder(db: Database, tmp_path: Path) -> None:
     ctx = context(tmp_path, db)
-    src = copy_as_new_study(RG2_HIP_JLSL, tmp_path / "hip.dcm")
+    src = copy_as_new_study(CR_JLSL, tmp_path / "hip.dcm")
     stored = receive_file(ctx, src)
     assert drain(ctx) == 3  # classify, report, send
     detail = study(db, stored.study_uid)
@@ -51,7 +51,7 @@ def test_real_cr_study_ends_done_with_an_sr_in_the_outbox_folder(db: Database, t
 
 def test_undecodable_pixels_fail_their_study_and_others_go_through(db: Database, tmp_path: Path) -> None:
     ctx = context(tmp_path, db)
-    bad = receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "bad.dcm", garbage_pixels=True))
+    bad = receive_file(ctx, copy_as_new_study(CR_JLSL, tmp_path / "bad.dcm", garbage_pixels=True))
     good = receive_file(ctx, copy_as_new_study(pydicom_data_file("RG1_UNCR.dcm"), tmp_path / "good.dcm"))
     drain(ctx)
     failed = study(db, bad.study_uid)
@@ -62,7 +62,7 @@ def test_undecodable_pixels_fail_their_study_and_others_go_through(db: Database,
 
 def test_one_classify_call_spans_several_ready_studies(db: Database, tmp_path: Path) -> None:
     ctx = context(tmp_path, db, workers={"batch_studies": 8})
-    uids = [receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / f"{i}.dcm")).study_uid for i in range(3)]
+    uids = [receive_file(ctx, copy_as_new_study(CR_JLSL, tmp_path / f"{i}.dcm")).study_uid for i in range(3)]
     queue.sweep_ready(db, quiet_seconds=0)
     assert Worker(ctx, "w").work_once()
     assert [study(db, uid)["state"] for uid in uids] == [StudyState.CLASSIFIED] * 3
@@ -76,7 +76,7 @@ def test_study_no_model_applies_to_ends_skipped_with_the_reason(db: Database, tm
         report={"send_not_assessed": False},
     )
     chest = receive_file(ctx, copy_as_new_study(pydicom_data_file("RG1_UNCR.dcm"), tmp_path / "chest.dcm"))
-    hip = receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "hip.dcm"))
+    hip = receive_file(ctx, copy_as_new_study(CR_JLSL, tmp_path / "hip.dcm"))
     drain(ctx)
     skipped = study(db, chest.study_uid)
     assert skipped["state"] == StudyState.SKIPPED
@@ -88,9 +88,9 @@ def test_study_no_model_applies_to_ends_skipped_with_the_reason(db: Database, tm
 
 def test_late_instance_opens_run_two_with_its_own_sr(db: Database, tmp_path: Path) -> None:
     ctx = context(tmp_path, db)
-    first = receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "a.dcm"))
+    first = receive_file(ctx, copy_as_new_study(CR_JLSL, tmp_path / "a.dcm"))
     drain(ctx)
-    receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "b.dcm", study_uid=first.study_uid))
+    receive_file(ctx, copy_as_new_study(CR_JLSL, tmp_path / "b.dcm", study_uid=first.study_uid))
     drain(ctx)
     detail = study(db, first.study_uid)
     assert detail["state"] == StudyState.DONE and detail["run_no"] == 2
@@ -138,7 +138,7 @@ def test_unreachable_destination_retries_without_blocking_the_other(
         {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": peer_port},
     ]
     ctx = context(tmp_path, db, send={"destinations": destinations, "max_attempts": 3})
-    stored = receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "hip.dcm"))
+    stored = receive_file(ctx, copy_as_new_study(CR_JLSL, tmp_path / "hip.dcm"))
     wait_until(
         lambda: drain(ctx) == 0 and study(db, stored.study_uid)["state"] == StudyState.FAILED,
         timeout=60,
@@ -182,7 +182,7 @@ def test_secondary_capture_without_modality_gets_an_sr(db: Database, tmp_path: P
             pytest.fail("img2dcm (dcmtk) is missing under CI")
         pytest.skip("img2dcm (dcmtk) is not installed")
     jpeg = tmp_path / "hip.jpg"
-    Image.fromarray(np.asarray(pydicom.dcmread(RG2_HIP_JLSL).pixel_array >> 2, dtype=np.uint8)).save(jpeg)
+    Image.fromarray(np.asarray(pydicom.dcmread(CR_JLSL).pixel_array >> 2, dtype=np.uint8)).save(jpeg)
     sc = tmp_path / "sc.dcm"
     subprocess.run(["img2dcm", str(jpeg), str(sc)], check=True, capture_output=True)
     ds = pydicom.dcmread(sc)
@@ -208,7 +208,7 @@ def test_a_document_that_cannot_be_built_fails_at_once_without_phi(
 
     monkeypatch.setattr(report, "build_sr", broken)
     ctx = context(tmp_path, db, queue={"max_attempts": 5})
-    src = copy_as_new_study(RG2_HIP_JLSL, tmp_path / "hip.dcm")
+    src = copy_as_new_study(CR_JLSL, tmp_path / "hip.dcm")
     ds = pydicom.dcmread(src)
     ds.PatientName = "Doe^Jane"
     ds.save_as(src)
@@ -228,7 +228,7 @@ def test_a_birth_date_that_is_not_a_date_is_left_out_of_the_sr_and_out_of_every_
     copy leaves such a value empty, the log names the keyword only, and the study is done."""
     from structlog.testing import capture_logs
 
-    src = copy_as_new_study(RG2_HIP_JLSL, tmp_path / "hip.dcm")
+    src = copy_as_new_study(CR_JLSL, tmp_path / "hip.dcm")
     ds = pydicom.dcmread(src)
     with pytest.warns(UserWarning, match="Invalid value for VR DA"):  # pydicom's check on assignment, here
         ds.PatientBirthDate = "ZQXDOB1923"

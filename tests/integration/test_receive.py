@@ -25,7 +25,7 @@ from predictd.daemon.receive import Receiver, accepted_transfer_syntaxes
 from predictd.daemon.spool import Spool
 from predictd.reporting.uids import device_uid
 from tests.integration.receivers import CALLED, CALLING, Running
-from tests.support import RG2_HIP_JLSL, free_port, pydicom_data_file, wait_until
+from tests.support import CR_JLSL, free_port, pydicom_data_file, wait_until
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
@@ -108,10 +108,10 @@ def pixel_data(path: Path) -> bytes:
 def test_storescu_jpegls_is_stored_durably_and_recorded(start_receiver: Callable[..., Running]) -> None:
     rx = start_receiver()
     with capture_logs() as logs:
-        done = storescu(rx.port, RG2_HIP_JLSL, "-xt")
+        done = storescu(rx.port, CR_JLSL, "-xt")
     assert done.returncode == 0, done.stderr
 
-    src = pydicom.dcmread(RG2_HIP_JLSL, stop_before_pixels=True)
+    src = pydicom.dcmread(CR_JLSL, stop_before_pixels=True)
     (row,) = rx.instances()
     path = Path(row.path)
     assert path == rx.spool.instance_path(src.StudyInstanceUID, src.SeriesInstanceUID, src.SOPInstanceUID)
@@ -121,7 +121,7 @@ def test_storescu_jpegls_is_stored_durably_and_recorded(start_receiver: Callable
     assert row.size_bytes == path.stat().st_size
     stored = pydicom.dcmread(path)
     assert stored.file_meta.TransferSyntaxUID == JPEG_LS_LOSSLESS  # a real Part 10 file, sent as-is
-    assert bytes(stored.PixelData) == pixel_data(RG2_HIP_JLSL)
+    assert bytes(stored.PixelData) == pixel_data(CR_JLSL)
     study = rx.study(src.StudyInstanceUID)
     assert study is not None and study.state == "receiving"
     assert [e["event"] for e in logs if e["event"] == "instance_stored"] == ["instance_stored"]
@@ -156,7 +156,7 @@ def test_same_instance_twice_is_one_row_and_two_successes(start_receiver: Callab
 def test_undecodable_compressed_pixels_are_accepted(start_receiver: Callable[..., Running], tmp_path: Path) -> None:
     """Decoding is the classify stage's job: well-formed but garbage JPEG-LS fragments are stored as sent."""
     rx = start_receiver()
-    bad = new_copy(RG2_HIP_JLSL, tmp_path / "bad.dcm", PixelData=encapsulate([b"\x01\x02not JPEG-LS" * 64]))
+    bad = new_copy(CR_JLSL, tmp_path / "bad.dcm", PixelData=encapsulate([b"\x01\x02not JPEG-LS" * 64]))
     assert c_store(rx.port, [bad], raw=True) == [0x0000]
     (row,) = rx.instances()
     assert row.sop_instance_uid == pydicom.dcmread(bad).SOPInstanceUID
@@ -255,7 +255,7 @@ def test_truncated_dataset_fails_and_the_server_keeps_serving(
     start_receiver: Callable[..., Running], tmp_path: Path
 ) -> None:
     rx = start_receiver()
-    whole = RG2_HIP_JLSL.read_bytes()
+    whole = CR_JLSL.read_bytes()
     half = tmp_path / "half.dcm"
     half.write_bytes(whole[: len(whole) // 2])  # header intact, pixel data cut in the middle
     comments: list[str | None] = []
@@ -273,11 +273,11 @@ def test_truncated_dataset_fails_and_the_server_keeps_serving(
 
 def test_unparseable_dataset_fails(start_receiver: Callable[..., Running], tmp_path: Path) -> None:
     rx = start_receiver()
-    _meta, offset = split_dataset(RG2_HIP_JLSL)
+    _meta, offset = split_dataset(CR_JLSL)
     # The real preamble and file meta, then a sequence of undefined length whose first item header is garbage.
     junk = b"\x08\x00\x15\x11SQ\x00\x00\xff\xff\xff\xff" + b"\x01\x02\x03\x04" * 10
     bad = tmp_path / "junk.dcm"
-    bad.write_bytes(RG2_HIP_JLSL.read_bytes()[:offset] + junk)
+    bad.write_bytes(CR_JLSL.read_bytes()[:offset] + junk)
     with capture_logs() as logs:
         assert c_store(rx.port, [bad], raw=True) == [0xC210]
     assert rx.instances() == [] and rx.spooled_files() == []
@@ -409,8 +409,8 @@ def test_parallel_associations_store_one_study(start_receiver: Callable[..., Run
 
 def test_received_study_is_purged_from_the_spool(start_receiver: Callable[..., Running]) -> None:
     rx = start_receiver()
-    assert storescu(rx.port, RG2_HIP_JLSL, "-xt").returncode == 0
-    study_uid = pydicom.dcmread(RG2_HIP_JLSL, stop_before_pixels=True).StudyInstanceUID
+    assert storescu(rx.port, CR_JLSL, "-xt").returncode == 0
+    study_uid = pydicom.dcmread(CR_JLSL, stop_before_pixels=True).StudyInstanceUID
     (row,) = rx.instances()
     assert rx.spool.purge(study_uid, [Path(row.path)], [1]) == 1
     assert rx.spooled_files() == []

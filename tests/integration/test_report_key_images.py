@@ -15,7 +15,7 @@ from predictd.daemon.stage import Advance, StageContext
 from predictd.daemon.worker import Worker
 from predictd.reporting import codes, uids
 from tests.integration.pipeline_helpers import context, copy_as_new_study, drain, receive_file
-from tests.support import RG2_HIP_JLSL, pydicom_data_file
+from tests.support import CR_JLSL, pydicom_data_file
 
 
 def _classify_then_report(ctx: StageContext) -> tuple[queue.Claim, records.RunView]:
@@ -35,13 +35,13 @@ def _own_equipment(ds: pydicom.Dataset) -> list[pydicom.Dataset]:
 
 def test_key_images_on_queue_one_sc_per_finding_before_the_sr(db: Database, tmp_path: Path) -> None:
     ctx = context(tmp_path, db, report={"key_images": True})
-    stored = receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "hip.dcm"))
+    stored = receive_file(ctx, copy_as_new_study(CR_JLSL, tmp_path / "hip.dcm"))
     _, view = _classify_then_report(ctx)
     decided = [p for p in view.predictions if not p.is_indeterminate]
     assert decided, "the tiny model has no thresholds: its top class is always decided"
 
     rows = outbox.deliveries(db, view.run_id)
-    assert [d.kind for d in rows] == [outbox.KEY_IMAGE] * len(decided) + [outbox.SR]
+    assert [d.kind for d in rows] == [outbox.DocumentKind.KEY_IMAGE] * len(decided) + [outbox.DocumentKind.SR]
     assert {d.destination for d in rows} == {outbox.OUTBOX_FOLDER}
     sr_uid = view.sr_sop_instance_uid
     assert sr_uid is not None and rows[-1].sop_instance_uid == sr_uid
@@ -71,9 +71,9 @@ def test_key_images_on_queue_one_sc_per_finding_before_the_sr(db: Database, tmp_
 def test_key_images_off_sends_the_sr_alone(db: Database, tmp_path: Path) -> None:
     ctx = context(tmp_path, db)
     assert ctx.settings.report.key_images is False
-    receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "hip.dcm"))
+    receive_file(ctx, copy_as_new_study(CR_JLSL, tmp_path / "hip.dcm"))
     _, view = _classify_then_report(ctx)
-    assert [d.kind for d in outbox.deliveries(db, view.run_id)] == [outbox.SR]
+    assert [d.kind for d in outbox.deliveries(db, view.run_id)] == [outbox.DocumentKind.SR]
     assert view.sr_path is not None
     assert not hd.sr.utils.find_content_items(hd.sr.srread(view.sr_path), name=codes.BEST_ILLUSTRATION, recursive=True)
 
@@ -81,7 +81,7 @@ def test_key_images_off_sends_the_sr_alone(db: Database, tmp_path: Path) -> None
 @pytest.mark.filterwarnings("ignore:The string .* unlikely to represent the intended person name")
 def test_rerun_after_a_late_image_names_the_first_sr_as_predecessor(db: Database, tmp_path: Path) -> None:
     ctx = context(tmp_path, db, report={"key_images": True})
-    first = receive_file(ctx, copy_as_new_study(RG2_HIP_JLSL, tmp_path / "a.dcm"))
+    first = receive_file(ctx, copy_as_new_study(CR_JLSL, tmp_path / "a.dcm"))
     drain(ctx)
     late = copy_as_new_study(pydicom_data_file("RG1_UNCR.dcm"), tmp_path / "b.dcm", study_uid=first.study_uid)
     receive_file(ctx, late)
@@ -95,7 +95,7 @@ def test_rerun_after_a_late_image_names_the_first_sr_as_predecessor(db: Database
     assert series_item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == run2.predecessor_sr_uid
     # run 2 covers both images: its key images are new objects (their UIDs derive from run 2's SR)
     kinds = [(d.kind, d.sop_instance_uid) for d in outbox.deliveries(db, run2.run_id)]
-    assert [kind for kind, _ in kinds].count(outbox.KEY_IMAGE) == 2
+    assert [kind for kind, _ in kinds].count(outbox.DocumentKind.KEY_IMAGE) == 2
     assert run2.sr_sop_instance_uid is not None
     sr_uid = run2.sr_sop_instance_uid
     keys = [
@@ -104,4 +104,4 @@ def test_rerun_after_a_late_image_names_the_first_sr_as_predecessor(db: Database
         if not p.is_indeterminate
     ]
     expected = {uids.key_image_uid(sr_uid, key) for key in keys}
-    assert {uid for kind, uid in kinds if kind == outbox.KEY_IMAGE} == expected
+    assert {uid for kind, uid in kinds if kind == outbox.DocumentKind.KEY_IMAGE} == expected

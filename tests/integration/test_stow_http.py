@@ -1,4 +1,4 @@
-"""daemon.stow against a real HTTP server on a free 127.0.0.1 port: status mapping, body checks, auth, multipart.
+"""daemon.destinations.stow against a real HTTP server on a free 127.0.0.1 port: status mapping, body, auth, multipart.
 
 A real socket rather than a mocked client, because what matters is what arrives on the wire (one multipart part that
 parses back to the file's bytes, the headers) and how real connection failures (refused, no answer) surface.
@@ -23,11 +23,11 @@ import pydicom
 import pytest
 
 from predictd.daemon.config import StowDestination
-from predictd.daemon.dimse import SendError
-from predictd.daemon.stow import stow_file
-from tests.support import RG2_HIP_JLSL, free_port
+from predictd.daemon.destinations import SendError
+from predictd.daemon.destinations.stow import stow_file
+from tests.support import CR_JLSL, free_port
 
-SOURCE = pydicom.dcmread(RG2_HIP_JLSL, stop_before_pixels=True)
+SOURCE = pydicom.dcmread(CR_JLSL, stop_before_pixels=True)
 SOP_UID = str(SOURCE.SOPInstanceUID)
 OTHER_UID = "1.2.3.4.5.6.7.8.9"
 CR = "1.2.840.10008.5.1.4.1.1.1"
@@ -111,7 +111,7 @@ def server() -> Iterator[StowServer]:
 
 def _refused(server: StowServer, dest: StowDestination | None = None) -> SendError:
     with pytest.raises(SendError) as info:
-        stow_file(RG2_HIP_JLSL, dest or server.dest())
+        stow_file(CR_JLSL, dest or server.dest())
     message = str(info.value)
     assert server.url + "/studies" in message
     assert str(SOURCE.PatientID) not in message
@@ -121,14 +121,14 @@ def _refused(server: StowServer, dest: StowDestination | None = None) -> SendErr
 
 def test_200_with_our_instance_referenced_is_success(server: StowServer) -> None:
     server.reply = answer(referenced=[SOP_UID])
-    stow_file(RG2_HIP_JLSL, server.dest())
+    stow_file(CR_JLSL, server.dest())
     [request] = server.received
     assert request.path == "/dicom-web/studies"
     assert request.headers["Accept"] == "application/dicom+json"
 
 
 def test_200_without_body_is_success(server: StowServer) -> None:
-    stow_file(RG2_HIP_JLSL, server.dest())
+    stow_file(CR_JLSL, server.dest())
     assert len(server.received) == 1
 
 
@@ -158,7 +158,7 @@ def test_202_out_of_resources_for_our_instance_is_retryable(server: StowServer) 
 def test_202_with_our_instance_referenced_and_another_failed_is_success(server: StowServer) -> None:
     server.status = 202
     server.reply = answer(referenced=[SOP_UID], failed=[(OTHER_UID, 0xC000)])
-    stow_file(RG2_HIP_JLSL, server.dest())
+    stow_file(CR_JLSL, server.dest())
 
 
 def test_202_without_our_instance_referenced_is_an_error(server: StowServer) -> None:
@@ -198,7 +198,7 @@ def test_401_message_does_not_leak_url_credentials(server: StowServer) -> None:
     url = server.url.replace("http://", "http://someone:s3cret@")
     dest = StowDestination(type="stow", name="pacs", url=url)
     with pytest.raises(SendError) as info:
-        stow_file(RG2_HIP_JLSL, dest)
+        stow_file(CR_JLSL, dest)
     assert not info.value.retryable
     assert "HTTP 401 Unauthorized" in str(info.value)
     assert "s3cret" not in str(info.value)
@@ -208,7 +208,7 @@ def test_401_message_does_not_leak_url_credentials(server: StowServer) -> None:
 def test_basic_auth_and_extra_headers_arrive(server: StowServer) -> None:
     server.reply = answer(referenced=[SOP_UID])
     dest = server.dest(username="predictd", password="pw:with colon", headers={"X-Tenant": "radiology"})
-    stow_file(RG2_HIP_JLSL, dest)
+    stow_file(CR_JLSL, dest)
     [request] = server.received
     # "predictd:pw:with colon" in base64
     assert request.headers["Authorization"] == "Basic cHJlZGljdGQ6cHc6d2l0aCBjb2xvbg=="
@@ -216,13 +216,13 @@ def test_basic_auth_and_extra_headers_arrive(server: StowServer) -> None:
 
 
 def test_no_credentials_no_authorization_header(server: StowServer) -> None:
-    stow_file(RG2_HIP_JLSL, server.dest())
+    stow_file(CR_JLSL, server.dest())
     assert "Authorization" not in server.received[0].headers
 
 
 def test_body_is_one_multipart_part_with_exactly_the_files_bytes(server: StowServer) -> None:
     server.reply = answer(referenced=[SOP_UID])
-    stow_file(RG2_HIP_JLSL, server.dest())
+    stow_file(CR_JLSL, server.dest())
     [request] = server.received
     content_type = request.headers["Content-Type"]
     message = email.message_from_bytes(
@@ -236,13 +236,13 @@ def test_body_is_one_multipart_part_with_exactly_the_files_bytes(server: StowSer
     [part] = parts
     assert isinstance(part, Message)
     assert part.get_content_type() == "application/dicom"
-    assert part.get_payload(decode=True) == RG2_HIP_JLSL.read_bytes()
+    assert part.get_payload(decode=True) == CR_JLSL.read_bytes()
 
 
 def test_nobody_listening_is_retryable() -> None:
     url = f"http://127.0.0.1:{free_port()}/dicom-web"
     with pytest.raises(SendError) as info:
-        stow_file(RG2_HIP_JLSL, StowDestination(type="stow", name="pacs", url=url, timeout_seconds=5))
+        stow_file(CR_JLSL, StowDestination(type="stow", name="pacs", url=url, timeout_seconds=5))
     assert info.value.retryable
     assert url + "/studies" in str(info.value)
 
@@ -254,7 +254,7 @@ def test_a_server_that_never_answers_is_retryable_after_the_timeout() -> None:
         url = f"http://127.0.0.1:{silent.getsockname()[1]}/dicom-web"
         started = time.monotonic()
         with pytest.raises(SendError) as info:
-            stow_file(RG2_HIP_JLSL, StowDestination(type="stow", name="pacs", url=url, timeout_seconds=0.5))
+            stow_file(CR_JLSL, StowDestination(type="stow", name="pacs", url=url, timeout_seconds=0.5))
     assert info.value.retryable
     assert "timeout 0.5s" in str(info.value)
     assert time.monotonic() - started < 30  # the timeout was honoured, not pytest's

@@ -11,11 +11,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from tests.support.real_cr import pydicom_data_root, real_cr_jlsl
+
 REPO = Path(__file__).resolve().parents[2]
-SHARED = REPO.parent / "shared"
+SHARED = Path(os.environ.get("PREDICTD_TEST_SHARED") or REPO.parent / "shared")
+"""The project's shared folder (training images); a user's clone has none. Tests that need it are marked
+``shared_data`` (tests/conftest.py skips them where it is absent, and fails them under CI)."""
 SHARED_DATA = SHARED / "data"
 RG2_HIP_JLSL = SHARED_DATA / "dicom" / "RG2_JLSL_hip_cr.dcm"
-"""Real CR hip radiograph, JPEG-LS lossless, 2140x1760, MONOCHROME2."""
+"""Real CR hip radiograph in ../shared, JPEG-LS lossless, 2140x1760, MONOCHROME2: only for ``shared_data`` tests."""
+CR_JLSL = real_cr_jlsl()
+"""The real CR every clone has: RG3's pixels (pydicom-data) as a portrait hip view, tagged HIP, JPEG-LS (real_cr.py)."""
 
 T = TypeVar("T")
 
@@ -41,9 +47,7 @@ def wait_until(predicate: Callable[[], T], timeout: float = 30.0, interval: floa
 
 def pydicom_data_file(name: str) -> Path:
     """A file of the pydicom-data package (WG04 RG1/RG3 CR images, ...), found without network access."""
-    import data_store  # type: ignore[import-untyped]  # the pydicom-data package installs this module
-
-    root = Path(data_store.__file__).parent / "data"
+    root = pydicom_data_root()
     path = root / name
     if not path.is_file():
         raise FileNotFoundError(f"{name} not in {root}")

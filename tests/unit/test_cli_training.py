@@ -12,11 +12,11 @@ from typer.testing import CliRunner
 from predictd.daemon.cli import app
 from predictd.models.card import ModelCard
 from predictd.models.loading import load_verified
-from tests.support import REPO
+from tests.support import REPO, SHARED_DATA
 
-HIP = Path(__file__).resolve().parents[3] / "shared" / "data" / "hip_tha_radiologyai"
+HIP = SHARED_DATA / "hip_tha_radiologyai"
 
-pytestmark = pytest.mark.skipif(not HIP.is_dir(), reason=f"{HIP} is not here")
+pytestmark = pytest.mark.shared_data
 
 
 def _ok(runner: CliRunner, *args: str) -> str:

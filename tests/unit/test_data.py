@@ -24,7 +24,7 @@ from predictd.models.data import (
     split,
     write_manifest,
 )
-from tests.support import RG2_HIP_JLSL, SHARED_DATA
+from tests.support import CR_JLSL, SHARED_DATA
 
 README_COUNTS = {
     "shoulder_implant_uci": {"Cofield": 62, "Depuy": 220, "Tornier": 53, "Zimmer": 112},
@@ -46,7 +46,7 @@ def _png(path: Path, pixels: np.ndarray) -> Path:
 
 
 def _dicom(path: Path, patient_id: str) -> Path:
-    ds = pydicom.dcmread(RG2_HIP_JLSL)
+    ds = pydicom.dcmread(CR_JLSL)
     ds.PatientID = patient_id
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path)
@@ -140,7 +140,7 @@ def test_csv_without_label_column_is_an_error(tmp_path: Path) -> None:
 def test_load_image_png_and_dicom_as_inference_input(tmp_path: Path) -> None:
     prep = Preprocessing(input_size=32, in_chans=3)
     png = _png(tmp_path / "a.png", _texture(1, size=40))
-    for path in (png, RG2_HIP_JLSL):
+    for path in (png, CR_JLSL):
         x = load_image(path, prep)
         assert x.shape == (3, 32, 32) and x.dtype == np.float32
         assert np.isfinite(x).all() and x.std() > 0
@@ -223,11 +223,10 @@ def test_bad_fractions_are_rejected(fractions: tuple[float, ...]) -> None:
 # ---------------------------------------------------------------- the real sets
 
 
+@pytest.mark.shared_data
 @pytest.mark.parametrize("name", sorted(README_COUNTS))
 def test_real_sets_load_and_split(name: str) -> None:
     root = SHARED_DATA / name
-    if not root.is_dir():
-        pytest.skip(f"{root} not present")
     tree = from_folder_tree(root)
     listed = from_csv(root / "labels.csv")
     assert dict(Counter(r.label for r in listed)) == README_COUNTS[name]

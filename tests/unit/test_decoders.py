@@ -17,11 +17,11 @@ from pydicom.uid import UID
 import predictd.models.decoders as decoders_module
 from predictd.models.decoders import PREFERRED, decode_pixels
 from predictd.models.preprocess import PixelDecodeError, to_gray
-from tests.support import RG2_HIP_JLSL, pydicom_data_file
+from tests.support import CR_JLSL, pydicom_data_file
 from tests.support.transcode import LOSSLESS, SYNTAXES, accepts, transcode
 
 SOURCES = {
-    "rg2_hip": RG2_HIP_JLSL,  # 10 bits stored, MONOCHROME2
+    "cr_jlsl": CR_JLSL,  # 10 bits stored, MONOCHROME2
     "rg1_chest": pydicom_data_file("RG1_UNCR.dcm"),  # 15 bits stored, MONOCHROME1
 }
 CASES = [
@@ -83,8 +83,8 @@ def test_unavailable_preferred_plugin_falls_back(
 ) -> None:
     uid = SYNTAXES[syntax]
     monkeypatch.setitem(decoders_module.PREFERRED, uid, ("no-such-plugin",))
-    ds = pydicom.dcmread(lossless_copies("rg2_hip", syntax))
-    np.testing.assert_array_equal(decode_pixels(ds), source_pixels["rg2_hip"])
+    ds = pydicom.dcmread(lossless_copies("cr_jlsl", syntax))
+    np.testing.assert_array_equal(decode_pixels(ds), source_pixels["cr_jlsl"])
 
 
 def test_a_plugin_that_cannot_handle_the_file_hands_over(
@@ -101,8 +101,8 @@ def test_a_plugin_that_cannot_handle_the_file_hands_over(
         return real(ds, decoding_plugin=decoding_plugin)
 
     monkeypatch.setattr(decoders_module, "pixel_array", limited)
-    ds = pydicom.dcmread(lossless_copies("rg2_hip", "jpegls_lossless"))
-    np.testing.assert_array_equal(decode_pixels(ds), source_pixels["rg2_hip"])
+    ds = pydicom.dcmread(lossless_copies("cr_jlsl", "jpegls_lossless"))
+    np.testing.assert_array_equal(decode_pixels(ds), source_pixels["cr_jlsl"])
     assert calls[0] == "pyjpegls" and len(calls) == 2
 
 
@@ -139,7 +139,7 @@ def test_a_corrupt_stream_fails_with_the_decoders_message_and_is_never_decoded_b
     if "pyjpegls" not in get_decoder(uid).available_plugins:
         pytest.skip("pyjpegls not installed")
     calls = _count_plugin_calls(monkeypatch)
-    ds = _flipped_bits(RG2_HIP_JLSL, flips, seed=flips)
+    ds = _flipped_bits(CR_JLSL, flips, seed=flips)
     with pytest.raises(PixelDecodeError) as info:
         to_gray(ds)
     message = str(info.value)
@@ -150,7 +150,7 @@ def test_a_corrupt_stream_fails_with_the_decoders_message_and_is_never_decoded_b
 def test_decoded_once_and_cached_like_pixel_array(lossless_copies: Transcoded, monkeypatch: pytest.MonkeyPatch) -> None:
     """to_gray for two windows (inference does) must not decode twice; ds.pixel_array sees the same array."""
     calls = _count_plugin_calls(monkeypatch)
-    ds = pydicom.dcmread(lossless_copies("rg2_hip", "jpegls_lossless"))
+    ds = pydicom.dcmread(lossless_copies("cr_jlsl", "jpegls_lossless"))
     before = dict(ds._pixel_array_opts)
     first = decode_pixels(ds)
     assert decode_pixels(ds) is first
@@ -167,7 +167,7 @@ def test_pixel_array_options_of_the_caller_are_honoured(
 ) -> None:
     calls: list[str] = []
     monkeypatch.setattr(decoders_module, "pixel_array", lambda ds, **kw: calls.append(kw["decoding_plugin"]))
-    ds = pydicom.dcmread(lossless_copies("rg2_hip", "jpegls_lossless"))
+    ds = pydicom.dcmread(lossless_copies("cr_jlsl", "jpegls_lossless"))
     ds.pixel_array_options(decoding_plugin="pylibjpeg", index=0)
     assert decode_pixels(ds).shape == (ds.Rows, ds.Columns)
     assert calls == []
@@ -180,7 +180,7 @@ def test_no_plugin_at_all_still_names_syntax_and_package(
     decoder = get_decoder(uid)
     monkeypatch.setattr(decoder, "_available", {})
     monkeypatch.setattr(decoder, "_unavailable", {"fakeplugin": ("fake-codec>=9.9",)})
-    ds = pydicom.dcmread(lossless_copies("rg2_hip", "jpegls_lossless"))
+    ds = pydicom.dcmread(lossless_copies("cr_jlsl", "jpegls_lossless"))
     with pytest.raises(PixelDecodeError, match=r"fake-codec>=9\.9") as info:
         to_gray(ds)
     assert uid in str(info.value)

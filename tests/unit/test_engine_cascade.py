@@ -14,14 +14,14 @@ from predictd.models.body_part import BODY_PARTS
 from predictd.models.card import Applicability, Label
 from predictd.models.demo import write_model
 from predictd.models.inference import Engine
-from tests.support import RG2_HIP_JLSL, pydicom_data_file
+from tests.support import CR_JLSL, pydicom_data_file
 
 LABELS = (Label("a", "A"), Label("b", "B"))
 
 
 @pytest.fixture(scope="module")
 def hip() -> pydicom.Dataset:
-    return pydicom.dcmread(RG2_HIP_JLSL)
+    return pydicom.dcmread(CR_JLSL)
 
 
 @pytest.fixture(scope="module")

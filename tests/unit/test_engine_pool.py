@@ -14,7 +14,7 @@ from predictd.models.demo import write_model
 from predictd.models.inference import Engine
 from predictd.models.prediction import Prediction
 from predictd.models.preprocess import PixelDecodeError, preprocess
-from tests.support import RG2_HIP_JLSL, pydicom_data_file
+from tests.support import CR_JLSL, pydicom_data_file
 
 LABELS = (Label("a", "class a"), Label("b", "class b"), Label("c", "class c"))
 
@@ -29,7 +29,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def files() -> list[Path]:
-    return [RG2_HIP_JLSL, pydicom_data_file("RG1_UNCR.dcm")]
+    return [CR_JLSL, pydicom_data_file("RG1_UNCR.dcm")]
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +165,7 @@ def test_the_decoder_that_crashes_natively_is_named(tmp_path: Path) -> None:
 
     from predictd.models.decode_pool import DecodePool, _decode_with
 
-    ds = pydicom.dcmread(RG2_HIP_JLSL)
+    ds = pydicom.dcmread(CR_JLSL)
     ds.Rows = ds.Columns = 40000
     hostile = tmp_path / "huge.dcm"
     ds.save_as(hostile)
@@ -173,6 +173,6 @@ def test_the_decoder_that_crashes_natively_is_named(tmp_path: Path) -> None:
     try:
         assert pool._kills_a_worker(partial(_decode_with, plugin="gdcm"), str(hostile))
         assert not pool._kills_a_worker(partial(_decode_with, plugin="pyjpegls"), str(hostile))
-        assert not pool._kills_a_worker(partial(_decode_with, plugin="gdcm"), str(RG2_HIP_JLSL))
+        assert not pool._kills_a_worker(partial(_decode_with, plugin="gdcm"), str(CR_JLSL))
     finally:
         pool.close()

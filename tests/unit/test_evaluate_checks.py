@@ -54,7 +54,7 @@ def test_pydicom_data_radiographs_are_probes() -> None:
     assert all(p.category == "pydicom-data CR/DX" for p in found)
 
 
-@pytest.mark.skipif(not HIP.is_dir(), reason=f"{HIP} is not here")
+@pytest.mark.shared_data
 def test_ood_report_counts_refusals_per_category(tmp_path: Path) -> None:
     records = data.from_folder_tree(HIP)
     subset = []

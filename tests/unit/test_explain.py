@@ -16,7 +16,7 @@ from predictd.models.demo import TINY_ARCH, write_model
 from predictd.models.explain import gradcam, jet, overlay_png, unpad
 from predictd.models.inference import Engine
 from predictd.models.preprocess import resize_pad, to_gray
-from tests.support import RG2_HIP_JLSL
+from tests.support import CR_JLSL
 
 
 class _HalfMask(torch.nn.Module):
@@ -104,7 +104,7 @@ def test_engine_explain_on_real_hip(tmp_path: Path) -> None:
     labels = (Label("a", "class a"), Label("b", "class b"))
     write_model(tmp_path / "m" / "tiny", name="tiny", task="t", labels=labels, input_size=96)
     engine = Engine.load(tmp_path / "m")
-    ds = pydicom.dcmread(RG2_HIP_JLSL)
+    ds = pydicom.dcmread(CR_JLSL)
     heat = engine.explain(ds, "tiny")
     gray = to_gray(ds)
     assert heat.shape == gray.shape and heat.dtype == np.float32

@@ -20,7 +20,7 @@ from predictd.reporting.hl7 import (
     oru_r01,
     parse_ack,
 )
-from tests.support import RG2_HIP_JLSL
+from tests.support import CR_JLSL
 
 NOW = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
 SR_UID = "1.2.826.0.1.3680043.8.498.1234567890"
@@ -109,11 +109,11 @@ def test_patient_order_and_observations() -> None:
 
 
 def test_real_radiograph_header() -> None:
-    """The shared CR: no accession, no birth date, a timezone offset; still a valid message."""
-    header = pydicom.dcmread(RG2_HIP_JLSL, stop_before_pixels=True)
+    """A real CR's header (WG04 RG3): IDs, name and the study time with its timezone offset reach the message."""
+    header = pydicom.dcmread(CR_JLSL, stop_before_pixels=True)
     msg = hl7.parse(_build(header, sr_sop_instance_uid=None))
-    assert _f(msg, "PID.F3.R1.C1") == "10RG2" and _f(msg, "PID.F3.R1.C4") == ""
-    assert _w(msg, "PID", 5) == "CompressedSamples^RG2"
+    assert _f(msg, "PID.F3.R1.C1") == "11RG3" and _f(msg, "PID.F3.R1.C4") == ""
+    assert _w(msg, "PID", 5) == "CompressedSamples^RG3"
     assert _f(msg, "OBR.F7") == "20040826185059-0400"
     obx = msg.segments("OBX")
     assert str(obx[0](3)) == STUDY_UID_ID and str(obx[0](5)) == str(header.StudyInstanceUID)

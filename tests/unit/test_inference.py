@@ -15,14 +15,14 @@ from predictd.models.inference import Engine
 from predictd.models.loading import NoModelsError
 from predictd.models.prediction import Prediction
 from predictd.models.preprocess import PixelDecodeError, laterality_of
-from tests.support import RG2_HIP_JLSL, pydicom_data_file
+from tests.support import CR_JLSL, pydicom_data_file
 
 LABELS = (Label("a", "class a"), Label("b", "class b"), Label("c", "class c"))
 
 
 @pytest.fixture(scope="module")
 def images() -> list[pydicom.Dataset]:
-    return [pydicom.dcmread(RG2_HIP_JLSL), pydicom.dcmread(pydicom_data_file("RG3_UNCR.dcm"))]
+    return [pydicom.dcmread(CR_JLSL), pydicom.dcmread(pydicom_data_file("RG3_UNCR.dcm"))]
 
 
 def _model(models_dir: Path, name: str = "tiny", **kwargs: Any) -> ModelCard:
@@ -151,7 +151,7 @@ def test_temperature_changes_probabilities_not_argmax(tmp_path: Path, images: li
 
 def test_decode_error_names_instance(tmp_path: Path) -> None:
     _model(tmp_path)
-    ds = pydicom.dcmread(RG2_HIP_JLSL)
+    ds = pydicom.dcmread(CR_JLSL)
     del ds.PixelData
     with pytest.raises(PixelDecodeError, match=ds.SOPInstanceUID.replace(".", r"\.")):
         Engine.load(tmp_path).predict([ds])

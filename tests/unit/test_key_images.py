@@ -20,7 +20,7 @@ from predictd.reporting import codes, uids
 from predictd.reporting.key_images import SERIES_DESCRIPTION, build_key_image
 from predictd.reporting.sr import build_sr
 from predictd.reporting.text import report_text
-from tests.support import RG2_HIP_JLSL, assert_dciodvfy_clean, pydicom_data_file
+from tests.support import CR_JLSL, assert_dciodvfy_clean, pydicom_data_file
 
 LABELS = (Label("none", "no hardware"), Label("tha", "total hip arthroplasty"), Label("dhs", "dynamic hip screw"))
 
@@ -35,7 +35,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
 @pytest.fixture(scope="module")
 def hip() -> pydicom.Dataset:
     """Real CR hip, portrait: a bilateral model reads it whole (no region, no side)."""
-    return pydicom.dcmread(RG2_HIP_JLSL)
+    return pydicom.dcmread(CR_JLSL)
 
 
 @pytest.fixture(scope="module")

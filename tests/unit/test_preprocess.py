@@ -14,7 +14,7 @@ from pydicom.uid import JPEGLSLossless
 
 from predictd.models.card import Preprocessing
 from predictd.models.preprocess import PixelDecodeError, preprocess, resize_pad, to_gray
-from tests.support import RG2_HIP_JLSL, pydicom_data_file
+from tests.support import CR_JLSL, pydicom_data_file
 
 
 def _read(path: Path) -> pydicom.Dataset:
@@ -23,7 +23,7 @@ def _read(path: Path) -> pydicom.Dataset:
 
 @pytest.fixture(scope="module")
 def hip() -> pydicom.Dataset:
-    return _read(RG2_HIP_JLSL)
+    return _read(CR_JLSL)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def rg3() -> pydicom.Dataset:
 @pytest.mark.parametrize("window", ["first", "minmax"])
 @pytest.mark.parametrize(
     "path",
-    [RG2_HIP_JLSL, pydicom_data_file("RG1_UNCR.dcm"), pydicom_data_file("RG3_UNCR.dcm")],
+    [CR_JLSL, pydicom_data_file("RG1_UNCR.dcm"), pydicom_data_file("RG3_UNCR.dcm")],
     ids=["hip_jpegls", "rg1_chest", "rg3_extremity"],
 )
 def test_to_gray_range_shape_dtype(path: Path, window: str) -> None:
@@ -73,11 +73,11 @@ def test_monochrome1_bone_is_bright(rg3: pydicom.Dataset) -> None:
 
 
 def test_monochrome2_bone_is_bright(hip: pydicom.Dataset) -> None:
-    """The hip file is MONOCHROME2, not inverted: the femoral head is brighter than the air by the thigh."""
+    """The CR is MONOCHROME2, not inverted: the tibia is brighter than the air beside the leg."""
     gray = resize_pad(to_gray(hip), 384)
-    femoral_head = gray[140:170, 195:215].mean()
-    air = gray[300:360, 80:160].mean()
-    assert femoral_head > air + 0.3
+    tibia = gray[64:192, 176:208].mean()
+    air = gray[64:256, 112:128].mean()
+    assert tibia > air + 0.3
 
 
 def test_uncompressed_and_j2k_lossless_decode_identically() -> None:
@@ -144,7 +144,7 @@ def test_no_pixel_data(hip: pydicom.Dataset) -> None:
 
 
 def test_garbage_jpegls_names_transfer_syntax() -> None:
-    broken = _read(RG2_HIP_JLSL)
+    broken = _read(CR_JLSL)
     assert broken.file_meta.TransferSyntaxUID == JPEGLSLossless
     broken.PixelData = encapsulate([b"\xff\xd8 not a JPEG-LS stream " * 32])
     with pytest.raises(PixelDecodeError) as info:
@@ -155,7 +155,7 @@ def test_garbage_jpegls_names_transfer_syntax() -> None:
 
 
 def test_unsupported_transfer_syntax_names_it() -> None:
-    odd = _read(RG2_HIP_JLSL)  # fresh: pydicom caches a decoded array and would not notice the syntax change
+    odd = _read(CR_JLSL)  # fresh: pydicom caches a decoded array and would not notice the syntax change
     odd.file_meta.TransferSyntaxUID = pydicom.uid.UID("1.2.840.10008.1.2.4.100")  # MPEG2: no decoder exists
     with pytest.raises(PixelDecodeError, match=r"1\.2\.840\.10008\.1\.2\.4\.100"):
         to_gray(odd)
@@ -167,7 +167,7 @@ def test_missing_plugin_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(decoder, "_available", {})
     monkeypatch.setattr(decoder, "_unavailable", {"pyjpegls": ("pyjpegls>=1.2",)})
     with pytest.raises(PixelDecodeError, match=r"JPEG-LS Lossless.*missing dependencies.*pyjpegls>=1\.2"):
-        to_gray(_read(RG2_HIP_JLSL))
+        to_gray(_read(CR_JLSL))
 
 
 def test_voi_lut_sequence_is_used_and_scaled_by_its_entries() -> None:

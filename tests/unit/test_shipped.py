@@ -70,6 +70,7 @@ def _as_dicom(jpeg: Path, body_part: str) -> pydicom.Dataset:
     return ds
 
 
+@pytest.mark.shared_data
 def test_the_daemon_reads_images_as_they_were_evaluated(tmp_path: Path) -> None:
     """Install as `make serve` does; the cascade sends a hip to the hip model and a shoulder to the shoulder model,
     and the engine's probability for a test image equals the one in the shipped evaluation."""
@@ -88,6 +89,7 @@ def test_the_daemon_reads_images_as_they_were_evaluated(tmp_path: Path) -> None:
     assert predicted == case["predicted"]
 
 
+@pytest.mark.shared_data
 def test_evaluate_reproduces_the_shipped_hip_figures(tmp_path: Path) -> None:
     """The shipped evaluation is what `predictd evaluate` measures today (same images, same weights)."""
     folder = shipped()["hip_arthroplasty"]
@@ -99,6 +101,7 @@ def test_evaluate_reproduces_the_shipped_hip_figures(tmp_path: Path) -> None:
     assert again["confusion_matrix"] == report["confusion_matrix"]
 
 
+@pytest.mark.shared_data
 @pytest.mark.parametrize("name", ["hip_arthroplasty", "shoulder_implant_manufacturer"])
 def test_framing_does_not_change_the_answer(name: str) -> None:
     """The same radiograph padded, letterboxed and cropped five ways: the same label, probabilities within 0.1."""
@@ -113,6 +116,7 @@ def test_framing_does_not_change_the_answer(name: str) -> None:
     assert max(c["max_change"] for c in changes) <= 0.1, changes
 
 
+@pytest.mark.shared_data
 @pytest.mark.parametrize(("name", "other"), [("hip_arthroplasty", "shoulder_implant_manufacturer"),
                                              ("shoulder_implant_manufacturer", "hip_arthroplasty")])  # fmt: skip
 def test_shipped_gate_figures_are_what_evaluate_measures(name: str, other: str) -> None:

@@ -19,7 +19,7 @@ from predictd.reporting import codes, uids
 from predictd.reporting.key_images import build_key_image
 from predictd.reporting.sr import build_sr
 from predictd.reporting.text import report_text
-from tests.support import RG2_HIP_JLSL, assert_dciodvfy_clean, pydicom_data_file
+from tests.support import CR_JLSL, assert_dciodvfy_clean, pydicom_data_file
 
 HIP = ModelCard(
     name="hip",
@@ -47,7 +47,7 @@ HIP_JOINT = hd.sr.CodedConcept("24136001", "SCT", "Hip joint")
 
 @pytest.fixture(scope="module")
 def hip() -> pydicom.Dataset:
-    return pydicom.dcmread(RG2_HIP_JLSL, stop_before_pixels=True)
+    return pydicom.dcmread(CR_JLSL, stop_before_pixels=True)
 
 
 @pytest.fixture(scope="module")

@@ -35,13 +35,14 @@ from predictd.models.train import (
     TrainOptions,
     labels_for,
 )
+from tests.support import CR_JLSL, SHARED_DATA
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
+SHARED = SHARED_DATA
 HIP = SHARED / "hip_tha_radiologyai"
-CR = SHARED / "dicom" / "RG2_JLSL_hip_cr.dcm"
+CR = CR_JLSL
 PER_LABEL = 6
 
-pytestmark = pytest.mark.skipif(not HIP.is_dir(), reason=f"{HIP} is not here")
+pytestmark = pytest.mark.shared_data
 
 
 @pytest.fixture(scope="module")

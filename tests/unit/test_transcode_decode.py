@@ -18,7 +18,7 @@ from pydicom.uid import UID, HTJ2KLossless
 
 import tests.support.transcode as transcode_module
 from predictd.models.preprocess import PixelDecodeError, resize_pad, to_gray
-from tests.support import RG2_HIP_JLSL, pydicom_data_file
+from tests.support import CR_JLSL, pydicom_data_file
 from tests.support.transcode import (
     JPEGLS_NEAR,
     LOSSLESS,
@@ -29,7 +29,7 @@ from tests.support.transcode import (
 )
 
 SOURCES = {
-    "rg2_hip": RG2_HIP_JLSL,  # CR, 10 bits stored, MONOCHROME2, JPEG-LS lossless
+    "cr_jlsl": CR_JLSL,  # CR, 10 bits stored, MONOCHROME2, JPEG-LS lossless
     "rg1_chest": pydicom_data_file("RG1_UNCR.dcm"),  # CR, 15 bits stored, MONOCHROME1, explicit VR LE
 }
 WINDOWS = ("first", "minmax")
@@ -67,10 +67,10 @@ def reference() -> Reference:
 
 
 def _bone_minus_background(gray: np.ndarray, source: str) -> float:
-    """Bone (femoral head / thoracic spine) minus air or lung, on the 384-pixel display."""
+    """Bone (tibia / thoracic spine) minus air or lung, on the 384-pixel display."""
     small = resize_pad(gray, 384)
-    if source == "rg2_hip":
-        return float(small[140:170, 195:215].mean() - small[300:360, 80:160].mean())
+    if source == "cr_jlsl":
+        return float(small[64:192, 176:208].mean() - small[64:256, 112:128].mean())
     return float(small[100:200, 178:198].mean() - small[60:120, 70:120].mean())
 
 
@@ -118,20 +118,20 @@ def test_jpeg_lossy_refuses_deep_sources_unless_rescaling_is_allowed(tmp_path: P
     assert accepts(12, "jpeg_extended") and not accepts(15, "jpeg_extended")
     assert accepts(16, "jpegls_lossless")
     with pytest.raises(ValueError, match=r"jpeg_baseline takes at most 8 bits stored.*has 10"):
-        transcode(RG2_HIP_JLSL, "jpeg_baseline", tmp_path / "x.dcm")
+        transcode(CR_JLSL, "jpeg_baseline", tmp_path / "x.dcm")
     assert not (tmp_path / "x.dcm").exists()
 
 
 def test_unknown_syntax(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown syntax 'jpeg_xl'"):
-        transcode(RG2_HIP_JLSL, "jpeg_xl", tmp_path / "x.dcm")
+        transcode(CR_JLSL, "jpeg_xl", tmp_path / "x.dcm")
 
 
 def test_missing_dcmtk_tool_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real_which = shutil.which
     monkeypatch.setattr(transcode_module.shutil, "which", lambda name: None if name == "dcmcjpls" else real_which(name))
     with pytest.raises(TranscodeToolMissing, match=r"dcmcjpls not found on PATH.*jpegls_near.*install dcmtk"):
-        transcode(RG2_HIP_JLSL, "jpegls_near", tmp_path / "x.dcm")
+        transcode(CR_JLSL, "jpegls_near", tmp_path / "x.dcm")
 
 
 def test_missing_encoder_plugin_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -139,7 +139,7 @@ def test_missing_encoder_plugin_is_named(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(encoder, "_available", {})
     monkeypatch.setattr(encoder, "_unavailable", {"pylibjpeg": ("pylibjpeg-openjpeg>=2.0",)})
     with pytest.raises(TranscodeToolMissing, match=r"j2k_lossless.*pylibjpeg-openjpeg>=2\.0"):
-        transcode(RG2_HIP_JLSL, "j2k_lossless", tmp_path / "x.dcm")
+        transcode(CR_JLSL, "j2k_lossless", tmp_path / "x.dcm")
 
 
 COMPRESSED = [s for s in SYNTAXES if UID(SYNTAXES[s]).is_compressed]
@@ -154,7 +154,7 @@ def test_decode_failure_names_syntax_and_missing_plugin(
     decoder = get_decoder(uid)
     monkeypatch.setattr(decoder, "_available", {})
     monkeypatch.setattr(decoder, "_unavailable", {"fakeplugin": ("fake-codec>=9.9",)})
-    ds = pydicom.dcmread(transcoded("rg2_hip", syntax))
+    ds = pydicom.dcmread(transcoded("cr_jlsl", syntax))
     with pytest.raises(PixelDecodeError) as info:
         to_gray(ds)
     message = str(info.value)
