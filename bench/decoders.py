@@ -33,7 +33,7 @@ import pydicom  # noqa: E402
 from pydicom.pixels import get_decoder, pixel_array  # noqa: E402
 from pydicom.uid import UID  # noqa: E402
 
-from tests.support import CR_JLSL, pydicom_data_file  # noqa: E402
+from tests.support import RG2_HIP_JLSL, pydicom_data_file  # noqa: E402
 from tests.support.transcode import LOSSLESS, SYNTAXES, accepts, transcode  # noqa: E402
 
 NATIVE = "native"
@@ -62,7 +62,7 @@ class Row:
 
 
 def sources() -> dict[str, Path]:
-    return {"rg2_hip": CR_JLSL, "rg1_chest": pydicom_data_file("RG1_UNCR.dcm")}
+    return {"rg2_hip": RG2_HIP_JLSL, "rg1_chest": pydicom_data_file("RG1_UNCR.dcm")}
 
 
 def plugins_for(uid: str) -> tuple[tuple[str, ...], list[str]]:

@@ -36,7 +36,7 @@ from predictd.models.card import Label, Preprocessing
 from predictd.models.demo import write_model
 from predictd.models.inference import Engine
 from predictd.models.preprocess import preprocess
-from tests.support import CR_JLSL, pydicom_data_file
+from tests.support import RG2_HIP_JLSL, pydicom_data_file
 from tests.support.transcode import MAX_BITS, SYNTAXES, TranscodeToolMissing, accepts, transcode
 
 LABELS = (Label("a", "class a"), Label("b", "class b"))
@@ -157,7 +157,7 @@ def load_engine(models_dir: Path, arch: Arch, device: str, batch_size: int, deco
 
 
 def hip_batch(size: int, n: int) -> np.ndarray:
-    one = preprocess(pydicom.dcmread(CR_JLSL), Preprocessing(input_size=size))
+    one = preprocess(pydicom.dcmread(RG2_HIP_JLSL), Preprocessing(input_size=size))
     return np.repeat(one[np.newaxis], n, axis=0)
 
 
@@ -166,7 +166,7 @@ def hip_batch(size: int, n: int) -> np.ndarray:
 
 def bench_syntaxes(tmp: Path, repeats: int) -> None:
     prep = Preprocessing(input_size=380)
-    sources = {"hip CR JPEG-LS 2140x1760": CR_JLSL, "RG1_UNCR 1955x1841": pydicom_data_file("RG1_UNCR.dcm")}
+    sources = {"hip CR JPEG-LS 2140x1760": RG2_HIP_JLSL, "RG1_UNCR 1955x1841": pydicom_data_file("RG1_UNCR.dcm")}
     print(f"\n== decode + preprocess @380, one core, median of {repeats} (dcmread + preprocess) ==")
     print(f"{'source':26} {'bits':>4} {'syntax':16} {'MB':>6} {'ms/img':>8} {'img/s':>7}")
     for label, src in sources.items():
@@ -239,7 +239,7 @@ def bench_whole(
     repeats: int,
 ) -> None:
     """Whole-path rate is the best of ``repeats`` runs; the bare rate the median batch time (see bare_forward)."""
-    files = copies(CR_JLSL, images, tmp / "copies")
+    files = copies(RG2_HIP_JLSL, images, tmp / "copies")
     print(f"\n== whole path (Engine.predict_files, {images} x hip JPEG-LS) vs bare forward, batch {batch_size} ==")
     print(
         f"{'arch':24} {'workers':>7} {'threads':>7} {'images':>6} {'whole img/s':>11} {'bare img/s':>10} "

@@ -20,7 +20,7 @@ import pydicom
 from tests.e2e.orthanc import OrthancServer
 from tests.e2e.predictd_proc import PredictdServer
 from tests.integration.pipeline_helpers import copy_as_new_study
-from tests.support import CR_JLSL, wait_until
+from tests.support import RG2_HIP_JLSL, wait_until
 
 
 def _srs_by_study(pacs: OrthancServer) -> dict[str, float]:
@@ -36,7 +36,7 @@ def run(studies: int, outage: float, root: Path) -> dict[str, float]:
         down = time.monotonic()
         uids = []
         for n in range(studies):
-            src = copy_as_new_study(CR_JLSL, root / f"study{n}.dcm")
+            src = copy_as_new_study(RG2_HIP_JLSL, root / f"study{n}.dcm")
             uids.append(str(pydicom.dcmread(src, stop_before_pixels=True).StudyInstanceUID))
             server.storescu(src)
         wait_until(lambda: all(server.study_state(u) == "reported" for u in uids), timeout=outage, interval=1.0)

@@ -27,9 +27,9 @@ from predictd.daemon.receive import Receiver
 from predictd.daemon.spool import Spool
 from predictd.models.demo import install_demo
 from predictd.models.inference import Engine
-from tests.support import CR_JLSL
+from tests.support import RG2_HIP_JLSL
 
-SOURCE = CR_JLSL
+SOURCE = RG2_HIP_JLSL  # the figures in bench/README.md were measured on it
 
 
 def _copies(n: int, folder: Path) -> list[Path]:
