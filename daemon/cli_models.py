@@ -170,6 +170,7 @@ def models_explain(
     import pydicom
 
     from predictd.models.explain import overlay_png
+    from predictd.models.explain_engine import explain
     from predictd.models.inference import Engine
     from predictd.models.preprocess import to_gray
 
@@ -177,7 +178,7 @@ def models_explain(
     ds = pydicom.dcmread(dicom_file)
     with Engine.load(settings.models.dir, [model], device=settings.models.device) as engine:
         card = next(c for c in engine.cards if c.name == model)
-        heat = engine.explain(ds, model, label)
+        heat = explain(engine, ds, model, label)
         prediction = next(p for p in engine.predict([ds]) if p.model_name == model)
     overlay_png(to_gray(ds, card.preprocessing.window), heat, out)
     console.print(

@@ -170,6 +170,8 @@ def _key_images(
     model). Each
     image is read with its pixels once, for all of its findings, and dropped before the next is read.
     """
+    from predictd.models.explain_engine import explain_prediction  # torch: loaded already, with the engine
+
     wanted: dict[str, list[int]] = {}
     for index, p in enumerate(view.predictions):
         card = cards[p.model_name]
@@ -185,7 +187,7 @@ def _key_images(
         for index in indices:
             p = view.predictions[index]
             with ctx.inference_lock:
-                overlay = engine.explain_prediction(ds, p)
+                overlay = explain_prediction(engine, ds, p)
             built[index] = build_key_image(
                 ds,
                 p,

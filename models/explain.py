@@ -1,9 +1,15 @@
 """Grad-CAM heat maps and overlays a person can look at: which part of the image drove a prediction.
 
-Self-contained (forward hooks + ``torch.autograd.grad``; no grad-cam package). Selvaraju et al. 2017:
-the target layer's activations A (C, h, w), weighted per channel by the spatial mean of d score / d A, summed,
-ReLU, upsampled to the input. The default target layer is the last module whose output is a 4-D feature map
-with more than one pixel: the end of the convolutional trunk for timm efficientnet, resnet, convnext, nfnet.
+Selvaraju et al. 2017: the target layer's activations A (C, h, w), weighted per channel by the spatial mean of
+d score / d A, summed, ReLU, upsampled to the input. The default target layer is the last module whose output is a
+4-D feature map with more than one pixel: the end of the convolutional trunk of every card architecture (timm resnet
+``layer4``, efficientnet ``bn2``, densenet ``features``, convnext ``norm_pre``, nfnet ``final_act``).
+
+Ours (forward hooks + ``torch.autograd.grad``, ~50 lines), not the grad-cam package (pytorch-grad-cam 1.5.7), whose
+GradCAM would save little: it has no default target layer (one per architecture to name), calls ``backward`` (so
+``.grad`` accumulates in the resident weights), rescales each map min-to-max (here 0 stays "no evidence"), and
+``import pytorch_grad_cam`` loads all its methods, so it requires opencv-python-headless, matplotlib and ttach (none
+installed here) besides tqdm, scipy, scikit-learn and torchvision.
 """
 
 from __future__ import annotations
@@ -102,7 +108,8 @@ def overlay_rgb(gray: np.ndarray, heat: np.ndarray, alpha: float = 0.4) -> np.nd
 
     Returns uint8 (rows, cols, 3) RGB: what overlay_png writes and what a key image (Secondary Capture) carries.
     The heat map is resized to the image if its shape differs (it should already be aligned: see
-    ``Engine.explain``). Where the map is 0 the radiograph shows through more (blend weight scales with heat).
+    ``models.explain_engine.explain``). Where the map is 0 the radiograph shows through more (blend weight scales
+    with heat).
     """
     if gray.ndim != 2 or heat.ndim != 2:
         raise ValueError(f"expected 2-D gray and heat, got {gray.shape} and {heat.shape}")

@@ -1,8 +1,9 @@
-"""Load model cards + weights once, then classify batches of datasets (or files) on CUDA or CPU.
+"""The resident models: load cards + weights once, then run batched forwards and domain gates on CUDA or CPU.
 
 The engine is resident for the life of the daemon: weights are verified against the card's sha256 before
 they are trusted, every model sees the exact preprocessing its card names, and the output is plain
-:class:`~models.prediction.Prediction` objects so nothing downstream needs torch.
+:class:`~models.prediction.Prediction` objects so nothing downstream needs torch. Which model reads which image,
+and how answers become Predictions, is models.cascade_run; Grad-CAM of the resident models is models.explain_engine.
 
 With ``decode_workers > 0`` decode + preprocessing run in a :class:`~models.decode_pool.DecodePool` and
 :meth:`Engine.predict_files` pipelines: while batch k runs forward, batch k+1 decodes; a worker killed by a codec
@@ -19,39 +20,22 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 
 import numpy as np
 import pydicom
 import torch
-from PIL import Image
 
 from predictd.models.card import ModelCard
-from predictd.models.cascade import Classification, select_cards
-from predictd.models.decode_pool import (
-    DecodePool,
-    DecodeWorkerError,
-    Job,
-    Plan,
-    Prepared,
-    framed,
-    prepare,
-    prepare_file,
-)
-from predictd.models.ensemble import members_of
-from predictd.models.explain import gradcam, overlay_rgb, unpad
+from predictd.models.cascade import Classification
+from predictd.models.cascade_run import HALVES, GateVerdict, run_cascade
+from predictd.models.decode_pool import DecodePool, DecodeWorkerError, Job, Plan, Prepared, prepare, prepare_file
 from predictd.models.features import forward_with_features
 from predictd.models.loading import Resident, load_resident, resolve_device, select_installed
 from predictd.models.prediction import Prediction
-from predictd.models.preprocess import gray_to_input, split_bilateral, to_gray
 
 __all__ = ["HALVES", "Classification", "DecodeWorkerError", "Engine"]
-
-
-HALVES = ("image-left", "image-right")
-"""Region names of the two halves a bilateral card reads (Prediction.region)."""
 
 
 def _cpu_threads() -> int:
@@ -196,7 +180,8 @@ class Engine:
         """'name@version,...' sorted by name: stored with every run, so a result traces to its models."""
         return ",".join(f"{r.card.name}@{r.card.version}" for r in self._residents)
 
-    def _resident(self, card_name: str) -> Resident:
+    def resident(self, card_name: str) -> Resident:
+        """The resident model named ``card_name``; KeyError when none is."""
         for r in self._residents:
             if r.card.name == card_name:
                 return r
@@ -259,10 +244,23 @@ class Engine:
         if batch.ndim != 4:
             raise ValueError(f"expected an (N, C, H, W) batch, got shape {batch.shape}")
         with torch.inference_mode():
-            return self._logits(self._resident(card_name), batch)
+            return self._logits(self.resident(card_name), batch)
 
-    def _probabilities(self, resident: Resident, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Calibrated probabilities (N, classes) and, for a gated model, the domain-gate score of each input."""
+    def eager_input(self, batch: np.ndarray) -> torch.Tensor:
+        """``batch`` on the engine's device in its memory format, as a plain copy (not predict's pinned staging
+        buffer): the input of an eager float32 forward with gradients (Grad-CAM, models.explain_engine)."""
+        x = torch.from_numpy(batch).to(self._device)
+        if self._channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def probabilities(self, card: ModelCard, inputs: np.ndarray) -> tuple[np.ndarray, list[GateVerdict]]:
+        """Calibrated probabilities (N, classes) of the resident model ``card`` names on preprocessed inputs, in
+        batches of ``batch_size``, and each input's domain-gate verdict: (score, threshold), None without a gate.
+
+        What models.cascade_run.run_cascade reads each model with.
+        """
+        resident = self.resident(card.name)
         chunks, scores = [], []
         with torch.inference_mode():
             for part in _batches(len(inputs), self._batch_size):
@@ -273,55 +271,11 @@ class Engine:
                     scores.append(score)
                 probs = torch.softmax(torch.from_numpy(raw) / resident.card.temperature, dim=1)
                 chunks.append(probs.numpy().astype(np.float64))
-        return np.concatenate(chunks), (np.concatenate(scores) if scores else None)
-
-    def _classify_prepared(self, items: Sequence[Prepared]) -> Classification:
-        """The cascade on prepared images: routers first, then the finding cards that apply to each image.
-
-        Bilateral cards read each half of the image on its own, with the half's patient side as laterality.
-        Output order: image, then model name, then image-left before image-right half.
-        """
-        rows: list[tuple[int, str, int, Prediction]] = []
-        routers = [r for r in self._residents if r.card.role == "router"]
-        body_parts: dict[int, str] = {}
-        for resident in routers:
-            inputs = np.stack([it.inputs[resident.card.preprocessing] for it in items])
-            probs, scores = self._probabilities(resident, inputs)
-            for i, item in enumerate(items):
-                gated = _gate_verdict(resident, scores, i)
-                uids = item.sop_instance_uid, item.series_instance_uid
-                p = _prediction(resident.card, *uids, probs[i], None, None, gated)
-                rows.append((i, resident.card.name, 0, p))
-                if p.is_decided:
-                    body_parts.setdefault(i, p.label)
-        findings = [r.card for r in self._residents if r.card.role != "router"]
-        selections = {i: select_cards(findings, item.header, body_parts.get(i)) for i, item in enumerate(items)}
-        for resident in self._residents:
-            card = resident.card
-            if card.role == "router":
-                continue
-            jobs: list[tuple[int, int, str | None, np.ndarray]] = []
-            for i, item in enumerate(items):
-                if card not in selections[i].cards:
-                    continue
-                if card.bilateral and item.halves:
-                    jobs += [(i, h, side, inputs[card.preprocessing]) for h, (side, inputs) in enumerate(item.halves)]
-                else:
-                    jobs.append((i, 0, item.laterality, item.inputs[card.preprocessing]))
-            if not jobs:
-                continue
-            probs, scores = self._probabilities(resident, np.stack([job[3] for job in jobs]))
-            for j, ((i, half, side, _), row) in enumerate(zip(jobs, probs, strict=True)):
-                item = items[i]
-                region = HALVES[half] if card.bilateral and item.halves else None
-                uids = item.sop_instance_uid, item.series_instance_uid
-                prediction = _prediction(card, *uids, row, side, region, _gate_verdict(resident, scores, j))
-                rows.append((i, card.name, half, prediction))
-        rows.sort(key=lambda r: (r[0], r[1], r[2]))
-        return Classification(
-            predictions=[r[3] for r in rows],
-            selections={items[i].sop_instance_uid: s for i, s in selections.items()},
-        )
+        calibrated = np.concatenate(chunks)
+        if resident.gate is None:
+            return calibrated, [None] * len(calibrated)
+        threshold = resident.gate.threshold
+        return calibrated, [(float(score), threshold) for score in np.concatenate(scores)]
 
     # --- public prediction ------------------------------------------------------------------------------------
 
@@ -352,7 +306,8 @@ class Engine:
         """Batches of ``batch_size`` images; with a pool, the next batches decode while this one runs forward."""
         batches = [jobs[part] for part in _batches(len(jobs), self._batch_size)]
         if self._pool is None:
-            results = [self._classify_prepared([fn(arg, self._plan) for fn, arg in batch]) for batch in batches]
+            prepared = ([fn(arg, self._plan) for fn, arg in batch] for batch in batches)
+            results = [run_cascade(self.cards, items, self.probabilities) for items in prepared]
         else:
             results = self._run_pooled(self._pool, batches)
         return Classification(
@@ -381,7 +336,7 @@ class Engine:
                 submit_next()
                 in_flight = [*batch, *(job for queued, _ in pending for job in queued)]
                 items = [f.result() for f in futures]
-                out.append(self._classify_prepared(items))
+                out.append(run_cascade(self.cards, items, self.probabilities))
         except BrokenProcessPool as exc:
             raise pool.after_crash(in_flight, self._plan) from exc
         finally:
@@ -389,129 +344,3 @@ class Engine:
                 for f in futures:
                     f.cancel()
         return out
-
-    # --- explanation ------------------------------------------------------------------------------------------
-
-    def explain(self, ds: pydicom.Dataset, card_name: str, label_key: str | None = None) -> np.ndarray:
-        """Grad-CAM heat map (float32 in [0, 1]) of one model for one dataset, in the geometry of the image.
-
-        The map is for ``label_key``, or for the model's top class when None. It is computed on the padded
-        square input and mapped back (padding cropped, resized), so it lies on ``to_gray(ds)`` pixel for pixel:
-        ``overlay_png(to_gray(ds), engine.explain(ds, name), path)``.
-        """
-        resident = self._resident(card_name)
-        gray = to_gray(ds, resident.card.preprocessing.window)
-        return self._heat(resident, gray, self._class_index(resident, gray, label_key))
-
-    def explain_prediction(
-        self, ds: pydicom.Dataset, prediction: Prediction, *, alpha: float = 0.4, max_side: int | None = 1024
-    ) -> np.ndarray:
-        """RGB uint8 (rows, cols, 3): the image ``prediction`` was made from, with the Grad-CAM behind it overlaid.
-
-        For a key image a person can look at. The map is for the prediction's label (the top class when it is
-        indeterminate) and is computed on exactly what the model read: the whole image, or, for a bilateral
-        model's prediction, the half named by ``prediction.region``, placed back into that half of the whole
-        image (the other half shows no heat). ``max_side`` caps the longer side (None keeps the image size): the
-        overlay shows where the evidence lies, not fine detail, and a full-size RGB radiograph is ~11 MB.
-        Raises ValueError when ``ds`` is not the prediction's image or the resident model is another version.
-        """
-        if str(ds.get("SOPInstanceUID", "")) != prediction.sop_instance_uid:
-            raise ValueError("the dataset is not the image the prediction was made from")
-        resident = self._resident(prediction.model_name)
-        card = resident.card
-        if card.version != prediction.model_version:
-            raise ValueError(
-                f"model {card.name} is resident as version {card.version}, the prediction came from "
-                f"{prediction.model_version}: its Grad-CAM would explain another model"
-            )
-        label = prediction.label if prediction.is_decided else None
-        gray = to_gray(ds, card.preprocessing.window)
-        if prediction.region in HALVES:
-            half = HALVES.index(str(prediction.region))
-            box = framed(gray, card.preprocessing)
-            base = gray[box]
-            part = split_bilateral(base, ds)[half][1]
-            width = base.shape[1]
-            columns = slice(0, width // 2) if half == 0 else slice((width + 1) // 2, width)
-            heat = np.zeros(gray.shape, dtype=np.float32)
-            heat[box][:, columns] = self._heat(resident, part, self._class_index(resident, part, label))
-        else:
-            heat = self._heat(resident, gray, self._class_index(resident, gray, label))
-        rgb = overlay_rgb(gray, heat, alpha)
-        rows, cols = rgb.shape[:2]
-        if max_side is not None and max(rows, cols) > max_side:
-            scale = max_side / max(rows, cols)
-            size = (max(1, round(cols * scale)), max(1, round(rows * scale)))
-            rgb = np.asarray(Image.fromarray(rgb, mode="RGB").resize(size, Image.Resampling.LANCZOS), dtype=np.uint8)
-        return rgb
-
-    def _class_index(self, resident: Resident, gray: np.ndarray, label_key: str | None) -> int:
-        """Index of ``label_key`` in the card, or of the class predict would report for ``gray`` when None."""
-        card = resident.card
-        if label_key is None:  # same forward, same autocast as predict
-            batch = gray_to_input(gray, card.preprocessing)[np.newaxis]
-            return int(np.argmax(self.forward_only(batch, card.name)[0]))
-        try:
-            return card.label_keys.index(label_key)
-        except ValueError:
-            raise KeyError(f"model {card.name} has no label {label_key!r} (labels: {card.label_keys})") from None
-
-    def _heat(self, resident: Resident, gray: np.ndarray, index: int) -> np.ndarray:
-        """Grad-CAM of class ``index`` for one gray image, mapped back onto that image's geometry.
-
-        The model read the content box only (when its card crops), so the map covers that box; the cropped borders
-        get no heat: framing is not evidence.
-        """
-        prep = resident.card.preprocessing
-        box = framed(gray, prep)
-        part = gray[box]
-        batch = gray_to_input(part, replace(prep, crop_content=False))[np.newaxis]  # part is already the box
-        x = torch.from_numpy(batch).to(self._device)
-        if self._channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        heat = np.zeros(gray.shape, dtype=np.float32)
-        # eager, float32 (gradients need no autocast); an ensemble's map is the mean of its members' maps
-        maps = [gradcam(member, x, index) for member in members_of(resident.model)]
-        heat[box] = unpad(np.mean(maps, axis=0).astype(np.float32), part.shape)
-        return heat
-
-
-def _gate_verdict(resident: Resident, scores: np.ndarray | None, index: int) -> tuple[float, float] | None:
-    """(score, threshold) of input ``index`` for a gated model, None for a model without a gate."""
-    if resident.gate is None or scores is None:
-        return None
-    return float(scores[index]), resident.gate.threshold
-
-
-def _prediction(
-    card: ModelCard,
-    sop_instance_uid: str,
-    series_instance_uid: str,
-    probs: np.ndarray,
-    laterality: str | None,
-    region: str | None,
-    gated: tuple[float, float] | None = None,
-) -> Prediction:
-    """The card's answer for one input: a label, "indeterminate" below threshold, "not_assessed" past the gate."""
-    keys = card.label_keys
-    top = int(np.argmax(probs))
-    top_p = float(probs[top])
-    label = keys[top] if top_p >= card.thresholds.get(keys[top], 0.0) else Prediction.INDETERMINATE
-    score, threshold = gated if gated is not None else (None, None)
-    if score is not None and threshold is not None and not score <= threshold:  # NaN fails the gate too
-        label = Prediction.NOT_ASSESSED
-    return Prediction(
-        model_name=card.name,
-        model_version=card.version,
-        task=card.task,
-        sop_instance_uid=sop_instance_uid,
-        series_instance_uid=series_instance_uid,
-        label=label,
-        probability=top_p,
-        probabilities={k: float(p) for k, p in zip(keys, probs, strict=True)},
-        laterality=laterality,
-        region=region,
-        untrained=card.untrained,
-        gate_score=score,
-        gate_threshold=threshold,
-    )

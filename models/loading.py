@@ -1,6 +1,6 @@
 """From a model directory to a resident, verified network: card checks, sha256 of weights and gate, the timm build.
 
-Kept apart from models.inference (which batches, decodes and runs the cascade) so that what it means for a model to be
+Kept apart from models.inference (which batches, decodes and runs the forward) so that what it means for a model to be
 trustworthy enough to load lives in one place: a card that is complete, weights and gate that are exactly the files
 the card was written for, and one enabled card per name.
 """

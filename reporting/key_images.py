@@ -1,6 +1,6 @@
 """Key images: a finding's Grad-CAM overlay as a DICOM Secondary Capture in its own series of the study.
 
-The overlay itself (RGB, in the image's geometry) comes from ``models.inference.Engine.explain_prediction``; this
+The overlay itself (RGB, in the image's geometry) comes from ``models.explain_engine.explain_prediction``; this
 module only wraps it for the PACS:
 
 - same patient and study as the radiograph, a new series (:func:`reporting.uids.key_image_series_uid`) whose
@@ -49,8 +49,9 @@ def build_key_image(
     """One Secondary Capture (RGB) of ``overlay``: the Grad-CAM of ``prediction`` on ``source``, its radiograph.
 
     ``sr_uid`` is the SOP Instance UID of the SR that will reference this image; with the finding it fixes this
-    image's UID. ``overlay`` is uint8 (rows, cols, 3), as ``Engine.explain_prediction`` returns it (possibly
-    downscaled from the radiograph; the geometry is otherwise the radiograph's, so its Patient Orientation holds).
+    image's UID. ``overlay`` is uint8 (rows, cols, 3), as ``models.explain_engine.explain_prediction`` returns it
+    (possibly downscaled from the radiograph; the geometry is otherwise the radiograph's, so its Patient Orientation
+    holds).
     """
     if str(source.SOPInstanceUID) != prediction.sop_instance_uid:
         raise ValueError("the source is not the image the prediction was made from")

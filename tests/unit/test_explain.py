@@ -1,4 +1,5 @@
-"""models.explain: Grad-CAM on tiny timm models and on a hand-built net with a known answer; PNG overlays."""
+"""models.explain and models.explain_engine: Grad-CAM on tiny timm models, on a hand-built net with a known answer,
+and of a resident model on a real radiograph; PNG overlays."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from PIL import Image
 from predictd.models.card import Label
 from predictd.models.demo import TINY_ARCH, write_model
 from predictd.models.explain import gradcam, jet, overlay_png, unpad
+from predictd.models.explain_engine import explain
 from predictd.models.inference import Engine
 from predictd.models.preprocess import resize_pad, to_gray
 from tests.support import CR_JLSL
@@ -105,13 +107,13 @@ def test_engine_explain_on_real_hip(tmp_path: Path) -> None:
     write_model(tmp_path / "m" / "tiny", name="tiny", task="t", labels=labels, input_size=96)
     engine = Engine.load(tmp_path / "m")
     ds = pydicom.dcmread(CR_JLSL)
-    heat = engine.explain(ds, "tiny")
+    heat = explain(engine, ds, "tiny")
     gray = to_gray(ds)
     assert heat.shape == gray.shape and heat.dtype == np.float32
     assert heat.min() >= 0.0 and heat.max() <= 1.0 and heat.std() > 0.01
-    assert engine.explain(ds, "tiny", label_key="b").shape == gray.shape
+    assert explain(engine, ds, "tiny", label_key="b").shape == gray.shape
     with pytest.raises(KeyError):
-        engine.explain(ds, "tiny", label_key="zzz")
+        explain(engine, ds, "tiny", label_key="zzz")
     path = overlay_png(gray, heat, tmp_path / "hip.png")
     with Image.open(path) as img:
         assert img.size == (ds.Columns, ds.Rows)

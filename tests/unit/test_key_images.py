@@ -13,6 +13,7 @@ import pytest
 from predictd.models.card import Label
 from predictd.models.demo import write_model
 from predictd.models.explain import overlay_rgb
+from predictd.models.explain_engine import explain_prediction
 from predictd.models.inference import Engine
 from predictd.models.prediction import Prediction
 from predictd.models.preprocess import to_gray
@@ -45,7 +46,7 @@ def square() -> pydicom.Dataset:
 
 
 def _sc(engine: Engine, ds: pydicom.Dataset, p: Prediction, sr_uid: str = "2.25.7", **kwargs: object) -> hd.sc.SCImage:
-    overlay = engine.explain_prediction(ds, p)
+    overlay = explain_prediction(engine, ds, p)
     [card] = [c for c in engine.cards if c.name == p.model_name]
     return build_key_image(ds, p, card, overlay, sr_uid=sr_uid, instance_number=1, **kwargs)  # type: ignore[arg-type]
 
@@ -79,7 +80,7 @@ def test_key_image_of_a_real_radiograph(engine: Engine, hip: pydicom.Dataset, tm
     assert "tiny_hip@" in ours[0].SoftwareVersions[1]
 
     # the pixels are the overlay, with the legend burned into the top-left corner only
-    overlay = engine.explain_prediction(hip, p)
+    overlay = explain_prediction(engine, hip, p)
     pixels = back.pixel_array
     assert pixels.shape == overlay.shape and max(pixels.shape[:2]) == 1024  # the default cap on the long side
     assert (pixels[:20, :200] != overlay[:20, :200]).any()
@@ -108,11 +109,11 @@ def test_overlay_of_one_half_leaves_the_other_without_heat(engine: Engine, squar
     gray = to_gray(square, card.preprocessing.window)
     no_heat = overlay_rgb(gray, np.zeros_like(gray))
     width = gray.shape[1]
-    image_left = engine.explain_prediction(square, left, max_side=None)
+    image_left = explain_prediction(engine, square, left, max_side=None)
     assert image_left.shape == (*gray.shape, 3) and image_left.dtype == np.uint8
     np.testing.assert_array_equal(image_left[:, (width + 1) // 2 :], no_heat[:, (width + 1) // 2 :])
     assert (image_left[:, : width // 2] != no_heat[:, : width // 2]).any()
-    image_right = engine.explain_prediction(square, right, max_side=None)
+    image_right = explain_prediction(engine, square, right, max_side=None)
     np.testing.assert_array_equal(image_right[:, : width // 2], no_heat[:, : width // 2])
     # the side the finding is on is in the image's legend text and description, for a viewer without the SR
     sc = _sc(engine, square, left)
@@ -124,9 +125,9 @@ def test_explain_prediction_refuses_the_wrong_image_or_model(
 ) -> None:
     [p] = engine.predict([hip])
     with pytest.raises(ValueError, match="not the image"):
-        engine.explain_prediction(square, p)
+        explain_prediction(engine, square, p)
     with pytest.raises(ValueError, match="another model"):
-        engine.explain_prediction(hip, dataclasses.replace(p, model_version="9.9"))
+        explain_prediction(engine, hip, dataclasses.replace(p, model_version="9.9"))
     [card] = engine.cards
     with pytest.raises(ValueError, match="not the image"):
         build_key_image(square, p, card, np.zeros((8, 8, 3), dtype=np.uint8), sr_uid="2.25.7", instance_number=1)
