@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,7 +11,6 @@ from typing import Any
 import pydicom
 import pytest
 from pydicom.encaps import encapsulate
-from pydicom.filereader import read_file_meta_info
 from pydicom.uid import generate_uid
 from pynetdicom import AE, _config
 from pynetdicom.dsutils import split_dataset
@@ -24,85 +20,19 @@ from predictd.daemon.config import ReceiveSettings
 from predictd.daemon.receive import Receiver, accepted_transfer_syntaxes
 from predictd.daemon.spool import Spool
 from predictd.reporting.uids import device_uid
+from tests.integration.receive_helpers import (
+    COMPREHENSIVE_SR,
+    CT_IMAGE_STORAGE,
+    GRAYSCALE_PR,
+    JPEG_LS_LOSSLESS,
+    SECONDARY_CAPTURE,
+    c_store,
+    new_copy,
+    pixel_data,
+    storescu,
+)
 from tests.integration.receivers import CALLED, CALLING, Running
-from tests.support import CR_JLSL, free_port, pydicom_data_file, wait_until
-
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
-COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
-GRAYSCALE_PR = "1.2.840.10008.5.1.4.1.1.11.1"
-JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
-
-
-def new_copy(src: Path, dst: Path, **changes: Any) -> Path:
-    """A copy of a real file with new UIDs (so it is a new instance), optionally with attributes changed or removed."""
-    ds = pydicom.dcmread(src)
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.SOPInstanceUID = generate_uid()
-    for keyword, value in changes.items():
-        if value is None:
-            delattr(ds, keyword)
-        else:
-            setattr(ds, keyword, value)
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.save_as(dst, enforce_file_format=True)
-    return dst
-
-
-def c_store(
-    port: int,
-    items: list[pydicom.Dataset | Path],
-    *,
-    calling: str = CALLING,
-    called: str = CALLED,
-    raw: bool = False,
-    comments: list[str | None] | None = None,
-) -> list[int]:
-    """C-STORE each item on one association; returns the statuses. ``raw`` sends files' bytes as-is (chunked send).
-    ``comments`` collects each response's Error Comment (None when there is none)."""
-    metas = [read_file_meta_info(i) if isinstance(i, Path) else i.file_meta for i in items]
-    ae = AE(ae_title=calling)
-    for meta in metas:
-        ae.add_requested_context(str(meta.MediaStorageSOPClassUID), [str(meta.TransferSyntaxUID)])
-    assoc = ae.associate("127.0.0.1", port, ae_title=called)
-    assert assoc.is_established, "association not established"
-    statuses = []
-    try:
-        for item in items:
-            before = _config.STORE_SEND_CHUNKED_DATASET
-            _config.STORE_SEND_CHUNKED_DATASET = raw and isinstance(item, Path)
-            try:
-                rsp = assoc.send_c_store(item)
-            finally:
-                _config.STORE_SEND_CHUNKED_DATASET = before
-            statuses.append(int(rsp.Status))
-            if comments is not None:
-                comments.append(str(rsp.ErrorComment) if "ErrorComment" in rsp else None)
-    finally:
-        assoc.release()
-    return statuses
-
-
-def storescu(port: int, path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    exe = shutil.which("storescu")
-    if exe is None:
-        pytest.skip("dcmtk storescu not installed")
-    return subprocess.run(
-        [exe, *args, "-aet", CALLING, "-aec", CALLED, "127.0.0.1", str(port), str(path)],
-        env={**os.environ, "TCP_NODELAY": "1"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def pixel_data(path: Path) -> bytes:
-    return bytes(pydicom.dcmread(path).PixelData)
-
-
-# --- accepted ----------------------------------------------------------------------------------------------------
+from tests.support import CR_JLSL, free_port, pydicom_data_file
 
 
 def test_storescu_jpegls_is_stored_durably_and_recorded(start_receiver: Callable[..., Running]) -> None:
@@ -349,30 +279,6 @@ def test_unexpected_error_answers_c211_and_the_server_keeps_serving(tmp_path: Pa
         receiver.stop()
 
 
-# --- association checks ------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("calling", "called"), [("STRANGER", CALLED), (CALLING, "SOMEONE_ELSE")])
-def test_unknown_calling_or_called_ae_is_rejected(
-    start_receiver: Callable[..., Running], calling: str, called: str
-) -> None:
-    rx = start_receiver()
-    ae = AE(ae_title=calling)
-    ae.add_requested_context("1.2.840.10008.1.1")
-    with capture_logs() as logs:
-        assoc = ae.associate("127.0.0.1", rx.port, ae_title=called)
-        assert assoc.is_rejected
-    (event,) = [e for e in logs if e["event"] == "association_rejected"]
-    assert event["calling_ae"] == calling
-
-
-def test_empty_allowlist_accepts_anyone_with_a_warning(start_receiver: Callable[..., Running]) -> None:
-    with capture_logs() as logs:
-        rx = start_receiver(allowed_calling_aets=[])
-    assert any(e["event"] == "config_warning" for e in logs)
-    assert c_store(rx.port, [pydicom.dcmread(pydicom_data_file("RG1_UNCR.dcm"))], calling="ANYBODY") == [0x0000]
-
-
 def test_accepts_every_syntax_pydicom_decodes() -> None:
     syntaxes = set(accepted_transfer_syntaxes())
     for uid in (
@@ -428,54 +334,3 @@ def test_in_memory_receive_works_too(start_receiver: Callable[..., Running], mon
 
 
 # --- association limits ------------------------------------------------------------------------------------------
-
-
-def _associate(port: int, calling: str) -> Any:
-    ae = AE(ae_title=calling)
-    ae.add_requested_context("1.2.840.10008.1.1")
-    return ae.associate("127.0.0.1", port, ae_title=CALLED)
-
-
-def test_idle_associations_of_one_caller_cannot_lock_a_modality_out(start_receiver: Callable[..., Running]) -> None:
-    """Ten idle associations from one allowed AE: the caller's cap rejects the ones past it (transient), and a
-    modality still gets in (pynetdicom's default of 10 associations in all would have refused it)."""
-    rx = start_receiver(allowed_calling_aets=[CALLING, "IDLER"], max_associations_per_ae=4)
-    idle = [_associate(rx.port, "IDLER") for _ in range(10)]
-    try:
-        assert [a.is_established for a in idle] == [True] * 4 + [False] * 6
-        refused = idle[4]
-        assert refused.is_rejected and refused.acceptor.primitive.result == 0x02  # transient: try again later
-        assert c_store(rx.port, [pydicom.dcmread(pydicom_data_file("RG1_UNCR.dcm"))]) == [0x0000]
-    finally:
-        for assoc in idle:
-            if assoc.is_established:
-                assoc.release()
-
-
-def test_an_association_that_sends_nothing_is_cut_after_the_idle_timeout(
-    start_receiver: Callable[..., Running],
-) -> None:
-    rx = start_receiver(idle_timeout_seconds=1.0)
-    assoc = _associate(rx.port, CALLING)
-    assert assoc.is_established
-    wait_until(lambda: not assoc.is_established, timeout=15, what="the idle association to be aborted")
-    assert assoc.is_aborted
-
-
-@pytest.mark.parametrize(("hosts", "accepted"), [(["10.1.2.0/24"], False), (["10.1.2.0/24", "127.0.0.0/8"], True)])
-def test_an_ae_title_may_be_bound_to_its_hosts(
-    start_receiver: Callable[..., Running], hosts: list[str], accepted: bool
-) -> None:
-    """An AE title is a password anyone can read: an entry may name the networks it may call from."""
-    rx = start_receiver(allowed_calling_aets=[{"ae": CALLING, "hosts": hosts}])
-    with capture_logs() as logs:
-        assoc = _associate(rx.port, CALLING)
-    try:
-        assert assoc.is_established == accepted
-        if not accepted:
-            assert assoc.is_rejected and assoc.acceptor.primitive.result == 0x01
-            (event,) = [e for e in logs if e["event"] == "association_rejected"]
-            assert event["reason"] == "host not allowed for this AE" and event["address"] == "127.0.0.1"
-    finally:
-        if assoc.is_established:
-            assoc.release()
