@@ -138,9 +138,9 @@ def _show_human(detail: dict[str, Any]) -> None:
     for i in detail["instances_detail"]:
         instances.add_row(i["sop_instance_uid"], i["transfer_syntax_uid"], str(i["size_bytes"]), str(i["run_no"]))
     console.print(instances)
-    events = Table("at", "run", "from", "to", "actor", "reason", title="history")
+    events = Table("at", "run", "event", "actor", "reason", title="history")
     for e in detail["events"]:
-        events.add_row(e["at"], str(e["run_no"]), e["from"] or "", e["to"], e["actor"] or "", e["reason"] or "")
+        events.add_row(e["at"], str(e["run_no"]), e["event"], e["actor"] or "", e["reason"] or "")
     console.print(events)
     for run in detail["runs"]:
         console.print(

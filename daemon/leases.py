@@ -16,6 +16,7 @@ from datetime import datetime
 
 from sqlalchemy import select
 
+from predictd.daemon import lifecycle
 from predictd.daemon.db import Database, utcnow
 from predictd.daemon.queue import RetryPolicy, count_failure
 from predictd.daemon.tables import Study
@@ -31,8 +32,7 @@ def reap(db: Database, *, policy: RetryPolicy, now: datetime | None = None) -> l
         ).all()
         for study in expired:
             worker = study.claimed_by or "?"
-            study.claimed_by = None
-            study.lease_until = None
+            lifecycle.reap(s, study, now=now)
             count_failure(s, study, f"lease of {worker} expired", policy, False, now, actor="reaper")
             reaped.append(study.study_uid)
     return reaped
@@ -76,9 +76,8 @@ def release_orphans(
             owner = study.claimed_by or ""
             if not _dead_owner(owner, host, alive):
                 continue
-            study.claimed_by = None
-            study.lease_until = None
             reason = f"claim of {owner} released at start-up: that process is gone"
+            lifecycle.release(s, study, reason, now=now)
             count_failure(s, study, reason, policy, False, now, actor="startup")
             released.append(study.study_uid)
     return released

@@ -19,10 +19,11 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from predictd.daemon import lifecycle
 from predictd.daemon.config import Destination
 from predictd.daemon.db import Database, utcnow
 from predictd.daemon.queue import Claim, RetryPolicy, held
-from predictd.daemon.tables import Delivery, Run, Study
+from predictd.daemon.tables import Delivery, Run
 
 
 class DeliveryState(StrEnum):
@@ -207,6 +208,6 @@ def flush(db: Database, destination: str, now: datetime) -> int:
         waiting = (Delivery.destination == destination) & (Delivery.state == DeliveryState.PENDING)
         run_ids = select(Delivery.run_id).where(waiting)
         study_ids = select(Run.study_id).where(Run.id.in_(run_ids))
-        s.execute(update(Study).where(Study.id.in_(study_ids), Study.next_attempt_at > now).values(next_attempt_at=now))
+        lifecycle.wake(s, study_ids, now=now, reason=f"destination {destination} answered")
         result = s.execute(update(Delivery).where(waiting, Delivery.next_attempt_at > now).values(next_attempt_at=now))
         return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -112,8 +112,6 @@ def _note_instance_once(db: Database, inst: IncomingInstance, now: datetime) -> 
         if study is None:
             study = lifecycle.create(s, inst.study_uid, now=now, modality=inst.modality, calling_ae=inst.calling_ae)
         else:
-            study.last_instance_at = max(study.last_instance_at, now)
-            study.modality = study.modality or inst.modality
             state = StudyState(study.state)
             if state in (S.DONE, S.FAILED, S.SKIPPED):
                 lifecycle.transition(
@@ -121,9 +119,14 @@ def _note_instance_once(db: Database, inst: IncomingInstance, now: datetime) -> 
                 )
             elif state is S.READY and study.claimed_by is None:
                 lifecycle.transition(s, study, S.RECEIVING, now=now, reason="instance arrived before claim")
-        study.patient_id = study.patient_id or inst.patient_id
-        study.accession_number = study.accession_number or inst.accession_number
-        study.study_date = study.study_date or inst.study_date
+        lifecycle.instance_arrived(
+            study,
+            now=now,
+            modality=inst.modality,
+            patient_id=inst.patient_id,
+            accession_number=inst.accession_number,
+            study_date=inst.study_date,
+        )
         s.add(
             Instance(
                 study_id=study.id,
@@ -198,21 +201,16 @@ def claim(
         )
         if study is None:
             return None
-        study.claimed_by = worker
-        study.lease_until = now + timedelta(seconds=lease_seconds)
+        lifecycle.claim(s, study, worker, lease_until=now + timedelta(seconds=lease_seconds), now=now)
         return Claim(study.id, study.study_uid, StudyState(study.state), study.run_no, study.attempts, worker)
 
 
 def heartbeat(db: Database, c: Claim, *, lease_seconds: float, now: datetime | None = None) -> None:
-    """Extend the lease; raises LeaseLost if the claim is no longer ours."""
+    """Extend the lease (no event: see lifecycle.extend_lease); raises LeaseLost if the claim is no longer ours."""
     now = now or utcnow()
+    lease_until = now + timedelta(seconds=lease_seconds)
     with db.transaction() as s:
-        result = s.execute(
-            update(Study)
-            .where(Study.id == c.study_id, Study.claimed_by == c.worker, Study.state == str(c.state))
-            .values(lease_until=now + timedelta(seconds=lease_seconds))
-        )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
+        if not lifecycle.extend_lease(s, c.study_id, worker=c.worker, state=str(c.state), lease_until=lease_until):
             raise LeaseLost(f"study {c.study_uid}: lease lost")
 
 
@@ -227,7 +225,7 @@ def held(db: Database, s: Session, c: Claim) -> Study:
 def finish(
     db: Database, c: Claim, to: StudyState, *, reason: str | None = None, now: datetime | None = None
 ) -> StudyState:
-    """Record a completed stage and release the claim; returns the state the study ends in.
+    """Record a completed stage, which releases the claim; returns the state the study ends in.
 
     When a run ends and instances arrived during it, the study reopens at once as the next run.
     """
@@ -235,19 +233,15 @@ def finish(
     with db.transaction() as s:
         study = held(db, s, c)
         lifecycle.transition(s, study, to, now=now, actor=c.worker, reason=reason)
-        study.claimed_by = None
-        study.lease_until = None
         _reopen_if_instances_arrived(s, study, now, c.worker)
         return StudyState(study.state)
 
 
-def defer(db: Database, c: Claim, until: datetime) -> None:
+def defer(db: Database, c: Claim, until: datetime, *, now: datetime | None = None) -> None:
     """Release the claim without changing state or counting a failure (e.g. deliveries still waiting)."""
+    now = now or utcnow()
     with db.transaction() as s:
-        study = held(db, s, c)
-        study.claimed_by = None
-        study.lease_until = None
-        study.next_attempt_at = until
+        lifecycle.defer(s, held(db, s, c), until, now=now, actor=c.worker)
 
 
 def fail(
@@ -262,25 +256,22 @@ def fail(
     """Count a failed attempt: retry later with backoff, or end ``failed`` with the reason kept."""
     now = now or utcnow()
     with db.transaction() as s:
-        study = held(db, s, c)
-        study.claimed_by = None
-        study.lease_until = None
-        return count_failure(s, study, reason, policy, permanent, now, actor=c.worker)
+        return count_failure(s, held(db, s, c), reason, policy, permanent, now, actor=c.worker)
 
 
 def count_failure(
     s: Session, study: Study, reason: str, policy: RetryPolicy, permanent: bool, now: datetime, actor: str
 ) -> StudyState:
-    study.attempts += 1
-    if permanent or study.attempts >= policy.max_attempts:
-        why = reason if permanent else f"{reason} (after {study.attempts} attempts)"
-        lifecycle.transition(s, study, S.FAILED, now=now, actor=actor, reason=why)
+    """Count a failed attempt (the claim, if any, is released): a retry after the backoff, or, when permanent or the
+    last allowed, the study ends ``failed`` (and reopens at once if instances arrived during its run)."""
+    attempt = study.attempts + 1
+    if permanent or attempt >= policy.max_attempts:
+        why = reason if permanent else f"{reason} (after {attempt} attempts)"
+        lifecycle.give_up(s, study, why, now=now, actor=actor)
         if _run_took_instances(s, study.id, study.run_no):  # else it failed before reading any: no loop
             _reopen_if_instances_arrived(s, study, now, actor)
         return StudyState(study.state)
-    study.next_attempt_at = now + policy.delay(study.attempts)
-    study.reason = f"attempt {study.attempts} failed: {reason}"
-    study.updated_at = now
+    lifecycle.schedule_retry(s, study, reason, retry_at=now + policy.delay(attempt), now=now, actor=actor)
     return StudyState(study.state)
 
 
@@ -330,8 +321,6 @@ def cancel(db: Database, study_uid: str, *, actor: str = "operator", now: dateti
     with db.transaction() as s:
         study = _study_by_uid(s, db, study_uid)
         lifecycle.transition(s, study, S.CANCELLED, now=now, actor=actor, reason="cancelled by operator")
-        study.claimed_by = None
-        study.lease_until = None
 
 
 def counts_by_state(db: Database) -> dict[str, int]:

@@ -168,13 +168,21 @@ class Delivery(Base):
 
 
 class StudyEvent(Base):
+    """One entry of a study's history, written only by daemon.lifecycle."""
+
     __tablename__ = "study_events"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
     run_no: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16), default="transition", server_default="transition")
+    """What happened (lifecycle.StudyEventKind): a state move, or a claim taken, given back, reaped, a retry ...
+    (migration 0005; earlier rows are all transitions)."""
     from_state: Mapped[str | None] = mapped_column(String(16))
+    """The state before the event (None for a study's creation); equal to ``to_state`` for all but transitions."""
     to_state: Mapped[str] = mapped_column(String(16))
     at: Mapped[datetime] = mapped_column(UTCDateTime)
     actor: Mapped[str | None] = mapped_column(String(128))
     reason: Mapped[str | None] = mapped_column(Text)
+    due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    """When the study is due again: a deferral's or a scheduled retry's time (migration 0005)."""

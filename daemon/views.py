@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from predictd.daemon.db import Database
+from predictd.daemon.lifecycle import WORK, StudyEventKind, StudyState
 from predictd.daemon.tables import Delivery, Instance, PredictionRow, Run, Study, StudyEvent
 
 
@@ -66,19 +67,46 @@ def study_detail(db: Database, study_uid: str) -> dict[str, Any] | None:
             }
             for i in instances
         ]
-        detail["events"] = [
-            {
-                "at": _iso(e.at),
-                "run_no": e.run_no,
-                "from": e.from_state,
-                "to": e.to_state,
-                "actor": e.actor,
-                "reason": e.reason,
-            }
-            for e in events
-        ]
+        detail["events"] = [_event_dict(e) for e in events]
         detail["runs"] = [_run_dict(s, r) for r in runs]
         return detail
+
+
+def _event_dict(e: StudyEvent) -> dict[str, Any]:
+    return {
+        "at": _iso(e.at),
+        "run_no": e.run_no,
+        "kind": e.kind,
+        "event": describe_event(e.kind, e.from_state, e.to_state, actor=e.actor, due_at=e.due_at),
+        "from": e.from_state,
+        "to": e.to_state,
+        "actor": e.actor,
+        "reason": e.reason,
+        "due_at": _iso(e.due_at),
+    }
+
+
+def describe_event(
+    kind: str, from_state: str | None, to_state: str, *, actor: str | None, due_at: datetime | None
+) -> str:
+    """One line of a study's history as ``queue show`` prints it (the reason goes beside it)."""
+    due = _iso(due_at) or "?"
+    match kind:
+        case StudyEventKind.TRANSITION:
+            return f"{from_state or '(new)'} → {to_state}"
+        case StudyEventKind.CLAIMED:
+            return f"claimed by {actor} for {WORK.get(StudyState(to_state), to_state)}"
+        case StudyEventKind.DEFERRED:
+            return f"deferred until {due}"
+        case StudyEventKind.RETRY_SCHEDULED:
+            return f"retry scheduled at {due}"
+        case StudyEventKind.REAPED:
+            return "lease expired, reaped"
+        case StudyEventKind.RELEASED:
+            return "claim released at start-up"
+        case StudyEventKind.WOKEN:
+            return "due now"
+    return kind
 
 
 def _run_dict(s: Session, r: Run) -> dict[str, Any]:

@@ -35,12 +35,15 @@ def default_worker_name(prefix: str | None = None) -> str:
 
 
 class Heartbeat:
-    """Extends a claim's lease every ``interval`` seconds on its own thread while a stage runs."""
+    """Extends a claim's lease every ``queue.heartbeat_seconds`` on its own thread while a stage runs.
+
+    A beat that finds the claim gone stops beating. The stage is not interrupted: its result is refused at its first
+    write under the claim (``queue.held`` raises ``LeaseLost``, logged as ``lease_expired``).
+    """
 
     def __init__(self, ctx: StageContext, claim: queue.Claim) -> None:
         self._ctx, self._claim = ctx, claim
         self._stop = threading.Event()
-        self.lost = False
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{claim.worker}", daemon=True)
 
     def __enter__(self) -> Heartbeat:
@@ -56,8 +59,7 @@ class Heartbeat:
         while not self._stop.wait(q.heartbeat_seconds):
             try:
                 queue.heartbeat(self._ctx.db, self._claim, lease_seconds=q.lease_seconds)
-            except queue.LeaseLost:
-                self.lost = True
+            except queue.LeaseLost:  # nothing left to extend; the stage's result is dropped when it is written
                 return
             except Exception as exc:  # a database hiccup: the next beat tries again before the lease ends
                 log.warning(

@@ -49,10 +49,14 @@ def test_queue_commands(tmp_path: Path) -> None:
     code, out = invoke(config, "queue", "show", stored.study_uid, "--json")
     detail = json.loads(out)
     assert detail["runs"][0]["deliveries"][0]["state"] == "sent"
-    assert [e["to"] for e in detail["events"]] == ["receiving", "ready", "classified", "reported", "done"]
+    moves = [e["to"] for e in detail["events"] if e["kind"] == "transition"]
+    assert moves == ["receiving", "ready", "classified", "reported", "done"]
+    claims = [e["event"] for e in detail["events"] if e["kind"] == "claimed"]
+    assert claims == [f"claimed by test-worker for {stage}" for stage in ("classify", "report", "send")]
 
     code, out = invoke(config, "queue", "show", stored.study_uid)
     assert code == 0 and "deliveries" in out and stored.sop_instance_uid[:20] in out
+    assert "claimed" in out and "history" in out
 
     code, out = invoke(config, "queue", "retry", stored.study_uid)
     assert code == 0 and "run 2" in out

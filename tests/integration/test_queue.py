@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from predictd.daemon import leases, queue, records
 from predictd.daemon.db import Database, utcnow
-from predictd.daemon.lifecycle import IllegalTransition, StudyState
+from predictd.daemon.lifecycle import IllegalTransition, StudyEventKind, StudyState
 from predictd.daemon.tables import Study, StudyEvent
 from tests.integration.queue_helpers import ready_studies, stored
 
@@ -155,7 +155,11 @@ def test_late_instance_opens_a_new_run_and_every_move_is_an_event(db: Database) 
     with db.transaction() as s:
         moves = [
             (e.from_state, e.to_state, e.run_no)
-            for e in s.scalars(select(StudyEvent).where(StudyEvent.study_id == study.id).order_by(StudyEvent.id))
+            for e in s.scalars(
+                select(StudyEvent)
+                .where(StudyEvent.study_id == study.id, StudyEvent.kind == StudyEventKind.TRANSITION)
+                .order_by(StudyEvent.id)
+            )
         ]
     assert moves == [
         (None, "receiving", 1),
