@@ -140,6 +140,16 @@ class ModelCard:
         if self.gate and not {"file", "sha256", "distance_threshold"} <= set(self.gate):
             needs = "file, sha256 and distance_threshold"
             raise CardError(f"model card {self.name}: gate needs {needs}, has {sorted(self.gate)}")
+        if not self.temperature > 0:
+            raise CardError(f"model card {self.name}: temperature must be positive, not {self.temperature}")
+        unknown = set(self.thresholds) - {label.key for label in self.labels}
+        if unknown:
+            raise CardError(f"model card {self.name}: thresholds for unknown labels {sorted(unknown)}")
+
+    def check_loadable(self) -> None:
+        """A card can drive a network only when it names its labels (a catalog template may not, yet)."""
+        if not self.labels:
+            raise CardError(f"model card {self.name}: card has no labels")
 
     @property
     def gated(self) -> bool:

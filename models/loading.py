@@ -81,16 +81,6 @@ def build_model(card: ModelCard) -> torch.nn.Module:
     return Ensemble([build_network(card) for _ in range(card.members)], card.tta_zooms)
 
 
-def check_card(card: ModelCard) -> None:
-    if not card.labels:
-        raise CardError(f"model {card.name}: card has no labels")
-    if not card.temperature > 0:
-        raise CardError(f"model {card.name}: temperature must be positive, not {card.temperature}")
-    unknown = set(card.thresholds) - set(card.label_keys)
-    if unknown:
-        raise CardError(f"model {card.name}: thresholds for unknown labels {sorted(unknown)}")
-
-
 def load_gate(directory: Path, card: ModelCard) -> DomainGate | None:
     """The card's domain gate, verified like the weights; None when the card has none."""
     if not card.gated:
@@ -110,7 +100,7 @@ def load_gate(directory: Path, card: ModelCard) -> DomainGate | None:
 def load_resident(
     directory: Path, card: ModelCard, device: torch.device, channels_last: bool = False, compile_model: bool = False
 ) -> Resident:
-    check_card(card)
+    card.check_loadable()
     weights = _verified_file(directory, card, card.weights_file, card.sha256, "weights")
     gate = load_gate(directory, card)
     model = build_model(card)
