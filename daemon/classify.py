@@ -85,11 +85,16 @@ def _conclude(ctx: StageContext, claim: Claim, view: records.RunView, result: Cl
             return Advance(StudyState.SKIPPED, reason=own.skip_reason)
         # The reading room gets an answer: the report stage sends a "not assessed" SR naming the reason.
         records.save_predictions(
-            ctx.db, claim, own.predictions, engine.model_versions, not_assessed_reason=own.skip_reason
+            ctx.db,
+            claim,
+            own.predictions,
+            engine.model_versions,
+            not_assessed_reason=own.skip_reason,
+            cards=engine.cards,
         )
         log.info(Event.STUDY_NOT_ASSESSED, study_uid=claim.study_uid, run_no=claim.run_no, reason=own.skip_reason)
         return Advance(StudyState.CLASSIFIED)
-    records.save_predictions(ctx.db, claim, own.predictions, engine.model_versions)
+    records.save_predictions(ctx.db, claim, own.predictions, engine.model_versions, cards=engine.cards)
     for p in own.predictions:
         log.info(
             Event.PREDICTION_MADE,

@@ -19,6 +19,7 @@ from predictd.daemon.db import Database, utcnow
 from predictd.daemon.outbox import DeliveryState, Document
 from predictd.daemon.queue import Claim, held
 from predictd.daemon.tables import Delivery, Instance, PredictionRow, Run, Study
+from predictd.models.card import ModelCard
 from predictd.models.prediction import Prediction
 
 
@@ -45,6 +46,8 @@ class RunView:
     """SOP Instance UID of the SR of the latest earlier run that built one: the new SR's predecessor document."""
     not_assessed_reason: str | None = None
     """Why no model applied to the study: the run has no predictions and reports "not assessed"."""
+    cards: dict[str, ModelCard] | None = None
+    """The cards the run was classified with, by name; None for a run classified before they were kept."""
 
 
 def _run_row(s: Session, study_id: int, run_no: int) -> Run:
@@ -80,10 +83,13 @@ def save_predictions(
     *,
     now: datetime | None = None,
     not_assessed_reason: str | None = None,
+    cards: Sequence[ModelCard] = (),
 ) -> None:
     """Replace the run's predictions (a retried classification leaves exactly one set).
 
     ``not_assessed_reason``: no model applied (``predictions`` is then empty); the report stage says so.
+    ``cards``: the engine's cards at classify time, kept on the run so that its report is worded from the models
+    that made the predictions, whatever is installed when the report stage runs.
     """
     now = now or utcnow()
     with db.transaction() as s:
@@ -107,6 +113,7 @@ def save_predictions(
         run.model_versions = model_versions
         run.classified_at = now
         run.not_assessed_reason = not_assessed_reason
+        run.cards = [card.to_dict() for card in cards]
 
 
 def load_run(db: Database, study_id: int, run_no: int) -> RunView:
@@ -150,6 +157,7 @@ def _view(s: Session, run: Run, study_uid: str) -> RunView:
         classified_at=run.classified_at,
         predecessor_sr_uid=predecessor,
         not_assessed_reason=run.not_assessed_reason,
+        cards=None if run.cards is None else {c["name"]: ModelCard.from_dict(c) for c in run.cards},
     )
 
 

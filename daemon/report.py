@@ -70,14 +70,22 @@ def _hl7_messages(
     return documents
 
 
-def run(ctx: StageContext, claim: Claim) -> Outcome:
+def _run_cards(ctx: StageContext, view: records.RunView) -> dict[str, ModelCard]:
+    """The cards the run was classified with (kept on the run); the engine's only for runs from before they were."""
+    if view.cards is not None:
+        return view.cards
     if ctx.engine is None:
         raise StageError("no model is installed: model cards are needed to word the report")
-    view = records.load_run(ctx.db, claim.study_id, claim.run_no)
     cards = {card.name: card for card in ctx.engine.cards}
     missing = sorted({p.model_name for p in view.predictions} - cards.keys())
     if missing:
         raise StageError(f"model(s) no longer installed: {', '.join(missing)}", permanent=True)
+    return cards
+
+
+def run(ctx: StageContext, claim: Claim) -> Outcome:
+    view = records.load_run(ctx.db, claim.study_id, claim.run_no)
+    cards = _run_cards(ctx, view)
     try:
         sources = [pydicom.dcmread(inst.path, stop_before_pixels=True) for inst in view.instances]
     except FileNotFoundError as exc:
@@ -119,7 +127,7 @@ def run(ctx: StageContext, claim: Claim) -> Outcome:
 
 def _documents(
     ctx: StageContext,
-    engine: Engine,
+    engine: Engine | None,
     view: records.RunView,
     cards: Mapping[str, ModelCard],
     sources: Sequence[pydicom.Dataset],
@@ -161,22 +169,25 @@ def _documents(
 
 
 def _key_images(
-    ctx: StageContext, engine: Engine, view: records.RunView, cards: Mapping[str, ModelCard], sr_uid: str
+    ctx: StageContext, engine: Engine | None, view: records.RunView, cards: Mapping[str, ModelCard], sr_uid: str
 ) -> dict[int, pydicom.Dataset]:
     """One key image per decided finding, keyed by the prediction's index in the run (what build_sr expects).
 
     Skipped: indeterminate and not-assessed predictions (nothing to explain), the router's body-part answer (not a
-    finding), and predictions of a model version that is no longer resident (its Grad-CAM would explain another
-    model). Each
-    image is read with its pixels once, for all of its findings, and dropped before the next is read.
+    finding), and predictions of a model version that is no longer resident, or of any model when none is loaded
+    (its Grad-CAM would explain another model; the report itself still goes out, worded from the run's cards).
+    Each image is read with its pixels once, for all of its findings, and dropped before the next is read.
     """
-    from predictd.models.explain_engine import explain_prediction  # torch: loaded already, with the engine
-
+    resident = {card.name: card.version for card in engine.cards} if engine is not None else {}
     wanted: dict[str, list[int]] = {}
     for index, p in enumerate(view.predictions):
         card = cards[p.model_name]
-        if p.is_decided and card.role != "router" and card.version == p.model_version:
+        if p.is_decided and card.role != "router" and resident.get(p.model_name) == p.model_version:
             wanted.setdefault(p.sop_instance_uid, []).append(index)
+    if engine is None or not wanted:
+        return {}
+    from predictd.models.explain_engine import explain_prediction  # torch: loaded already, with the engine
+
     paths = {inst.sop_instance_uid: inst.path for inst in view.instances}
     built: dict[int, pydicom.Dataset] = {}
     for sop_uid, indices in wanted.items():

@@ -122,6 +122,8 @@ class Run(Base):
     report_text: Mapped[str | None] = mapped_column(Text)
     not_assessed_reason: Mapped[str | None] = mapped_column(Text)
     """Why no model applied to the study (the cascade's reason); set when a "not assessed" SR is to be sent."""
+    cards: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    """The model cards (``ModelCard.to_dict``) the run was classified with: what its report is worded from."""
 
     __table_args__ = (UniqueConstraint("study_id", "run_no", name="uq_runs_study_id_run_no"),)
 

@@ -105,3 +105,21 @@ def test_rerun_after_a_late_image_names_the_first_sr_as_predecessor(db: Database
     ]
     expected = {uids.key_image_uid(sr_uid, key) for key in keys}
     assert {uid for kind, uid in kinds if kind == outbox.DocumentKind.KEY_IMAGE} == expected
+
+
+def test_a_model_uninstalled_after_classify_still_words_the_report(db: Database, tmp_path: Path) -> None:
+    """The run keeps the cards it was classified with: the report needs no engine (and makes no key image then)."""
+    ctx = context(tmp_path, db, report={"key_images": True})
+    receive_file(ctx, copy_as_new_study(CR_JLSL, tmp_path / "hip.dcm"))
+    queue.sweep_ready(ctx.db, quiet_seconds=0)
+    assert Worker(ctx, "test-worker").work_once()  # classify, with the model resident
+    classified = queue.claim(ctx.db, "test-reporter", lease_seconds=60, states=[StudyState.CLASSIFIED])
+    assert classified is not None
+    view = records.load_run(ctx.db, classified.study_id, classified.run_no)
+    assert view.cards is not None and set(view.cards) == {"tiny_hip"}
+    ctx.engine = None  # uninstalled, or the daemon restarted without it
+    assert report.run(ctx, classified) == Advance(StudyState.REPORTED)
+    done = records.load_run(ctx.db, classified.study_id, classified.run_no)
+    label = view.cards["tiny_hip"].label(view.predictions[0].label).display
+    assert done.report_text is not None and label in done.report_text
+    assert [d.kind for d in outbox.deliveries(db, done.run_id)] == [outbox.DocumentKind.SR]
