@@ -56,7 +56,10 @@ def explain_prediction(
     indeterminate) and is computed on exactly what the model read: the whole image, or, for a bilateral
     model's prediction, the half named by ``prediction.region``, placed back into that half of the whole
     image (the other half shows no heat). ``max_side`` caps the longer side (None keeps the image size): the
-    overlay shows where the evidence lies, not fine detail, and a full-size RGB radiograph is ~11 MB.
+    overlay shows where the evidence lies, not fine detail, and a full-size RGB radiograph is ~11 MB. The image and
+    the map are shrunk first and coloured and blended at the output size (bench/key_images.py: the blend at full
+    size was a third of the time). An indeterminate prediction's map is for its most probable class, read from the
+    prediction rather than from another forward pass.
     Raises ValueError when ``ds`` is not the prediction's image or the resident model is another version.
     """
     if str(ds.get("SOPInstanceUID", "")) != prediction.sop_instance_uid:
@@ -68,7 +71,7 @@ def explain_prediction(
             f"model {card.name} is resident as version {card.version}, the prediction came from "
             f"{prediction.model_version}: its Grad-CAM would explain another model"
         )
-    label = prediction.label if prediction.is_decided else None
+    label = prediction.label if prediction.is_decided else _most_probable(prediction)
     gray = to_gray(ds, card.preprocessing.window)
     if prediction.region in HALVES:
         half = HALVES.index(str(prediction.region))
@@ -81,13 +84,25 @@ def explain_prediction(
         heat[box][:, columns] = _heat(engine, resident, part, _class_index(engine, resident, part, label))
     else:
         heat = _heat(engine, resident, gray, _class_index(engine, resident, gray, label))
-    rgb = overlay_rgb(gray, heat, alpha)
-    rows, cols = rgb.shape[:2]
+    rows, cols = gray.shape
     if max_side is not None and max(rows, cols) > max_side:
         scale = max_side / max(rows, cols)
         size = (max(1, round(cols * scale)), max(1, round(rows * scale)))
-        rgb = np.asarray(Image.fromarray(rgb, mode="RGB").resize(size, Image.Resampling.LANCZOS), dtype=np.uint8)
-    return rgb
+        gray, heat = (_shrunk(a, size, Image.Resampling.LANCZOS) for a in (gray, heat))
+    return overlay_rgb(gray, heat, alpha)
+
+
+def _shrunk(values: np.ndarray, size: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
+    """A float image resized to ``size`` (width, height), kept in [0, 1] (Lanczos rings a little past the ends)."""
+    image = Image.fromarray(np.ascontiguousarray(values, dtype=np.float32), mode="F").resize(size, resample)
+    return np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
+
+
+def _most_probable(prediction: Prediction) -> str | None:
+    """The class an indeterminate prediction leaned to (its top probability); None when it carries none."""
+    if not prediction.probabilities:
+        return None
+    return max(prediction.probabilities, key=lambda key: prediction.probabilities[key])
 
 
 def _class_index(engine: Engine, resident: Resident, gray: np.ndarray, label_key: str | None) -> int:

@@ -10,7 +10,10 @@ module only wraps it for the PACS:
   drawn into the pixels, because a key image travels alone into viewers that show no SR next to it;
 - the Source Image Sequence names the radiograph (and the side, through Derivation Description);
 - a Contributing Equipment item with predictd's Device UID (reporting.sr.predictd_equipment), by which the receiver
-  ignores our own output when a PACS forwards it back. It must be in every key image.
+  ignores our own output when a PACS forwards it back. It must be in every key image;
+- JPEG baseline (YBR_FULL_422, Pillow through highdicom) and declared lossy (Lossy Image Compression 01, method and
+  ratio): an overlay shows where the evidence lies, not fine detail, and 2.6 MB of raw RGB per key image costs
+  every PACS and viewer on the way (bench/key_images.py: about 0.1 MB).
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ def build_key_image(
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=_header(source),
         pixel_array=np.ascontiguousarray(pixels),
-        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+        photometric_interpretation=hd.PhotometricInterpretationValues.YBR_FULL_422,
         bits_allocated=8,
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
         series_instance_uid=uids.key_image_series_uid(str(source.StudyInstanceUID)),
@@ -77,7 +80,7 @@ def build_key_image(
         instance_number=instance_number,
         manufacturer=manufacturer,
         patient_orientation=orientation,
-        transfer_syntax_uid=pydicom.uid.ExplicitVRLittleEndian,
+        transfer_syntax_uid=pydicom.uid.JPEGBaseline8Bit,
         contributing_equipment=[
             predictd_equipment(
                 manufacturer,
@@ -103,6 +106,9 @@ def build_key_image(
     sc.DerivationDescription = _truncate(f"Grad-CAM heat map over the source radiograph: {finding}", 1024)
     sc.ImageComments = _truncate(f"AI overlay, not verified by a radiologist. {finding}", 10240)
     sc.SourceImageSequence = [_source_reference(source)]
+    sc.LossyImageCompression = "01"
+    sc.LossyImageCompressionMethod = "ISO_10918_1"
+    sc.LossyImageCompressionRatio = f"{pixels.size / len(sc.PixelData):.2f}"[:16]
     return sc
 
 

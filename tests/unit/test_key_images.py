@@ -69,7 +69,12 @@ def test_key_image_of_a_real_radiograph(engine: Engine, hip: pydicom.Dataset, tm
     assert back.SeriesDescription == SERIES_DESCRIPTION
     assert "AI overlay" in back.SeriesDescription and "unverified" in back.SeriesDescription
     assert back.BurnedInAnnotation == "YES"
-    assert back.PhotometricInterpretation == "RGB" and back.SamplesPerPixel == 3 and back.BitsAllocated == 8
+    assert back.SamplesPerPixel == 3 and back.BitsAllocated == 8
+    # JPEG baseline, declared lossy: an overlay shows where the evidence lies, not fine detail
+    assert back.file_meta.TransferSyntaxUID == pydicom.uid.JPEGBaseline8Bit
+    assert back.PhotometricInterpretation == "YBR_FULL_422"
+    assert back.LossyImageCompression == "01" and back.LossyImageCompressionMethod == "ISO_10918_1"
+    assert float(back.LossyImageCompressionRatio) > 5
     [source] = back.SourceImageSequence
     assert source.ReferencedSOPInstanceUID == hip.SOPInstanceUID
     assert source.PurposeOfReferenceCodeSequence[0].CodeValue == codes.SOURCE_IMAGE_FOR_PROCESSING.value
@@ -79,13 +84,13 @@ def test_key_image_of_a_real_radiograph(engine: Engine, hip: pydicom.Dataset, tm
     assert ours[0].PurposeOfReferenceCodeSequence[0].CodeValue == codes.PROCESSING_EQUIPMENT.value
     assert "tiny_hip@" in ours[0].SoftwareVersions[1]
 
-    # the pixels are the overlay, with the legend burned into the top-left corner only
-    overlay = explain_prediction(engine, hip, p)
-    pixels = back.pixel_array
+    # the pixels are the overlay (to within JPEG's loss), with the legend burned into the top-left corner only
+    overlay = explain_prediction(engine, hip, p).astype(np.int16)
+    pixels = back.pixel_array.astype(np.int16)  # pydicom returns RGB
     assert pixels.shape == overlay.shape and max(pixels.shape[:2]) == 1024  # the default cap on the long side
-    assert (pixels[:20, :200] != overlay[:20, :200]).any()
+    assert np.abs(pixels[:20, :200] - overlay[:20, :200]).mean() > 20
     rows = pixels.shape[0]
-    np.testing.assert_array_equal(pixels[rows // 2 :], overlay[rows // 2 :])
+    assert np.abs(pixels[rows // 2 :] - overlay[rows // 2 :]).mean() < 3
 
 
 def test_key_image_uids_are_deterministic(engine: Engine, hip: pydicom.Dataset, square: pydicom.Dataset) -> None:
