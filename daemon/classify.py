@@ -6,16 +6,20 @@ studies can be classified in one engine call (:func:`run_batch`), so batches spa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import io
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING
 
+import numpy as np
+from PIL import Image
 from pydicom.errors import InvalidDicomError
 
 from predictd.daemon import records
 from predictd.daemon.lifecycle import StudyState
 from predictd.daemon.log import Event, get_logger
 from predictd.daemon.queue import Claim
+from predictd.daemon.spool import durable_write
 from predictd.daemon.stage import Advance, Outcome, StageContext, StageError, captured
 from predictd.models.cascade import Classification
 from predictd.models.decode_pool import DecodeWorkerError
@@ -58,7 +62,8 @@ def _engine(ctx: StageContext) -> Engine:
 def _classify(ctx: StageContext, engine: Engine, views: Sequence[records.RunView]) -> Classification:
     try:
         with ctx.inference_lock:
-            return engine.classify_files([inst.path for view in views for inst in view.instances])
+            paths = [inst.path for view in views for inst in view.instances]
+            return engine.classify_files(paths, overlays=ctx.settings.report.key_images)
     except FileNotFoundError as exc:
         raise StageError(f"spool file missing ({exc.filename})") from exc
     except InvalidDicomError as exc:
@@ -75,10 +80,13 @@ def _conclude(ctx: StageContext, claim: Claim, view: records.RunView, result: Cl
         return Advance(StudyState.SKIPPED, reason="the study has no stored instances")
     engine = _engine(ctx)
     mine = {inst.sop_instance_uid for inst in view.instances}
+    indices = [i for i, p in enumerate(result.predictions) if p.sop_instance_uid in mine]
     own = Classification(
-        predictions=[p for p in result.predictions if p.sop_instance_uid in mine],
+        predictions=[result.predictions[i] for i in indices],
         selections={uid: s for uid, s in result.selections.items() if uid in mine},
+        overlays={n: result.overlays[i] for n, i in enumerate(indices) if i in result.overlays},
     )
+    _write_overlays(ctx, view, own.overlays)
     findings = {card.name for card in engine.cards if card.role != "router"}
     if not any(p.model_name in findings for p in own.predictions):
         if not ctx.settings.report.send_not_assessed:
@@ -108,3 +116,15 @@ def _conclude(ctx: StageContext, claim: Claim, view: records.RunView, result: Cl
             gate_score=None if p.gate_score is None else round(p.gate_score, 4),
         )
     return Advance(StudyState.CLASSIFIED)
+
+
+def _write_overlays(ctx: StageContext, view: records.RunView, overlays: Mapping[int, np.ndarray]) -> None:
+    """The key-image overlays, by prediction index, as PNGs beside the run's documents (the report stage builds the
+    Secondary Captures from them), after removing any an earlier attempt of this run drew. Written before the
+    predictions are saved: a run whose predictions are saved has its overlays on disk."""
+    for stale in ctx.spool.overlay_paths(view.study_uid, view.run_no):
+        stale.unlink(missing_ok=True)
+    for index, rgb in overlays.items():
+        png = io.BytesIO()
+        Image.fromarray(rgb, mode="RGB").save(png, format="PNG", compress_level=1)  # fast; ~1 MB at 1024 px
+        durable_write(ctx.spool.overlay_path(view.study_uid, view.run_no, index), png.getvalue())

@@ -2,19 +2,21 @@
 
 The SR's SOP Instance UID comes from the study, the run and the model versions, so rebuilding it after a crash
 gives the same UID and a PACS can never hold two different SRs for one run. With ``report.key_images`` on, each
-decided finding also gets a key image (its Grad-CAM overlay as a Secondary Capture, reporting.key_images), whose UID
-derives from the SR's; the SR references them, and they are queued before it. A study reported again (late images
-opened a new run) names the earlier run's SR as its predecessor. A study no model applied to (classify kept the
-reason, ``report.send_not_assessed``) gets a short "not assessed" SR and text naming the models considered.
+decided finding also gets a key image (the Grad-CAM overlay classify drew, as a Secondary Capture,
+reporting.key_images), whose UID derives from the SR's; the SR references them, and they are queued before it.
+A study reported again (late images opened a new run) names the earlier run's SR as its predecessor. A study no
+model applied to (classify kept the reason, ``report.send_not_assessed``) gets a short "not assessed" SR and text
+naming the models considered.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import numpy as np
 import pydicom
+from PIL import Image
 
 from predictd.daemon import outbox, records
 from predictd.daemon.config import Hl7Destination
@@ -31,9 +33,6 @@ from predictd.reporting.hl7 import message_control_id, oru_r01
 from predictd.reporting.key_images import KEY_IMAGE_SERIES_NUMBER, build_key_image
 from predictd.reporting.sr import build_sr, unusable_dates
 from predictd.reporting.text import not_assessed_text, report_text
-
-if TYPE_CHECKING:
-    from predictd.models.inference import Engine
 
 SR_SERIES_NUMBER = 9901
 
@@ -103,7 +102,7 @@ def run(ctx: StageContext, claim: Claim) -> Outcome:
         raise StageError(f"report text: {exception_text(exc)}", permanent=True) from exc
     sr_uid = uids.sr_instance_uid(view.study_uid, view.run_no, view.model_versions or "")
     try:
-        documents, path = _documents(ctx, ctx.engine, view, cards, sources, text, sr_uid)
+        documents, path = _documents(ctx, view, cards, sources, text, sr_uid)
     except (ValueError, AttributeError, TypeError, KeyError) as exc:
         # The same inputs fail the same way every time: a retry would only delay the failure (and the reason).
         raise StageError(f"cannot build the documents: {exception_text(exc, sources)}", permanent=True) from exc
@@ -127,7 +126,6 @@ def run(ctx: StageContext, claim: Claim) -> Outcome:
 
 def _documents(
     ctx: StageContext,
-    engine: Engine | None,
     view: records.RunView,
     cards: Mapping[str, ModelCard],
     sources: Sequence[pydicom.Dataset],
@@ -136,7 +134,7 @@ def _documents(
 ) -> tuple[list[outbox.Document], Path]:
     """Key images, the SR and the HL7 messages of one run, written to the spool; the SR's path."""
     settings = ctx.settings.report
-    key_images = _key_images(ctx, engine, view, cards, sr_uid) if settings.key_images else {}
+    key_images = _key_images(ctx, view, cards, sources, sr_uid) if settings.key_images else {}
     documents = [
         outbox.Document(
             outbox.DocumentKind.KEY_IMAGE,
@@ -169,45 +167,37 @@ def _documents(
 
 
 def _key_images(
-    ctx: StageContext, engine: Engine | None, view: records.RunView, cards: Mapping[str, ModelCard], sr_uid: str
+    ctx: StageContext,
+    view: records.RunView,
+    cards: Mapping[str, ModelCard],
+    sources: Sequence[pydicom.Dataset],
+    sr_uid: str,
 ) -> dict[int, pydicom.Dataset]:
-    """One key image per decided finding, keyed by the prediction's index in the run (what build_sr expects).
+    """One key image per decided finding that classify drew an overlay for, keyed by the prediction's index in the
+    run (what build_sr expects).
 
-    Skipped: indeterminate and not-assessed predictions (nothing to explain), the router's body-part answer (not a
-    finding), and predictions of a model version that is no longer resident, or of any model when none is loaded
-    (its Grad-CAM would explain another model; the report itself still goes out, worded from the run's cards).
-    Each image is read with its pixels once, for all of its findings, and dropped before the next is read.
+    The overlays were drawn in the classify stage, where the pixels were decoded and the model resident
+    (``Engine.classify_files(overlays=True)``); this stage only reads the PNG and wraps it for the PACS, so it
+    decodes no radiograph, takes no inference lock and needs no engine. The router's answer is not a finding;
+    runs classified with key images off (or before overlays were kept) have none.
     """
-    resident = {card.name: card.version for card in engine.cards} if engine is not None else {}
-    wanted: dict[str, list[int]] = {}
-    for index, p in enumerate(view.predictions):
-        card = cards[p.model_name]
-        if p.is_decided and card.role != "router" and resident.get(p.model_name) == p.model_version:
-            wanted.setdefault(p.sop_instance_uid, []).append(index)
-    if engine is None or not wanted:
-        return {}
-    from predictd.models.explain_engine import explain_prediction  # torch: loaded already, with the engine
-
-    paths = {inst.sop_instance_uid: inst.path for inst in view.instances}
+    headers = {str(src.SOPInstanceUID): src for src in sources}
     built: dict[int, pydicom.Dataset] = {}
-    for sop_uid, indices in wanted.items():
-        try:
-            ds = pydicom.dcmread(paths[sop_uid])
-        except FileNotFoundError as exc:
-            raise StageError(f"spool file missing: {exc.filename}") from exc
-        for index in indices:
-            p = view.predictions[index]
-            with ctx.inference_lock:
-                overlay = explain_prediction(engine, ds, p)
-            built[index] = build_key_image(
-                ds,
-                p,
-                cards[p.model_name],
-                overlay,
-                sr_uid=sr_uid,
-                instance_number=len(built) + 1,
-                series_number=KEY_IMAGE_SERIES_NUMBER,
-                manufacturer=ctx.settings.report.manufacturer,
-                institution_name=ctx.settings.report.institution_name,
-            )
-    return dict(sorted(built.items()))
+    for index, p in enumerate(view.predictions):
+        path = ctx.spool.overlay_path(view.study_uid, view.run_no, index)
+        if not p.is_decided or cards[p.model_name].role == "router" or not path.is_file():
+            continue
+        with Image.open(path) as png:
+            overlay = np.asarray(png.convert("RGB"), dtype=np.uint8)
+        built[index] = build_key_image(
+            headers[p.sop_instance_uid],
+            p,
+            cards[p.model_name],
+            overlay,
+            sr_uid=sr_uid,
+            instance_number=len(built) + 1,
+            series_number=KEY_IMAGE_SERIES_NUMBER,
+            manufacturer=ctx.settings.report.manufacturer,
+            institution_name=ctx.settings.report.institution_name,
+        )
+    return built

@@ -4,6 +4,7 @@ Layout (UID-based, so a path can be rebuilt from a database row and nothing depe
 
     <root>/instances/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm
     <root>/documents/<StudyInstanceUID>/run-<n>/<SOPInstanceUID>.dcm
+    <root>/documents/<StudyInstanceUID>/run-<n>/overlay-<prediction index>.png   (key-image overlays, from classify)
 
 Every write goes to a temporary file in the target folder, is fsynced, renamed over the final name (atomic on POSIX)
 and the folder is fsynced, so after a power loss a file is either complete or absent. The receiver answers Success
@@ -53,6 +54,20 @@ class Spool:
 
     def document_path(self, study_uid: str, run_no: int, sop_uid: str) -> Path:
         return self.root / "documents" / check_uid(study_uid) / f"run-{int(run_no)}" / f"{check_uid(sop_uid)}.dcm"
+
+    def overlay_path(self, study_uid: str, run_no: int, prediction_index: int) -> Path:
+        """The key-image overlay (PNG) classify drew for the run's prediction number ``prediction_index``."""
+        return (
+            self.root
+            / "documents"
+            / check_uid(study_uid)
+            / f"run-{int(run_no)}"
+            / f"overlay-{int(prediction_index)}.png"
+        )
+
+    def overlay_paths(self, study_uid: str, run_no: int) -> list[Path]:
+        """Every overlay of the run now on disk (a retried classify removes them before drawing its own)."""
+        return sorted((self.root / "documents" / check_uid(study_uid) / f"run-{int(run_no)}").glob("overlay-*.png"))
 
     # --- writing -----------------------------------------------------------------------------------------------
 

@@ -11,8 +11,9 @@ Router cards are never selected as findings; running the router first is the cal
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import pydicom
 
 from predictd.models.body_part import BODY_PARTS, body_part_from_tags, body_parts_by_tag
@@ -111,6 +112,8 @@ class Classification:
     predictions: list[Prediction]
     selections: dict[str, Selection]
     """SOP Instance UID → the cascade's selection for that image."""
+    overlays: dict[int, np.ndarray] = field(default_factory=dict)
+    """Index in ``predictions`` → the key-image overlay (RGB uint8) of that decided finding, when asked for."""
 
     @property
     def skip_reason(self) -> str:

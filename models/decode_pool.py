@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pydicom
+from PIL import Image
 from pydicom.pixels import pixel_array
 
 from predictd.models.card import Preprocessing
@@ -58,6 +59,18 @@ class Plan:
 
     whole: tuple[Preprocessing, ...]
     halves: tuple[Preprocessing, ...] = ()
+    display_side: int = 0
+    """When positive, also the image to draw key images on, its long side at most this (0: none)."""
+
+
+@dataclass(frozen=True)
+class Display:
+    """An image shrunk for key images, and where each card's input came from on it (models.explain_engine)."""
+
+    grays: dict[str, np.ndarray]
+    """Window → the image as uint8 gray, the long side at most ``Plan.display_side`` (one per window the cards use)."""
+    boxes: dict[Preprocessing, tuple[slice, slice]]
+    """The part of the image each preprocessing read (its content box, or the whole), in display pixels."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +87,8 @@ class Prepared:
     """Of the whole image (ImageLaterality / Laterality)."""
     halves: tuple[tuple[str | None, dict[Preprocessing, np.ndarray]], ...] = ()
     """(patient side or None, inputs) of the image-left and image-right half, for bilateral cards."""
+    display: Display | None = None
+    """For key images, when the plan asks (``Plan.display_side``): a few hundred KB, not the full pixels."""
 
 
 # --- what a worker runs: module-level functions, unpickled by name ------------------------------------------
@@ -127,6 +142,7 @@ def prepare(ds: pydicom.Dataset, plan: Plan) -> Prepared:
         for i in range(2):
             side = split[plan.halves[0]][i][0]
             halves.append((side, {p: gray_to_input(split[p][i][1], p) for p in plan.halves}))
+    display = _display(gray, plan) if plan.display_side > 0 else None
     return Prepared(
         str(ds.get("SOPInstanceUID", "")),
         str(ds.get("SeriesInstanceUID", "")),
@@ -134,7 +150,29 @@ def prepare(ds: pydicom.Dataset, plan: Plan) -> Prepared:
         header=_header(ds),
         laterality=laterality_of(ds),
         halves=tuple(halves),
+        display=display,
     )
+
+
+def _display(gray: Callable[[str], np.ndarray], plan: Plan) -> Display:
+    """The decoded image shrunk to the key images' size (area average), with each input's box scaled onto it."""
+    preps = tuple(dict.fromkeys((*plan.whole, *plan.halves)))
+    rows, cols = gray(preps[0].window).shape
+    scale = min(1.0, plan.display_side / max(rows, cols))
+    size = (max(1, round(cols * scale)), max(1, round(rows * scale)))
+    grays = {}
+    for window in dict.fromkeys(p.window for p in preps):
+        full = gray(window).astype(np.float32, copy=False)  # to_gray: float32 in [0, 1]
+        # BOX (area average) is antialiased for shrinking and 4x cheaper than Lanczos here (10 vs 38 ms at 3.8 Mpx)
+        small = np.asarray(Image.fromarray(full, mode="F").resize(size, Image.Resampling.BOX)) if scale < 1 else full
+        grays[window] = np.round(np.clip(small, 0.0, 1.0) * 255).astype(np.uint8)
+
+    def scaled(box: tuple[slice, slice]) -> tuple[slice, slice]:
+        (r0, r1), (c0, c1) = ((int(b.start), int(b.stop)) for b in box)
+        top, left = round(r0 * scale), round(c0 * scale)
+        return slice(top, max(top + 1, round(r1 * scale))), slice(left, max(left + 1, round(c1 * scale)))
+
+    return Display(grays, {p: scaled(framed(gray(p.window), p)) for p in preps})
 
 
 def prepare_file(path: str, plan: Plan) -> Prepared:

@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 
@@ -31,6 +32,8 @@ from predictd.models.card import ModelCard
 from predictd.models.cascade import Classification
 from predictd.models.cascade_run import HALVES, GateVerdict, run_cascade
 from predictd.models.decode_pool import DecodePool, DecodeWorkerError, Job, Plan, Prepared, prepare, prepare_file
+from predictd.models.explain_engine import KEY_IMAGE_SIDE
+from predictd.models.explain_engine import overlays as draw_overlays
 from predictd.models.features import forward_with_features
 from predictd.models.loading import Resident, load_resident, resolve_device, select_installed
 from predictd.models.prediction import Prediction
@@ -286,13 +289,15 @@ class Engine:
         """
         return self._run_pipeline([(prepare, ds) for ds in datasets])
 
-    def classify_files(self, paths: Sequence[Path]) -> Classification:
+    def classify_files(self, paths: Sequence[Path], *, overlays: bool = False) -> Classification:
         """Like :meth:`classify` for DICOM files, read and decoded in the worker pool when there is one.
 
+        ``overlays``: also the key-image overlay of every decided finding (Grad-CAM on the inputs just read, drawn
+        on a display image the decode step makes; models.explain_engine.overlays), so nothing is decoded twice.
         Raises what reading raises (FileNotFoundError, pydicom's InvalidDicomError), PixelDecodeError for
         undecodable pixels, DecodeWorkerError when a worker process died.
         """
-        return self._run_pipeline([(prepare_file, str(p)) for p in paths])
+        return self._run_pipeline([(prepare_file, str(p)) for p in paths], overlays=overlays)
 
     def predict(self, datasets: Sequence[pydicom.Dataset]) -> list[Prediction]:
         """The predictions of :meth:`classify`, in dataset order, then model name order, then half."""
@@ -302,20 +307,35 @@ class Engine:
         """The predictions of :meth:`classify_files`."""
         return self.classify_files(paths).predictions
 
-    def _run_pipeline(self, jobs: Sequence[Job]) -> Classification:
+    def _run_pipeline(self, jobs: Sequence[Job], *, overlays: bool = False) -> Classification:
         """Batches of ``batch_size`` images; with a pool, the next batches decode while this one runs forward."""
         batches = [jobs[part] for part in _batches(len(jobs), self._batch_size)]
+        plan = replace(self._plan, display_side=KEY_IMAGE_SIDE) if overlays else self._plan
         if self._pool is None:
-            prepared = ([fn(arg, self._plan) for fn, arg in batch] for batch in batches)
-            results = [run_cascade(self.cards, items, self.probabilities) for items in prepared]
+            prepared = ([fn(arg, plan) for fn, arg in batch] for batch in batches)
+            results = [self._cascade(items, overlays) for items in prepared]
         else:
-            results = self._run_pooled(self._pool, batches)
+            results = self._run_pooled(self._pool, batches, plan, overlays)
+        predictions: list[Prediction] = []
+        drawn: dict[int, np.ndarray] = {}
+        for r in results:
+            drawn.update((len(predictions) + index, rgb) for index, rgb in r.overlays.items())
+            predictions += r.predictions
         return Classification(
-            predictions=[p for r in results for p in r.predictions],
+            predictions=predictions,
             selections={uid: s for r in results for uid, s in r.selections.items()},
+            overlays=drawn,
         )
 
-    def _run_pooled(self, pool: DecodePool, batches: Sequence[Sequence[Job]]) -> list[Classification]:
+    def _cascade(self, items: Sequence[Prepared], overlays: bool) -> Classification:
+        result = run_cascade(self.cards, items, self.probabilities)
+        if not overlays:
+            return result
+        return replace(result, overlays=draw_overlays(self, items, result.predictions))
+
+    def _run_pooled(
+        self, pool: DecodePool, batches: Sequence[Sequence[Job]], plan: Plan, overlays: bool
+    ) -> list[Classification]:
         # Two batches ahead keep every worker busy while the forward of the current one runs.
         ahead = 2
         pending: deque[tuple[Sequence[Job], list[Future[Prepared]]]] = deque()
@@ -325,7 +345,7 @@ class Engine:
         def submit_next() -> None:
             batch = next(todo, None)
             if batch is not None:
-                pending.append((batch, [pool.submit(job, self._plan) for job in batch]))
+                pending.append((batch, [pool.submit(job, plan) for job in batch]))
 
         in_flight: list[Job] = []
         try:
@@ -336,9 +356,9 @@ class Engine:
                 submit_next()
                 in_flight = [*batch, *(job for queued, _ in pending for job in queued)]
                 items = [f.result() for f in futures]
-                out.append(run_cascade(self.cards, items, self.probabilities))
+                out.append(self._cascade(items, overlays))
         except BrokenProcessPool as exc:
-            raise pool.after_crash(in_flight, self._plan) from exc
+            raise pool.after_crash(in_flight, plan) from exc
         finally:
             for _, futures in pending:
                 for f in futures:

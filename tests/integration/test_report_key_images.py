@@ -7,6 +7,7 @@ from pathlib import Path
 import highdicom as hd
 import pydicom
 import pytest
+from PIL import Image
 
 from predictd.daemon import outbox, queue, records, report, views
 from predictd.daemon.db import Database
@@ -108,7 +109,7 @@ def test_rerun_after_a_late_image_names_the_first_sr_as_predecessor(db: Database
 
 
 def test_a_model_uninstalled_after_classify_still_words_the_report(db: Database, tmp_path: Path) -> None:
-    """The run keeps the cards it was classified with: the report needs no engine (and makes no key image then)."""
+    """The run keeps the cards it was classified with and classify drew the overlays: the report needs no engine."""
     ctx = context(tmp_path, db, report={"key_images": True})
     receive_file(ctx, copy_as_new_study(CR_JLSL, tmp_path / "hip.dcm"))
     queue.sweep_ready(ctx.db, quiet_seconds=0)
@@ -122,4 +123,30 @@ def test_a_model_uninstalled_after_classify_still_words_the_report(db: Database,
     done = records.load_run(ctx.db, classified.study_id, classified.run_no)
     label = view.cards["tiny_hip"].label(view.predictions[0].label).display
     assert done.report_text is not None and label in done.report_text
-    assert [d.kind for d in outbox.deliveries(db, done.run_id)] == [outbox.DocumentKind.SR]
+    kinds = [d.kind for d in outbox.deliveries(db, done.run_id)]
+    assert kinds == [outbox.DocumentKind.KEY_IMAGE, outbox.DocumentKind.SR]
+
+
+def test_classify_draws_the_overlays_and_a_retry_replaces_them(db: Database, tmp_path: Path) -> None:
+    """Classify writes one overlay per decided finding beside the run's documents, and a retried classification
+    removes what an earlier attempt left."""
+    ctx = context(tmp_path, db, report={"key_images": True})
+    stored = receive_file(ctx, copy_as_new_study(CR_JLSL, tmp_path / "hip.dcm"))
+    stale = ctx.spool.overlay_path(stored.study_uid, 1, 99)
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"an earlier attempt's overlay")
+    queue.sweep_ready(ctx.db, quiet_seconds=0)
+    assert Worker(ctx, "test-worker").work_once()  # classify
+    drawn = ctx.spool.overlay_paths(stored.study_uid, 1)
+    assert drawn == [ctx.spool.overlay_path(stored.study_uid, 1, 0)]
+    with Image.open(drawn[0]) as png:
+        assert png.mode == "RGB" and max(png.size) == 1024
+
+
+def test_with_key_images_off_classify_draws_none(db: Database, tmp_path: Path) -> None:
+    ctx = context(tmp_path, db)
+    stored = receive_file(ctx, copy_as_new_study(CR_JLSL, tmp_path / "hip.dcm"))
+    queue.sweep_ready(ctx.db, quiet_seconds=0)
+    assert Worker(ctx, "test-worker").work_once()  # classify
+    assert views.study_detail(db, stored.study_uid)["state"] == StudyState.CLASSIFIED
+    assert ctx.spool.overlay_paths(stored.study_uid, 1) == []

@@ -112,7 +112,8 @@ def test_overlay_of_one_half_leaves_the_other_without_heat(engine: Engine, squar
     left, right = engine.predict([square])
     [card] = engine.cards
     gray = to_gray(square, card.preprocessing.window)
-    no_heat = overlay_rgb(gray, np.zeros_like(gray))
+    shown = np.round(np.clip(gray, 0, 1) * 255).astype(np.float32) / 255  # key images are drawn on an 8-bit image
+    no_heat = overlay_rgb(shown, np.zeros_like(gray))
     width = gray.shape[1]
     image_left = explain_prediction(engine, square, left, max_side=None)
     assert image_left.shape == (*gray.shape, 3) and image_left.dtype == np.uint8
