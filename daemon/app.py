@@ -61,13 +61,20 @@ class App:
         self.db.require_head()
         spool = Spool(settings.spool.dir)
         self.ctx = StageContext(settings=settings, db=self.db, spool=spool, engine=None)  # loaded in start()
-        self.receiver = Receiver(settings.receive, spool, record=self._record)
+        done = self._sender_done if settings.queue.complete_on_release else None
+        self.receiver = Receiver(settings.receive, spool, record=self._record, sender_done=done)
         self.workers: list[Worker] = []  # built in start(), once the models are loaded (or known to be absent)
         self.scheduler = build_scheduler(self.ctx)
         self._stopped = threading.Event()
 
     def _record(self, inst: queue.IncomingInstance) -> bool:
         return queue.note_instance(self.db, inst)
+
+    def _sender_done(self, study_uids: list[str], calling_ae: str) -> None:
+        grace = self.settings.queue.release_grace_seconds
+        marked = queue.sender_done(self.db, study_uids, grace_seconds=grace, actor=f"release by {calling_ae}")
+        for uid in marked:
+            log.info(Event.SENDER_DONE, study_uid=uid, calling_ae=calling_ae, grace_seconds=grace)
 
     def start(self) -> None:
         log.info(Event.STARTING, ae_title=self.settings.receive.ae_title, port=self.settings.receive.port)

@@ -83,6 +83,11 @@ class QueueSettings(Section):
 
     quiet_seconds: float = 10.0
     quiet_seconds_by_modality: dict[str, float] = Field(default_factory=dict)
+    complete_on_release: bool = True
+    """A study is complete ``release_grace_seconds`` after the association that brought it is released normally (when
+    no other open association brought any of it), instead of after the quiet window; the quiet window stays the
+    fallback (aborted associations, senders that split a study). False: always wait the quiet window."""
+    release_grace_seconds: float = Field(default=1.0, ge=0)
     lease_seconds: float = 120.0
     heartbeat_seconds: float = 20.0
     max_attempts: int = 5

@@ -22,7 +22,12 @@ log = get_logger("jobs")
 
 def sweep(ctx: StageContext) -> list[str]:
     q = ctx.settings.queue
-    ready = queue.sweep_ready(ctx.db, quiet_seconds=q.quiet_seconds, by_modality=q.quiet_seconds_by_modality)
+    ready = queue.sweep_ready(
+        ctx.db,
+        quiet_seconds=q.quiet_seconds,
+        by_modality=q.quiet_seconds_by_modality,
+        release_grace_seconds=q.release_grace_seconds if q.complete_on_release else None,
+    )
     for study_uid in ready:
         log.info(Event.STUDY_READY, study_uid=study_uid)
     return ready

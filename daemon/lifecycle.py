@@ -58,6 +58,9 @@ class StudyEventKind(StrEnum):
     """At start-up, the claim of a dead process of this host was freed without waiting out its lease."""
     WOKEN = "woken"
     """A destination the study's deliveries wait for answered again: the study is due now, not at ``due_at``."""
+    SENDER_DONE = "sender_done"
+    """The association that brought the study was released (no other open one had brought any of it): complete
+    after the release grace (``due_at``), not after the quiet window."""
 
 
 S = StudyState
@@ -122,6 +125,7 @@ def instance_arrived(
     """An instance of ``study`` was stored: its quiet period restarts, and identifying fields not yet known are taken
     from it. No event: the ``instances`` row is the record (and whether it reopens the study is a transition)."""
     study.last_instance_at = max(study.last_instance_at, now)
+    study.sender_done_at = None  # more is coming, perhaps on another association: its release (or quiet) decides
     study.modality = study.modality or modality
     study.patient_id = study.patient_id or patient_id
     study.accession_number = study.accession_number or accession_number
@@ -151,6 +155,8 @@ def transition(
     if new_run:
         study.run_no += 1
     study.state = to
+    if to is S.RECEIVING:
+        study.sender_done_at = None  # a reopened study waits for its new instances' sender again
     if to not in TERMINAL:
         study.attempts = 0
     study.next_attempt_at = None
@@ -234,6 +240,13 @@ def release(session: Session, study: Study, reason: str, *, now: datetime, actor
     """Free the claim of a process known to be gone (at start-up); the caller counts the lost attempt."""
     _drop_claim(study)
     session.add(_event(study, K.RELEASED, now, actor=actor, reason=reason))
+
+
+def sender_done(session: Session, study: Study, *, now: datetime, ready_at: datetime, actor: str) -> None:
+    """The association that brought ``study`` was released normally and no other open one had brought any of it:
+    the sweep may call it complete at ``ready_at`` (the release grace), before its quiet window ends."""
+    study.sender_done_at = now
+    session.add(_event(study, K.SENDER_DONE, now, actor=actor, due_at=ready_at))
 
 
 def wake(

@@ -35,6 +35,7 @@ class Event(StrEnum):
     INSTANCE_REJECTED = "instance_rejected"
     INSTANCE_IGNORED = "instance_ignored"
     STUDY_READY = "study_ready"
+    SENDER_DONE = "sender_done"
     STUDY_REOPENED = "study_reopened"
     STUDY_CLAIMED = "study_claimed"
     STATE_CHANGED = "state_changed"

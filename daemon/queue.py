@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -149,28 +149,50 @@ def sweep_ready(
     *,
     quiet_seconds: float,
     by_modality: Mapping[str, float] | None = None,
+    release_grace_seconds: float | None = None,
     now: datetime | None = None,
 ) -> list[str]:
-    """Move receiving studies that have been quiet long enough to ready; returns their UIDs."""
+    """Move receiving studies that are complete to ready; returns their UIDs.
+
+    Complete: quiet for the quiet window (per modality), or, with ``release_grace_seconds``, their sender released
+    the association that brought them (:func:`sender_done`) at least that long ago and nothing arrived since.
+    """
     now = now or utcnow()
     by_modality = by_modality or {}
     shortest = min([quiet_seconds, *by_modality.values()])
+    quiet_enough = Study.last_instance_at <= now - timedelta(seconds=shortest)
+    if release_grace_seconds is not None:
+        released = Study.sender_done_at <= now - timedelta(seconds=release_grace_seconds)
+        quiet_enough = or_(quiet_enough, released)
     ready: list[str] = []
     with db.transaction() as s:
-        candidates = s.scalars(
-            db.locking(
-                select(Study).where(
-                    Study.state == S.RECEIVING,
-                    Study.last_instance_at <= now - timedelta(seconds=shortest),
-                )
-            )
-        ).all()
+        candidates = s.scalars(db.locking(select(Study).where(Study.state == S.RECEIVING, quiet_enough))).all()
         for study in candidates:
             quiet = by_modality.get(study.modality or "", quiet_seconds)
-            if study.last_instance_at <= now - timedelta(seconds=quiet):
-                lifecycle.transition(s, study, S.READY, now=now, actor="sweep")
-                ready.append(study.study_uid)
+            reason = None
+            if study.last_instance_at > now - timedelta(seconds=quiet):
+                reason = "its sender released the association that brought it"
+            lifecycle.transition(s, study, S.READY, now=now, actor="sweep", reason=reason)
+            ready.append(study.study_uid)
     return ready
+
+
+def sender_done(
+    db: Database, study_uids: Sequence[str], *, grace_seconds: float, actor: str, now: datetime | None = None
+) -> list[str]:
+    """The association that brought these studies was released, and no other open one had brought any of them:
+    each still receiving is complete after ``grace_seconds`` (the sweep moves it). Returns the UIDs marked."""
+    now = now or utcnow()
+    marked: list[str] = []
+    with db.transaction() as s:
+        rows = s.scalars(
+            db.locking(select(Study).where(Study.study_uid.in_(study_uids), Study.state == S.RECEIVING))
+        ).all()
+        for study in rows:
+            ready_at = now + timedelta(seconds=grace_seconds)
+            lifecycle.sender_done(s, study, now=now, ready_at=ready_at, actor=actor)
+            marked.append(study.study_uid)
+    return marked
 
 
 # --- claiming ----------------------------------------------------------------------------------------------------

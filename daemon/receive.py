@@ -39,6 +39,7 @@ from pynetdicom.dimse_primitives import C_STORE
 
 from predictd.daemon import incoming
 from predictd.daemon.associations import CallerPolicy, handle_rejected, handle_requested
+from predictd.daemon.completion import AssociationTracker
 from predictd.daemon.config import ReceiveSettings
 from predictd.daemon.dataset_check import Unreadable, Unusable, read_header
 from predictd.daemon.log import Event, get_logger
@@ -117,6 +118,9 @@ class StoredInstance:
 Record = Callable[[StoredInstance], bool]
 """Records a stored instance in the database; True if new, False for a repeated SOP Instance UID."""
 
+SenderDone = Callable[[list[str], str], None]
+"""Told the studies a released association completed (daemon.completion) and the calling AE title."""
+
 
 @dataclass(frozen=True)
 class StoreContext:
@@ -126,6 +130,8 @@ class StoreContext:
     record: Record
     min_free_bytes: int
     image_sop_classes: frozenset[str] = field(default_factory=lambda: frozenset(IMAGE_SOP_CLASSES))
+    tracker: AssociationTracker | None = None
+    """Which open associations brought which studies; None when nobody listens for releases."""
 
 
 ERROR_COMMENTS = {
@@ -158,10 +164,14 @@ class Rejected(Exception):
 class Receiver:
     """The DICOM Storage SCP; ``start`` returns at once, associations are served in pynetdicom's threads."""
 
-    def __init__(self, settings: ReceiveSettings, spool: Spool, record: Record) -> None:
+    def __init__(
+        self, settings: ReceiveSettings, spool: Spool, record: Record, sender_done: SenderDone | None = None
+    ) -> None:
+        """``sender_done``: called when a released association completed studies (see daemon.completion)."""
         self.settings = settings
         self.spool = spool
         self.record = record
+        self.sender_done = sender_done
         self._ae: AE | None = None
         self._server: Any = None
 
@@ -215,7 +225,8 @@ class Receiver:
         if swept:
             log.info(Event.INCOMING_SWEPT, files=swept, reason="partial data sets left by an earlier process")
         incoming.install(self.spool.root)
-        ctx = StoreContext(spool=self.spool, record=self.record, min_free_bytes=s.min_free_bytes)
+        tracker = AssociationTracker() if self.sender_done is not None else None
+        ctx = StoreContext(spool=self.spool, record=self.record, min_free_bytes=s.min_free_bytes, tracker=tracker)
         policy = CallerPolicy.from_settings(s)
         handlers: list[Any] = [
             (evt.EVT_C_STORE, handle_store, [ctx]),
@@ -224,6 +235,11 @@ class Receiver:
             (evt.EVT_REJECTED, handle_rejected, [s.ae_title, policy]),
             (evt.EVT_CONN_CLOSE, incoming.discard_partial),
         ]
+        if tracker is not None and self.sender_done is not None:
+            handlers += [
+                (evt.EVT_RELEASED, handle_released, [tracker, self.sender_done]),
+                (evt.EVT_CONN_CLOSE, handle_closed, [tracker]),  # aborts and dropped connections: nothing is done
+            ]
         self._ae = self.build_ae()
         self._server = self._ae.start_server((s.host, s.port), block=False, evt_handlers=handlers)
 
@@ -236,6 +252,21 @@ class Receiver:
 
 
 # --- event handlers (run in pynetdicom's association threads) -------------------------------------------------------
+
+
+def handle_released(event: evt.Event, tracker: AssociationTracker, sender_done: SenderDone) -> None:
+    """A normal release: the studies no other open association brought are complete (the queue is told)."""
+    studies = tracker.released(id(event.assoc))
+    if not studies:
+        return
+    try:
+        sender_done(studies, event.assoc.requestor.ae_title)
+    except Exception as exc:  # the quiet window still makes them ready; a release must never break the server
+        log.error(Event.JOB_FAILED, job="sender_done", reason=exception_text(exc), studies=len(studies))
+
+
+def handle_closed(event: evt.Event, tracker: AssociationTracker) -> None:
+    tracker.closed(id(event.assoc))
 
 
 def handle_echo(event: evt.Event) -> int:
@@ -294,6 +325,8 @@ def handle_store(event: evt.Event, ctx: StoreContext) -> int | pydicom.Dataset:
             study_date=header.study_date,
         )
         is_new = ctx.record(stored)
+        if ctx.tracker is not None:
+            ctx.tracker.arrived(id(event.assoc), stored.study_uid)
     except Rejected as exc:
         log.warning(
             Event.INSTANCE_REJECTED,

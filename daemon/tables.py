@@ -72,6 +72,9 @@ class Study(Base):
     calling_ae: Mapped[str | None] = mapped_column(String(16))
     first_instance_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_instance_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    sender_done_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    """When the association that brought the study's instances was released (and no other open one had brought
+    any): the study is complete after ``queue.release_grace_seconds``. Cleared by the next instance."""
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     claimed_by: Mapped[str | None] = mapped_column(String(128))

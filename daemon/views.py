@@ -106,6 +106,8 @@ def describe_event(
             return "claim released at start-up"
         case StudyEventKind.WOKEN:
             return "due now"
+        case StudyEventKind.SENDER_DONE:
+            return f"sender released its association: complete at {due}"
     return kind
 
 

@@ -28,5 +28,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("runs", schema=None) as batch_op:
-        batch_op.drop_column("cards")
+    # Not in batch mode: on SQLite a batch rebuilds the table, and dropping `runs` with foreign keys on deletes
+    # every row that references it (ON DELETE CASCADE). SQLite 3.35+ drops a column in place.
+    op.drop_column("runs", "cards")

@@ -49,7 +49,8 @@ def start_receiver(tmp_path: Path) -> Iterator[Callable[..., Running]]:
     """Start receivers (real socket, real SQLite at head, real spool); every one is stopped after the test."""
     running: list[Running] = []
 
-    def start(**overrides: Any) -> Running:
+    def start(*, release_grace: float | None = None, **overrides: Any) -> Running:
+        """``release_grace``: tell the queue when a released association completed a study (as serve does)."""
         n = len(running)
         db = Database(f"sqlite:///{tmp_path}/q{n}.db")
         db.upgrade()
@@ -63,7 +64,15 @@ def start_receiver(tmp_path: Path) -> Iterator[Callable[..., Running]]:
             "network_timeout_seconds": 10,
         }
         fields.update(overrides)
-        receiver = Receiver(ReceiveSettings(**fields), spool, record=lambda inst: queue.note_instance(db, inst))
+        done = None
+        if release_grace is not None:
+
+            def done(uids: list[str], calling: str, grace: float = release_grace) -> None:
+                queue.sender_done(db, uids, grace_seconds=grace, actor=f"release by {calling}")
+
+        receiver = Receiver(
+            ReceiveSettings(**fields), spool, record=lambda inst: queue.note_instance(db, inst), sender_done=done
+        )
         run = Running(receiver, db, spool)
         running.append(run)
         receiver.start()
