@@ -13,7 +13,7 @@ import threading
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from predictd.daemon import leases, queue
+from predictd.daemon import leases, queue, wakeup
 from predictd.daemon.config import Settings
 from predictd.daemon.db import Database
 from predictd.daemon.jobs import build_scheduler
@@ -88,6 +88,8 @@ class App:
         for worker in self.workers:
             worker.start()
         self.scheduler.start()
+        if not self.db.is_sqlite:  # other processes' work wakes this one's workers (LISTEN/NOTIFY)
+            threading.Thread(target=wakeup.listen, args=(self.db, self._stopped), name="listen", daemon=True).start()
         log.info(
             Event.STARTED,
             ae_title=self.settings.receive.ae_title,

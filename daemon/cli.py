@@ -199,9 +199,9 @@ def queue_cancel(study_uid: str, config: ConfigOption = None) -> None:
 def queue_stats(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Studies per state, deliveries per state, and how long the oldest waiting study has waited."""
     db = open_db(settings_for(config))
-    studies = {str(s): 0 for s in StudyState} | queue.counts_by_state(db)
-    deliveries = queue.delivery_counts(db)
-    oldest = queue.oldest_waiting_seconds(db)
+    studies = {str(s): 0 for s in StudyState} | views.counts_by_state(db)
+    deliveries = views.delivery_counts(db)
+    oldest = views.oldest_waiting_seconds(db)
     if as_json:
         print_json({"studies": studies, "deliveries": deliveries, "oldest_waiting_seconds": oldest})
         return

@@ -100,7 +100,9 @@ class QueueSettings(Section):
 
 class WorkerSettings(Section):
     count: int = 1
-    poll_seconds: float = 0.5
+    poll_seconds: float = 5.0
+    """The safety net: stages, the sweep and (on PostgreSQL) other processes wake idle workers at once (daemon.wakeup);
+    a worker also looks for work this often."""
     batch_studies: int = 8
     """Ready studies a worker classifies in one engine call, so a GPU batch spans studies; 1 = one at a time."""
     name: str | None = None

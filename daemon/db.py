@@ -22,6 +22,8 @@ from sqlalchemy import Engine, Select, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from predictd.daemon.wakeup import WorkAvailable, marked
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
@@ -53,12 +55,17 @@ class Database:
         else:
             self.engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, hide_parameters=True)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.work_available = WorkAvailable()
+        """Notified after each commit that made work available (daemon.wakeup): the workers wait on it."""
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """A session in one transaction: committed on success, rolled back on error. Keep it short."""
-        with self._sessions() as session, session.begin():
-            yield session
+        with self._sessions() as session:
+            with session.begin():
+                yield session
+            if marked(session):  # committed: the work is visible now
+                self.work_available.notify()
 
     def locking(self, stmt: Select[Any]) -> Select[Any]:
         """Lock the selected rows for this transaction, skipping rows other workers hold (PostgreSQL).

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Select, update
 from sqlalchemy.orm import Session
 
+from predictd.daemon import wakeup
 from predictd.daemon.log import Event, get_logger
 from predictd.daemon.tables import Study, StudyEvent
 
@@ -164,6 +165,8 @@ def transition(
     study.updated_at = now
     _drop_claim(study)
     session.add(_event(study, K.TRANSITION, now, actor=actor, reason=reason, from_state=current))
+    if to in WORK:
+        _work_available(session)
     if new_run:
         log.info(
             Event.STUDY_REOPENED,
@@ -264,6 +267,8 @@ def wake(
         .values(next_attempt_at=now)
         .returning(Study.id, Study.run_no, Study.state)
     ).all()
+    if woken:
+        _work_available(session)
     for study_id, run_no, state in woken:
         session.add(
             StudyEvent(
@@ -279,6 +284,11 @@ def wake(
             )
         )
     return len(woken)
+
+
+def _work_available(session: Session) -> None:
+    """The study is workable once this commits: wake the workers (daemon.wakeup), other processes' too."""
+    wakeup.mark(session, postgres=session.get_bind().dialect.name == "postgresql")
 
 
 def _drop_claim(study: Study) -> None:

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from predictd.daemon import lifecycle
 from predictd.daemon.db import Database, utcnow
 from predictd.daemon.lifecycle import TERMINAL, StudyState
-from predictd.daemon.tables import Delivery, Instance, Study
+from predictd.daemon.tables import Instance, Study
 
 S = StudyState
 
@@ -227,6 +227,25 @@ def claim(
         return Claim(study.id, study.study_uid, StudyState(study.state), study.run_no, study.attempts, worker)
 
 
+def next_due(
+    db: Database, *, states: Sequence[StudyState] = tuple(lifecycle.WORK), now: datetime | None = None
+) -> datetime | None:
+    """When the next unclaimed study waiting for a retry or a delivery becomes due (None: none waits).
+
+    An idle worker waits until then at most: a time coming due is the one change nobody notifies (daemon.wakeup).
+    """
+    now = now or utcnow()
+    with db.transaction() as s:
+        due = s.scalar(
+            select(func.min(Study.next_attempt_at)).where(
+                Study.state.in_([str(st) for st in states]),
+                Study.claimed_by.is_(None),
+                Study.next_attempt_at > now,
+            )
+        )
+    return None if due is None else _aware(due)
+
+
 def heartbeat(db: Database, c: Claim, *, lease_seconds: float, now: datetime | None = None) -> None:
     """Extend the lease (no event: see lifecycle.extend_lease); raises LeaseLost if the claim is no longer ours."""
     now = now or utcnow()
@@ -345,26 +364,6 @@ def cancel(db: Database, study_uid: str, *, actor: str = "operator", now: dateti
         lifecycle.transition(s, study, S.CANCELLED, now=now, actor=actor, reason="cancelled by operator")
 
 
-def counts_by_state(db: Database) -> dict[str, int]:
-    with db.transaction() as s:
-        rows = s.execute(select(Study.state, func.count()).group_by(Study.state)).all()
-    return {str(state): int(n) for state, n in rows}
-
-
-def delivery_counts(db: Database) -> dict[str, int]:
-    with db.transaction() as s:
-        rows = s.execute(select(Delivery.state, func.count()).group_by(Delivery.state)).all()
-    return {str(state): int(n) for state, n in rows}
-
-
-def oldest_waiting_seconds(db: Database, now: datetime | None = None) -> float | None:
-    """Age of the oldest study waiting in a claimable state (how far behind the workers are)."""
-    now = now or utcnow()
-    with db.transaction() as s:
-        oldest = s.scalar(select(func.min(Study.updated_at)).where(Study.state.in_([str(x) for x in lifecycle.WORK])))
-    return None if oldest is None else (now - _aware(oldest)).total_seconds()
-
-
 def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
@@ -378,9 +377,7 @@ __all__ = [
     "cancel",
     "claim",
     "count_failure",
-    "counts_by_state",
     "defer",
-    "delivery_counts",
     "fail",
     "finish",
     "heartbeat",

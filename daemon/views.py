@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from predictd.daemon.db import Database
+from predictd.daemon.db import Database, utcnow
 from predictd.daemon.lifecycle import WORK, StudyEventKind, StudyState
 from predictd.daemon.tables import Delivery, Instance, PredictionRow, Run, Study, StudyEvent
 
@@ -149,3 +149,26 @@ def _run_dict(s: Session, r: Run) -> dict[str, Any]:
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
+
+
+# --- the queue in numbers (`predictd queue stats`) ---------------------------------------------------------------
+
+
+def counts_by_state(db: Database) -> dict[str, int]:
+    with db.transaction() as s:
+        rows = s.execute(select(Study.state, func.count()).group_by(Study.state)).all()
+    return {str(state): int(n) for state, n in rows}
+
+
+def delivery_counts(db: Database) -> dict[str, int]:
+    with db.transaction() as s:
+        rows = s.execute(select(Delivery.state, func.count()).group_by(Delivery.state)).all()
+    return {str(state): int(n) for state, n in rows}
+
+
+def oldest_waiting_seconds(db: Database, now: datetime | None = None) -> float | None:
+    """Age of the oldest study waiting in a claimable state (how far behind the workers are)."""
+    now = now or utcnow()
+    with db.transaction() as s:
+        oldest = s.scalar(select(func.min(Study.updated_at)).where(Study.state.in_([str(x) for x in WORK])))
+    return None if oldest is None else (now - (oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC))).total_seconds()

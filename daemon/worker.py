@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from functools import partial
 
 from predictd.daemon import classify, queue, report, send
+from predictd.daemon.db import utcnow
 from predictd.daemon.lifecycle import StudyState
 from predictd.daemon.log import Event, get_logger
 from predictd.daemon.stage import Advance, Outcome, Stage, StageContext, StageError, captured
@@ -88,18 +89,32 @@ class Worker:
 
     def stop(self, timeout: float | None = None) -> None:
         self._stop.set()
+        self.ctx.db.work_available.notify()  # a waiting worker sees the stop now, not at its next poll
         self._thread.join(timeout)
 
     def _loop(self) -> None:
         poll = self.ctx.settings.workers.poll_seconds
+        work = self.ctx.db.work_available
         while not self._stop.is_set():
+            seen = work.generation  # before looking: work made available while looking is not missed
             try:
                 worked = self.work_once()
             except Exception as exc:  # the loop must survive a database outage
                 log.error(Event.JOB_FAILED, job="claim", worker=self.name, reason=exception_text(exc))
                 worked = False
-            if not worked:
-                self._stop.wait(poll)
+            if not worked and not self._stop.is_set():
+                work.wait(seen, self._idle_wait(poll))  # woken when a stage or the sweep makes work available
+
+    def _idle_wait(self, poll: float) -> float:
+        """Until the next retry or delivery comes due, at most ``poll`` (the safety net)."""
+        try:
+            due = queue.next_due(self.ctx.db, states=list(self.pipeline))
+        except Exception as exc:  # a database outage: wait the poll, the loop logs the next failure
+            log.warning(Event.JOB_FAILED, job="next_due", worker=self.name, reason=exception_text(exc))
+            return poll
+        if due is None:
+            return poll
+        return max(0.0, min(poll, (due - utcnow()).total_seconds()))
 
     def work_once(self) -> bool:
         """Claim and process one study (or a batch of ready ones); False when nothing was due."""

@@ -49,7 +49,7 @@ def test_worker_without_models_leaves_ready_studies_waiting(db: Database, tmp_pa
     ctx.engine = None
     stored = receive_file(ctx, copy_as_new_study(CR_JLSL, tmp_path / "a.dcm"))
     assert drain(ctx) == 0
-    assert queue.counts_by_state(db) == {StudyState.READY: 1}
+    assert views.counts_by_state(db) == {StudyState.READY: 1}
     assert stored.path.exists()
 
 

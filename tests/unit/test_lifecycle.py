@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from itertools import pairwise
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from predictd.daemon import lifecycle
+from predictd.daemon import lifecycle, wakeup
 from predictd.daemon.lifecycle import TERMINAL, TRANSITIONS, WORK, IllegalTransition, StudyState
 from predictd.daemon.tables import Study, StudyEvent
 
@@ -17,13 +18,17 @@ NOW = datetime(2026, 11, 22, tzinfo=UTC)
 
 
 class RecordingSession:
-    """Collects what transition() adds; the state machine needs nothing else from a session."""
+    """Collects what transition() adds, and whether it marked work available (daemon.wakeup): all it needs."""
 
     def __init__(self) -> None:
         self.added: list[Any] = []
+        self.info: dict[str, Any] = {}
 
     def add(self, obj: Any) -> None:
         self.added.append(obj)
+
+    def get_bind(self) -> Any:
+        return SimpleNamespace(dialect=SimpleNamespace(name="sqlite"))
 
 
 def study(state: StudyState) -> Study:
@@ -70,3 +75,13 @@ def test_the_worker_pipeline_table_is_the_lifecycles_work() -> None:
 
     assert {state: stage.name for state, stage in PIPELINE.items()} == WORK
     assert [state for state, stage in PIPELINE.items() if stage.run_batch is not None] == [S.READY]
+
+
+@pytest.mark.parametrize("to", list(StudyState))
+def test_a_move_into_a_working_state_wakes_the_workers(to: StudyState) -> None:
+    allowed = [src for src, targets in TRANSITIONS.items() if to in targets]
+    if not allowed:
+        pytest.skip(f"nothing moves to {to}")
+    session = RecordingSession()
+    lifecycle.transition(session, study(allowed[0]), to, now=NOW)  # type: ignore[arg-type]
+    assert wakeup.marked(session) == (to in WORK)  # type: ignore[arg-type]

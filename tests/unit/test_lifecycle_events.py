@@ -15,20 +15,11 @@ from predictd.daemon.lifecycle import StudyEventKind, StudyState
 from predictd.daemon.log import configure_logging
 from predictd.daemon.tables import Study, StudyEvent
 from tests.support import REPO
+from tests.unit.test_lifecycle import RecordingSession
 
 S, K = StudyState, StudyEventKind
 NOW = datetime(2026, 11, 22, tzinfo=UTC)
 LATER = NOW + timedelta(seconds=40)
-
-
-class RecordingSession:
-    """Collects what the lifecycle functions add; they need nothing else from a session."""
-
-    def __init__(self) -> None:
-        self.added: list[Any] = []
-
-    def add(self, obj: Any) -> None:
-        self.added.append(obj)
 
 
 def claimed_study(state: StudyState = S.READY, attempts: int = 0) -> Study:
