@@ -16,8 +16,6 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, IPvAnyNetwork, Tag, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from predictd.reporting.text import check_templates
-
 
 class ConfigError(ValueError):
     """A config file or PREDICTD_ variable that does not load: one line naming the key (never its value)."""
@@ -218,6 +216,8 @@ class ReportSettings(Section):
     @field_validator("templates")
     @classmethod
     def _templates_render(cls, value: dict[str, str]) -> dict[str, str]:
+        from predictd.reporting.text import check_templates  # Jinja2 and the card model: only when templates are set
+
         check_templates(value)
         return value
 
