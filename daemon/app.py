@@ -10,13 +10,13 @@ from __future__ import annotations
 import functools
 import signal
 import threading
+from datetime import timedelta
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from predictd.daemon import leases, queue, wakeup
+from predictd.daemon import jobs, leases, queue, wakeup
 from predictd.daemon.config import Settings
-from predictd.daemon.db import Database
-from predictd.daemon.jobs import build_scheduler
+from predictd.daemon.db import Database, utcnow
 from predictd.daemon.log import Event, configure_logging, get_logger
 from predictd.daemon.receive import Receiver
 from predictd.daemon.spool import Spool
@@ -64,7 +64,7 @@ class App:
         done = self._sender_done if settings.queue.complete_on_release else None
         self.receiver = Receiver(settings.receive, spool, record=self._record, sender_done=done)
         self.workers: list[Worker] = []  # built in start(), once the models are loaded (or known to be absent)
-        self.scheduler = build_scheduler(self.ctx)
+        self.scheduler = jobs.build_scheduler(self.ctx)
         self._stopped = threading.Event()
 
     def _record(self, inst: queue.IncomingInstance) -> bool:
@@ -75,6 +75,8 @@ class App:
         marked = queue.sender_done(self.db, study_uids, grace_seconds=grace, actor=f"release by {calling_ae}")
         for uid in marked:
             log.info(Event.SENDER_DONE, study_uid=uid, calling_ae=calling_ae, grace_seconds=grace)
+        if marked:  # the sweep's interval would add up to sweep_seconds to the wait
+            jobs.sweep_at(self.scheduler, self.ctx, utcnow() + timedelta(seconds=grace))
 
     def start(self) -> None:
         log.info(Event.STARTING, ae_title=self.settings.receive.ae_title, port=self.settings.receive.port)

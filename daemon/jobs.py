@@ -7,7 +7,7 @@ SQLite), so several predictd processes can run the same jobs at once without doi
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -71,6 +71,11 @@ def _guarded(name: str, job: Callable[[StageContext], object], ctx: StageContext
         job(ctx)
     except Exception as exc:  # a failed run is logged; the next tick tries again
         log.error(Event.JOB_FAILED, job=name, reason=exception_text(exc))
+
+
+def sweep_at(scheduler: BackgroundScheduler, ctx: StageContext, when: datetime) -> None:
+    """One extra sweep at ``when``: a released study's grace ends between two ticks of the interval sweep."""
+    scheduler.add_job(_guarded, "date", run_date=when, args=("sweep", sweep, ctx))
 
 
 def build_scheduler(ctx: StageContext) -> BackgroundScheduler:

@@ -44,10 +44,12 @@ class PredictdServer:
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
         shipped_send: bool = False,
+        serve_defaults: bool = False,
     ) -> None:
         """``shipped``: the models predictd ships, installed as `make serve` installs them, instead of a tiny one.
         ``env`` adds to the daemon's environment; ``cwd`` is its working folder (default: the repository).
-        ``shipped_send``: the shipped delivery backoff and probe, instead of the tests' fast retries."""
+        ``shipped_send``: the shipped delivery backoff and probe, instead of the tests' fast retries.
+        ``serve_defaults``: the queue's and workers' shipped timings (sweep, poll, backoff), not the tests' ones."""
         self.root, self.ae_title, self.port = root, ae_title, port or free_port()
         self.env, self.cwd = env or {}, cwd or REPO
         self.config = root / "predictd.toml"
@@ -71,10 +73,9 @@ class PredictdServer:
             *([] if shipped_send else ["backoff_base_seconds = 0.5", "backoff_cap_seconds = 2.0"]),
             "[queue]",
             f"quiet_seconds = {quiet_seconds}",
-            "sweep_seconds = 0.2",
-            "backoff_base_seconds = 0.5",
+            *([] if serve_defaults else ["sweep_seconds = 0.2", "backoff_base_seconds = 0.5"]),
             "[workers]",
-            "poll_seconds = 0.1",
+            *([] if serve_defaults else ["poll_seconds = 0.1"]),
             "[report]",
             f"key_images = {'true' if key_images else 'false'}",
             "[log]",
