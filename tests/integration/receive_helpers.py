@@ -6,12 +6,10 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pydicom
 import pytest
 from pydicom.filereader import read_file_meta_info
-from pydicom.uid import generate_uid
 from pynetdicom import AE, _config
 
 from tests.integration.receivers import CALLED, CALLING
@@ -21,23 +19,6 @@ SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 GRAYSCALE_PR = "1.2.840.10008.5.1.4.1.1.11.1"
 JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
-
-
-def new_copy(src: Path, dst: Path, **changes: Any) -> Path:
-    """A copy of a real file with new UIDs (so it is a new instance), optionally with attributes changed or removed."""
-    ds = pydicom.dcmread(src)
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.SOPInstanceUID = generate_uid()
-    for keyword, value in changes.items():
-        if value is None:
-            delattr(ds, keyword)
-        else:
-            setattr(ds, keyword, value)
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.save_as(dst, enforce_file_format=True)
-    return dst
 
 
 def c_store(

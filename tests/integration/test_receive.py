@@ -27,12 +27,11 @@ from tests.integration.receive_helpers import (
     JPEG_LS_LOSSLESS,
     SECONDARY_CAPTURE,
     c_store,
-    new_copy,
     pixel_data,
     storescu,
 )
 from tests.integration.receivers import CALLED, CALLING, Running
-from tests.support import CR_JLSL, free_port, pydicom_data_file
+from tests.support import CR_JLSL, free_port, new_copy, pydicom_data_file
 
 
 def test_storescu_jpegls_is_stored_durably_and_recorded(start_receiver: Callable[..., Running]) -> None:

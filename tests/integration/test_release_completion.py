@@ -15,9 +15,9 @@ from pynetdicom import AE
 
 from predictd.daemon import queue
 from predictd.daemon.lifecycle import StudyState
-from tests.integration.receive_helpers import new_copy, storescu
+from tests.integration.receive_helpers import storescu
 from tests.integration.receivers import CALLED, CALLING, Running
-from tests.support import pydicom_data_file, wait_until
+from tests.support import new_copy, pydicom_data_file, wait_until
 
 HOUR = 3600.0
 

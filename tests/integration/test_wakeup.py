@@ -17,6 +17,11 @@ from tests.integration.pipeline_helpers import context, copy_as_new_study, recei
 from tests.support import CR_JLSL, wait_until
 
 
+def _state(db: Database, study_uid: str) -> str:
+    detail = views.study_detail(db, study_uid)
+    return "" if detail is None else str(detail["state"])
+
+
 def test_the_sweep_wakes_an_idle_worker_and_each_stage_the_next(db: Database, tmp_path: Path) -> None:
     ctx = context(tmp_path, db, workers={"poll_seconds": 60})
     worker = Worker(ctx, "test-worker")
@@ -24,12 +29,8 @@ def test_the_sweep_wakes_an_idle_worker_and_each_stage_the_next(db: Database, tm
     try:
         stored = receive_file(ctx, copy_as_new_study(CR_JLSL, tmp_path / "hip.dcm"))
         assert queue.sweep_ready(db, quiet_seconds=0) == [stored.study_uid]  # the commit wakes the worker
-
-        def state() -> str:
-            detail = views.study_detail(db, stored.study_uid)
-            return "" if detail is None else str(detail["state"])
-
-        assert wait_until(lambda: state() == "done", timeout=30, what="classify, report and send, no poll between")
+        done = wait_until(lambda: _state(db, stored.study_uid) == "done", timeout=30, what="all stages, no poll")
+        assert done
     finally:
         worker.stop(timeout=30)
 
@@ -91,12 +92,7 @@ def test_an_idle_worker_wakes_when_a_deferred_study_comes_due(db: Database, tmp_
     worker = Worker(ctx, "test-worker")
     worker.start()
     try:
-
-        def state() -> str:
-            detail = views.study_detail(db, stored.study_uid)
-            return "" if detail is None else str(detail["state"])
-
-        assert wait_until(lambda: state() == "done", timeout=30, what="the deferred study worked once due")
+        assert wait_until(lambda: _state(db, stored.study_uid) == "done", timeout=30, what="the deferred study, due")
     finally:
         worker.stop(timeout=30)
     assert queue.next_due(db) is None

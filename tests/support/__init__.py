@@ -9,7 +9,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tests.support.real_cr import pydicom_data_root, real_cr_jlsl
 
@@ -52,6 +52,26 @@ def pydicom_data_file(name: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{name} not in {root}")
     return path
+
+
+def new_copy(src: Path, dst: Path, **changes: Any) -> Path:
+    """A copy of a real file with new UIDs (so it is a new instance), optionally with attributes changed or removed."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    ds = pydicom.dcmread(src)
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SOPInstanceUID = generate_uid()
+    for keyword, value in changes.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.save_as(dst, enforce_file_format=True)
+    return dst
 
 
 def assert_dciodvfy_clean(path: Path) -> str:

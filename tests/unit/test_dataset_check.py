@@ -20,7 +20,7 @@ from pynetdicom.dsutils import split_dataset
 
 from predictd.daemon.dataset_check import DatasetProblem, Header, Unreadable, Unusable, read_header
 from predictd.reporting.uids import device_uid
-from tests.support import CR_JLSL, pydicom_data_file
+from tests.support import CR_JLSL, new_copy, pydicom_data_file
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
@@ -31,17 +31,7 @@ PATIENT = {"PatientName": "ZQXCHECK^PATIENT", "PatientID": "ZQX-ID-4711", "Acces
 
 def copy_of(src: Path, dst: Path, **changes: Any) -> Path:
     """A copy of a real file with new UIDs and a patient to leak, optionally with attributes changed or removed."""
-    ds = pydicom.dcmread(src)
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
-    for keyword, value in {**PATIENT, **changes}.items():
-        if value is None:
-            delattr(ds, keyword)
-        else:
-            setattr(ds, keyword, value)
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.save_as(dst, enforce_file_format=True)
-    return dst
+    return new_copy(src, dst, **{**PATIENT, **changes})
 
 
 def check(path: Path, *, sop_class: str | None = None, sop_instance: str | None = None) -> Header:
