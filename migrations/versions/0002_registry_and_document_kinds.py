@@ -31,11 +31,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("instances", schema=None) as batch_op:
-        batch_op.drop_column("purged_at")
-    with op.batch_alter_table("outbox", schema=None) as batch_op:
-        batch_op.drop_column("kind")
-    with op.batch_alter_table("studies", schema=None) as batch_op:
-        batch_op.drop_column("study_date")
-        batch_op.drop_column("accession_number")
-        batch_op.drop_column("patient_id")
+    # Not in batch mode: on SQLite a batch rebuilds the table, and dropping `studies` with foreign keys on deletes
+    # every row that references it (ON DELETE CASCADE). SQLite 3.35+ drops a column in place.
+    op.drop_column("instances", "purged_at")
+    op.drop_column("outbox", "kind")
+    for column in ("study_date", "accession_number", "patient_id"):
+        op.drop_column("studies", column)

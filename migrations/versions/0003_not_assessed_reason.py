@@ -24,5 +24,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("runs", schema=None) as batch_op:
-        batch_op.drop_column("not_assessed_reason")
+    # Not in batch mode: on SQLite a batch rebuild of `runs` would cascade-delete its predictions and outbox rows.
+    op.drop_column("runs", "not_assessed_reason")
