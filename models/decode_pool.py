@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -134,15 +134,26 @@ def prepare(ds: pydicom.Dataset, plan: Plan) -> Prepared:
                 raise PixelDecodeError(f"instance {uid}: {exc}") from exc
         return grays[window]
 
-    inputs = {prep: gray_to_input(gray(prep.window), prep) for prep in plan.whole}
+    found: dict[tuple[str, bool], tuple[slice, slice]] = {}
+
+    def box(prep: Preprocessing) -> tuple[slice, slice]:  # one content box per window and crop choice, not per card
+        key = (prep.window, prep.crop_content)
+        if key not in found:
+            found[key] = framed(gray(prep.window), prep)
+        return found[key]
+
+    def read(prep: Preprocessing, part: np.ndarray) -> np.ndarray:  # part is the card's box already
+        return gray_to_input(part, replace(prep, crop_content=False))
+
+    inputs = {prep: read(prep, gray(prep.window)[box(prep)]) for prep in plan.whole}
     halves: list[tuple[str | None, dict[Preprocessing, np.ndarray]]] = []
-    bases = {p: gray(p.window)[framed(gray(p.window), p)] for p in plan.halves}
+    bases = {p: gray(p.window)[box(p)] for p in plan.halves}
     if plan.halves and looks_bilateral(bases[plan.halves[0]]):
         split = {p: split_bilateral(bases[p], ds) for p in plan.halves}
         for i in range(2):
             side = split[plan.halves[0]][i][0]
-            halves.append((side, {p: gray_to_input(split[p][i][1], p) for p in plan.halves}))
-    display = _display(gray, plan) if plan.display_side > 0 else None
+            halves.append((side, {p: read(p, split[p][i][1]) for p in plan.halves}))
+    display = _display(gray, box, plan) if plan.display_side > 0 else None
     return Prepared(
         str(ds.get("SOPInstanceUID", "")),
         str(ds.get("SeriesInstanceUID", "")),
@@ -154,7 +165,9 @@ def prepare(ds: pydicom.Dataset, plan: Plan) -> Prepared:
     )
 
 
-def _display(gray: Callable[[str], np.ndarray], plan: Plan) -> Display:
+def _display(
+    gray: Callable[[str], np.ndarray], box: Callable[[Preprocessing], tuple[slice, slice]], plan: Plan
+) -> Display:
     """The decoded image shrunk to the key images' size (area average), with each input's box scaled onto it."""
     preps = tuple(dict.fromkeys((*plan.whole, *plan.halves)))
     rows, cols = gray(preps[0].window).shape
@@ -172,7 +185,7 @@ def _display(gray: Callable[[str], np.ndarray], plan: Plan) -> Display:
         top, left = round(r0 * scale), round(c0 * scale)
         return slice(top, max(top + 1, round(r1 * scale))), slice(left, max(left + 1, round(c1 * scale)))
 
-    return Display(grays, {p: scaled(framed(gray(p.window), p)) for p in preps})
+    return Display(grays, {p: scaled(box(p)) for p in preps})
 
 
 def prepare_file(path: str, plan: Plan) -> Prepared:
