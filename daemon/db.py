@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, Select, create_engine, event, inspect, text
+from sqlalchemy import Connection, Engine, Select, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -69,6 +69,13 @@ class Database:
                 yield session
             if marked(session):  # committed: the work is visible now
                 self.work_available.notify()
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """A Core connection in one transaction, without an ORM session: for the receiver's per-instance rows, where
+        the session's unit of work was most of the cost. Wakes nobody (recording an instance makes no work)."""
+        with self.engine.begin() as conn:
+            yield conn
 
     def locking(self, stmt: Select[Any]) -> Select[Any]:
         """Lock the selected rows for this transaction, skipping rows other workers hold (PostgreSQL).

@@ -5,7 +5,8 @@ against one transition table. Every write to a study row (a move, a claim taken,
 scheduled) is one small function here that appends a typed ``study_events`` row in the same transaction, so
 ``predictd queue show`` tells the whole history. Two writes record no event, because they are frequent and their
 own rows or logs tell them: a heartbeat extending a lease (:func:`extend_lease`) and an instance arriving
-(:func:`instance_arrived`; the ``instances`` table has a row per arrival).
+(:func:`instance_arrived`, or :func:`instance_arrived_row` on the receiver's Core path; the ``instances`` table has a
+row per arrival).
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Select, update
+from sqlalchemy import Connection, Select, bindparam, case, func, update
 from sqlalchemy.orm import Session
 
 from predictd.daemon import wakeup
 from predictd.daemon.log import Event, get_logger
-from predictd.daemon.tables import Study, StudyEvent
+from predictd.daemon.tables import Study, StudyEvent, UTCDateTime, table
 
 log = get_logger("lifecycle")
 
@@ -131,6 +132,50 @@ def instance_arrived(
     study.patient_id = study.patient_id or patient_id
     study.accession_number = study.accession_number or accession_number
     study.study_date = study.study_date or study_date
+
+
+_STUDIES = table(Study).c
+_INSTANCE_ARRIVED = (
+    update(table(Study))
+    .where(_STUDIES.id == bindparam("study_id"))
+    .values(
+        last_instance_at=case(
+            (_STUDIES.last_instance_at < bindparam("at", type_=UTCDateTime()), bindparam("at")),
+            else_=_STUDIES.last_instance_at,
+        ),
+        sender_done_at=None,
+        **{
+            column: func.coalesce(_STUDIES[column], bindparam(f"new_{column}"))
+            for column in ("modality", "patient_id", "accession_number", "study_date")
+        },
+    )
+)
+"""Built once: constructing a statement costs more in SQLAlchemy than executing its cached compiled form."""
+
+
+def instance_arrived_row(
+    conn: Connection,
+    study_id: int,
+    *,
+    now: datetime,
+    modality: str | None,
+    patient_id: str | None,
+    accession_number: str | None,
+    study_date: str | None,
+) -> None:
+    """:func:`instance_arrived` as one prepared UPDATE, for the receiver's per-instance path: no ORM object is
+    loaded (the session's unit of work was ~1.5 ms of the ~2.7 ms an instance took to record, bench/ingest.py)."""
+    conn.execute(
+        _INSTANCE_ARRIVED,
+        {
+            "study_id": study_id,
+            "at": now,
+            "new_modality": modality,
+            "new_patient_id": patient_id,
+            "new_accession_number": accession_number,
+            "new_study_date": study_date,
+        },
+    )
 
 
 def transition(

@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import bindparam, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from predictd.daemon import lifecycle
 from predictd.daemon.db import Database, utcnow
 from predictd.daemon.lifecycle import TERMINAL, StudyState
-from predictd.daemon.tables import Instance, Study
+from predictd.daemon.tables import Instance, Study, table
 
 S = StudyState
 
@@ -105,6 +105,9 @@ def note_instance(db: Database, inst: IncomingInstance, *, now: datetime | None 
 
 
 def _note_instance_once(db: Database, inst: IncomingInstance, now: datetime) -> bool:
+    known = _note_instance_of_open_study(db, inst, now)
+    if known is not None:
+        return known
     with db.transaction() as s:
         if s.scalar(select(Instance.id).where(Instance.sop_instance_uid == inst.sop_instance_uid)) is not None:
             return False
@@ -127,21 +130,60 @@ def _note_instance_once(db: Database, inst: IncomingInstance, now: datetime) -> 
             accession_number=inst.accession_number,
             study_date=inst.study_date,
         )
-        s.add(
-            Instance(
-                study_id=study.id,
-                series_uid=inst.series_uid,
-                sop_instance_uid=inst.sop_instance_uid,
-                sop_class_uid=inst.sop_class_uid,
-                transfer_syntax_uid=inst.transfer_syntax_uid,
-                modality=inst.modality,
-                path=str(inst.path),
-                size_bytes=inst.size_bytes,
-                calling_ae=inst.calling_ae,
-                received_at=now,
-            )
-        )
+        s.add(Instance(**_instance_row(inst, study.id, now)))
     return True
+
+
+def _note_instance_of_open_study(db: Database, inst: IncomingInstance, now: datetime) -> bool | None:
+    """The common case (a further instance of a study that takes it without changing state) in Core statements:
+    True if recorded, False for a repeated instance, None when the study is new or must change state (the caller's
+    ORM path then does it, with its events)."""
+    with db.connection() as conn:
+        if conn.execute(_INSTANCE_BY_UID, {"uid": inst.sop_instance_uid}).first():
+            return False
+        row = conn.execute(_OPEN_STUDY_BY_UID, {"uid": inst.study_uid}).first()
+        if row is None or not _takes_instances_as_is(StudyState(row.state), row.claimed_by):
+            return None
+        lifecycle.instance_arrived_row(
+            conn,
+            row.id,
+            now=now,
+            modality=inst.modality,
+            patient_id=inst.patient_id,
+            accession_number=inst.accession_number,
+            study_date=inst.study_date,
+        )
+        conn.execute(_INSERT_INSTANCE, _instance_row(inst, row.id, now))
+    return True
+
+
+# Built once (see lifecycle._INSTANCE_ARRIVED): on Table objects, so the ORM's bulk machinery stays out of it.
+_INSTANCE_BY_UID = select(table(Instance).c.id).where(table(Instance).c.sop_instance_uid == bindparam("uid"))
+_OPEN_STUDY_BY_UID = select(*table(Study).c["id", "state", "claimed_by"]).where(
+    table(Study).c.study_uid == bindparam("uid")
+)
+_INSERT_INSTANCE = insert(table(Instance))
+
+
+def _takes_instances_as_is(state: StudyState, claimed_by: str | None) -> bool:
+    """False where an instance moves the study: an ended one reopens, a ready one nobody claimed goes back to
+    receiving (both in the ORM path of :func:`_note_instance_once`)."""
+    return state not in (S.DONE, S.FAILED, S.SKIPPED) and not (state is S.READY and claimed_by is None)
+
+
+def _instance_row(inst: IncomingInstance, study_id: int, now: datetime) -> dict[str, object]:
+    return {
+        "study_id": study_id,
+        "series_uid": inst.series_uid,
+        "sop_instance_uid": inst.sop_instance_uid,
+        "sop_class_uid": inst.sop_class_uid,
+        "transfer_syntax_uid": inst.transfer_syntax_uid,
+        "modality": inst.modality,
+        "path": str(inst.path),
+        "size_bytes": inst.size_bytes,
+        "calling_ae": inst.calling_ae,
+        "received_at": now,
+    }
 
 
 def sweep_ready(

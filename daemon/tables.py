@@ -7,7 +7,7 @@ lease_until). Each processing of a study is a run; instances that arrive after a
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -20,6 +20,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
@@ -191,3 +192,8 @@ class StudyEvent(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     """When the study is due again: a deferral's or a scheduled retry's time (migration 0005)."""
+
+
+def table(model: type[Base]) -> Table:
+    """The Core table of a model, for statements built once on the hot paths (without the ORM's bulk machinery)."""
+    return cast(Table, model.__table__)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from predictd.daemon import leases, queue, records
 from predictd.daemon.db import Database, utcnow
 from predictd.daemon.lifecycle import IllegalTransition, StudyEventKind, StudyState
-from predictd.daemon.tables import Study, StudyEvent
+from predictd.daemon.tables import Instance, Study, StudyEvent
 from tests.integration.queue_helpers import ready_studies, stored
 
 POLICY = queue.RetryPolicy(max_attempts=3, base_seconds=10, cap_seconds=25)
@@ -44,6 +45,29 @@ def test_instance_before_claim_restarts_the_quiet_period(db: Database) -> None:
     queue.sweep_ready(db, quiet_seconds=1, now=t0 + timedelta(seconds=2))
     queue.note_instance(db, stored(first.study_uid), now=t0 + timedelta(seconds=3))
     assert state_of(db, first.study_uid).state == StudyState.RECEIVING
+
+
+def test_a_further_instance_keeps_the_latest_arrival_and_fills_only_what_is_unknown(db: Database) -> None:
+    """The receiver's Core path (an open study taking one more instance) writes what the ORM path would."""
+    t0 = utcnow()
+    first = replace(stored(), modality=None, patient_id=None, accession_number="A1")
+    queue.note_instance(db, first, now=t0)
+    assert queue.sender_done(db, [first.study_uid], grace_seconds=1, actor="test", now=t0) == [first.study_uid]
+    later = replace(stored(first.study_uid), patient_id="P1", accession_number="A2", study_date="20261201")
+    assert queue.note_instance(db, later, now=t0 + timedelta(seconds=5))
+    assert not queue.note_instance(db, later, now=t0 + timedelta(seconds=6))  # a repeat: no row, no change
+    queue.note_instance(db, stored(first.study_uid, modality="DX"), now=t0 + timedelta(seconds=2))  # stamped earlier
+    study = state_of(db, first.study_uid)
+    assert study.last_instance_at == t0 + timedelta(seconds=5)
+    assert study.sender_done_at is None  # more came after the release: the release no longer decides
+    assert (study.modality, study.patient_id, study.accession_number, study.study_date) == (
+        "CR",
+        "P1",
+        "A1",
+        "20261201",
+    )
+    with db.transaction() as s:
+        assert s.scalar(select(func.count(Instance.id)).where(Instance.study_id == study.id)) == 3
 
 
 @pytest.mark.parametrize("workers,studies", [(6, 40)])
