@@ -19,7 +19,7 @@ from pathlib import Path
 import pydicom
 from pydicom.uid import generate_uid
 
-from predictd.daemon import queue
+from predictd.daemon import arrivals
 from predictd.daemon.config import ReceiveSettings
 from predictd.daemon.db import Database
 from predictd.daemon.log import configure_logging
@@ -55,7 +55,9 @@ def ingest(n: int, tmp: Path) -> float:
     db.upgrade()
     files = _copies(n, tmp)
     receiver = Receiver(
-        ReceiveSettings(port=port, min_free_bytes=0), Spool(tmp / "spool"), record=lambda i: queue.note_instance(db, i)
+        ReceiveSettings(port=port, min_free_bytes=0),
+        Spool(tmp / "spool"),
+        record=lambda i: arrivals.note_instance(db, i),
     )
     receiver.start()
     try:

@@ -14,7 +14,7 @@ from datetime import timedelta
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from predictd.daemon import jobs, leases, queue, wakeup
+from predictd.daemon import arrivals, jobs, leases, wakeup
 from predictd.daemon.config import Settings
 from predictd.daemon.db import Database, utcnow
 from predictd.daemon.log import Event, configure_logging, get_logger
@@ -67,12 +67,12 @@ class App:
         self.scheduler = jobs.build_scheduler(self.ctx)
         self._stopped = threading.Event()
 
-    def _record(self, inst: queue.IncomingInstance) -> bool:
-        return queue.note_instance(self.db, inst)
+    def _record(self, inst: arrivals.IncomingInstance) -> bool:
+        return arrivals.note_instance(self.db, inst)
 
     def _sender_done(self, study_uids: list[str], calling_ae: str) -> None:
         grace = self.settings.queue.release_grace_seconds
-        marked = queue.sender_done(self.db, study_uids, grace_seconds=grace, actor=f"release by {calling_ae}")
+        marked = arrivals.sender_done(self.db, study_uids, grace_seconds=grace, actor=f"release by {calling_ae}")
         for uid in marked:
             log.info(Event.SENDER_DONE, study_uid=uid, calling_ae=calling_ae, grace_seconds=grace)
         if marked:  # the sweep's interval would add up to sweep_seconds to the wait

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from predictd.daemon import health, leases, queue, retention
+from predictd.daemon import arrivals, health, leases, retention
 from predictd.daemon.db import utcnow
 from predictd.daemon.log import Event, get_logger
 from predictd.daemon.stage import StageContext
@@ -22,7 +22,7 @@ log = get_logger("jobs")
 
 def sweep(ctx: StageContext) -> list[str]:
     q = ctx.settings.queue
-    ready = queue.sweep_ready(
+    ready = arrivals.sweep_ready(
         ctx.db,
         quiet_seconds=q.quiet_seconds,
         by_modality=q.quiet_seconds_by_modality,

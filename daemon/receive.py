@@ -99,7 +99,7 @@ def accepted_transfer_syntaxes() -> list[str]:
 
 @dataclass(frozen=True)
 class StoredInstance:
-    """One instance safely in the spool; satisfies ``daemon.queue.IncomingInstance``."""
+    """One instance safely in the spool; satisfies ``daemon.arrivals.IncomingInstance``."""
 
     study_uid: str
     series_uid: str

@@ -10,7 +10,7 @@ import pydicom
 from pydicom.encaps import encapsulate
 from pydicom.uid import generate_uid
 
-from predictd.daemon import queue
+from predictd.daemon import arrivals
 from predictd.daemon.config import Settings, load_settings
 from predictd.daemon.db import Database
 from predictd.daemon.receive import StoredInstance
@@ -66,7 +66,7 @@ def receive_file(ctx: StageContext, path: Path) -> StoredInstance:
         size_bytes=size,
         calling_ae="TEST",
     )
-    queue.note_instance(ctx.db, stored)
+    arrivals.note_instance(ctx.db, stored)
     return stored
 
 
@@ -88,7 +88,7 @@ def drain(ctx: StageContext, *, max_rounds: int = 50) -> int:
     """Sweep and work until nothing is due; returns how many stage runs happened."""
     worker = Worker(ctx, "test-worker")
     for rounds in range(max_rounds):
-        queue.sweep_ready(ctx.db, quiet_seconds=0)
+        arrivals.sweep_ready(ctx.db, quiet_seconds=0)
         if not worker.work_once():
             return rounds
     raise AssertionError(f"queue still busy after {max_rounds} stage runs")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydicom.uid import generate_uid
 
-from predictd.daemon import queue
+from predictd.daemon import arrivals
 from predictd.daemon.db import Database
 
 CR = "1.2.840.10008.5.1.4.1.1.1"
@@ -42,7 +42,7 @@ def ready_studies(db: Database, n: int, now: datetime) -> list[str]:
     uids = []
     for _ in range(n):
         inst = stored()
-        queue.note_instance(db, inst, now=now)
+        arrivals.note_instance(db, inst, now=now)
         uids.append(inst.study_uid)
-    queue.sweep_ready(db, quiet_seconds=0, now=now)
+    arrivals.sweep_ready(db, quiet_seconds=0, now=now)
     return uids

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from predictd.daemon import queue
+from predictd.daemon import arrivals
 from predictd.daemon.config import ReceiveSettings
 from predictd.daemon.db import Database
 from predictd.daemon.receive import Receiver
@@ -68,10 +68,10 @@ def start_receiver(tmp_path: Path) -> Iterator[Callable[..., Running]]:
         if release_grace is not None:
 
             def done(uids: list[str], calling: str, grace: float = release_grace) -> None:
-                queue.sender_done(db, uids, grace_seconds=grace, actor=f"release by {calling}")
+                arrivals.sender_done(db, uids, grace_seconds=grace, actor=f"release by {calling}")
 
         receiver = Receiver(
-            ReceiveSettings(**fields), spool, record=lambda inst: queue.note_instance(db, inst), sender_done=done
+            ReceiveSettings(**fields), spool, record=lambda inst: arrivals.note_instance(db, inst), sender_done=done
         )
         run = Running(receiver, db, spool)
         running.append(run)

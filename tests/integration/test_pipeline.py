@@ -13,7 +13,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from predictd.daemon import queue, views
+from predictd.daemon import arrivals, views
 from predictd.daemon.db import Database
 from predictd.daemon.lifecycle import StudyState
 from predictd.daemon.worker import Worker
@@ -63,7 +63,7 @@ def test_undecodable_pixels_fail_their_study_and_others_go_through(db: Database,
 def test_one_classify_call_spans_several_ready_studies(db: Database, tmp_path: Path) -> None:
     ctx = context(tmp_path, db, workers={"batch_studies": 8})
     uids = [receive_file(ctx, copy_as_new_study(CR_JLSL, tmp_path / f"{i}.dcm")).study_uid for i in range(3)]
-    queue.sweep_ready(db, quiet_seconds=0)
+    arrivals.sweep_ready(db, quiet_seconds=0)
     assert Worker(ctx, "w").work_once()
     assert [study(db, uid)["state"] for uid in uids] == [StudyState.CLASSIFIED] * 3
 

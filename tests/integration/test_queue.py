@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from predictd.daemon import leases, queue, records
+from predictd.daemon import arrivals, leases, queue, records
 from predictd.daemon.db import Database, utcnow
 from predictd.daemon.lifecycle import IllegalTransition, StudyEventKind, StudyState
 from predictd.daemon.tables import Instance, Study, StudyEvent
@@ -29,10 +29,10 @@ def state_of(db: Database, study_uid: str) -> Study:
 def test_study_is_ready_only_after_quiet_seconds(db: Database) -> None:
     t0 = utcnow()
     inst = stored(modality="DX")
-    assert queue.note_instance(db, inst, now=t0)
-    assert not queue.note_instance(db, inst, now=t0)  # the same SOP Instance UID again: idempotent
-    assert queue.sweep_ready(db, quiet_seconds=10, now=t0 + timedelta(seconds=9)) == []
-    assert queue.sweep_ready(db, quiet_seconds=10, by_modality={"DX": 3}, now=t0 + timedelta(seconds=4)) == [
+    assert arrivals.note_instance(db, inst, now=t0)
+    assert not arrivals.note_instance(db, inst, now=t0)  # the same SOP Instance UID again: idempotent
+    assert arrivals.sweep_ready(db, quiet_seconds=10, now=t0 + timedelta(seconds=9)) == []
+    assert arrivals.sweep_ready(db, quiet_seconds=10, by_modality={"DX": 3}, now=t0 + timedelta(seconds=4)) == [
         inst.study_uid
     ]
     assert state_of(db, inst.study_uid).state == StudyState.READY
@@ -41,9 +41,9 @@ def test_study_is_ready_only_after_quiet_seconds(db: Database) -> None:
 def test_instance_before_claim_restarts_the_quiet_period(db: Database) -> None:
     t0 = utcnow()
     first = stored()
-    queue.note_instance(db, first, now=t0)
-    queue.sweep_ready(db, quiet_seconds=1, now=t0 + timedelta(seconds=2))
-    queue.note_instance(db, stored(first.study_uid), now=t0 + timedelta(seconds=3))
+    arrivals.note_instance(db, first, now=t0)
+    arrivals.sweep_ready(db, quiet_seconds=1, now=t0 + timedelta(seconds=2))
+    arrivals.note_instance(db, stored(first.study_uid), now=t0 + timedelta(seconds=3))
     assert state_of(db, first.study_uid).state == StudyState.RECEIVING
 
 
@@ -51,12 +51,12 @@ def test_a_further_instance_keeps_the_latest_arrival_and_fills_only_what_is_unkn
     """The receiver's Core path (an open study taking one more instance) writes what the ORM path would."""
     t0 = utcnow()
     first = replace(stored(), modality=None, patient_id=None, accession_number="A1")
-    queue.note_instance(db, first, now=t0)
-    assert queue.sender_done(db, [first.study_uid], grace_seconds=1, actor="test", now=t0) == [first.study_uid]
+    arrivals.note_instance(db, first, now=t0)
+    assert arrivals.sender_done(db, [first.study_uid], grace_seconds=1, actor="test", now=t0) == [first.study_uid]
     later = replace(stored(first.study_uid), patient_id="P1", accession_number="A2", study_date="20261201")
-    assert queue.note_instance(db, later, now=t0 + timedelta(seconds=5))
-    assert not queue.note_instance(db, later, now=t0 + timedelta(seconds=6))  # a repeat: no row, no change
-    queue.note_instance(db, stored(first.study_uid, modality="DX"), now=t0 + timedelta(seconds=2))  # stamped earlier
+    assert arrivals.note_instance(db, later, now=t0 + timedelta(seconds=5))
+    assert not arrivals.note_instance(db, later, now=t0 + timedelta(seconds=6))  # a repeat: no row, no change
+    arrivals.note_instance(db, stored(first.study_uid, modality="DX"), now=t0 + timedelta(seconds=2))  # stamped earlier
     study = state_of(db, first.study_uid)
     assert study.last_instance_at == t0 + timedelta(seconds=5)
     assert study.sender_done_at is None  # more came after the release: the release no longer decides
@@ -173,7 +173,7 @@ def test_late_instance_opens_a_new_run_and_every_move_is_an_event(db: Database) 
         c = queue.claim(db, "w", lease_seconds=60, now=t0)
         assert c is not None
         queue.finish(db, c, to, now=t0)
-    queue.note_instance(db, stored(uid), now=t0 + timedelta(seconds=1))
+    arrivals.note_instance(db, stored(uid), now=t0 + timedelta(seconds=1))
     study = state_of(db, uid)
     assert (study.state, study.run_no) == (StudyState.RECEIVING, 2)
     with db.transaction() as s:
@@ -201,7 +201,7 @@ def test_a_run_that_fails_while_an_instance_arrives_reopens_with_it(db: Database
     c = queue.claim(db, "w", lease_seconds=60, now=t0)
     assert c is not None
     records.start_run(db, c, now=t0)  # the run takes the instance it was made of
-    queue.note_instance(db, stored(uid), now=t0)  # one more arrives while the run works
+    arrivals.note_instance(db, stored(uid), now=t0)  # one more arrives while the run works
     assert queue.fail(db, c, "no pixel data", policy=POLICY, permanent=True, now=t0) == StudyState.RECEIVING
     study = state_of(db, uid)
     assert (study.state, study.run_no) == (StudyState.RECEIVING, 2)  # not left failed with the image unread

@@ -13,7 +13,7 @@ import pydicom
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 
-from predictd.daemon import queue
+from predictd.daemon import arrivals
 from predictd.daemon.lifecycle import StudyState
 from tests.integration.receive_helpers import storescu
 from tests.integration.receivers import CALLED, CALLING, Running
@@ -32,7 +32,7 @@ def _study_files(tmp_path: Path, n: int, study_uid: str | None = None) -> tuple[
 
 
 def _ready(rx: Running) -> list[str]:
-    return queue.sweep_ready(rx.db, quiet_seconds=HOUR, release_grace_seconds=0)
+    return arrivals.sweep_ready(rx.db, quiet_seconds=HOUR, release_grace_seconds=0)
 
 
 def _state(rx: Running, study_uid: str) -> str | None:
@@ -87,7 +87,7 @@ def test_an_aborted_association_leaves_the_quiet_window_to_decide(
     held.abort()  # type: ignore[attr-defined]
     assert wait_until(lambda: rx.receiver._ae is not None and not rx.receiver._ae.active_associations, timeout=20)
     assert _ready(rx) == [] and _state(rx, study_uid) == StudyState.RECEIVING
-    assert queue.sweep_ready(rx.db, quiet_seconds=0, release_grace_seconds=0) == [study_uid]  # the fallback
+    assert arrivals.sweep_ready(rx.db, quiet_seconds=0, release_grace_seconds=0) == [study_uid]  # the fallback
 
 
 def test_an_instance_after_the_release_restarts_the_wait(

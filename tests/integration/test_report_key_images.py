@@ -9,7 +9,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from predictd.daemon import outbox, queue, records, report, views
+from predictd.daemon import arrivals, outbox, queue, records, report, views
 from predictd.daemon.db import Database
 from predictd.daemon.lifecycle import StudyState
 from predictd.daemon.stage import Advance, StageContext
@@ -21,7 +21,7 @@ from tests.support import CR_JLSL, pydicom_data_file
 
 def _classify_then_report(ctx: StageContext) -> tuple[queue.Claim, records.RunView]:
     """Run classify through the worker, then the report stage itself, so its outbox rows can be inspected."""
-    queue.sweep_ready(ctx.db, quiet_seconds=0)
+    arrivals.sweep_ready(ctx.db, quiet_seconds=0)
     assert Worker(ctx, "test-worker").work_once()  # classify
     claim = queue.claim(ctx.db, "test-reporter", lease_seconds=60, states=[StudyState.CLASSIFIED])
     assert claim is not None
@@ -112,7 +112,7 @@ def test_a_model_uninstalled_after_classify_still_words_the_report(db: Database,
     """The run keeps the cards it was classified with and classify drew the overlays: the report needs no engine."""
     ctx = context(tmp_path, db, report={"key_images": True})
     receive_file(ctx, copy_as_new_study(CR_JLSL, tmp_path / "hip.dcm"))
-    queue.sweep_ready(ctx.db, quiet_seconds=0)
+    arrivals.sweep_ready(ctx.db, quiet_seconds=0)
     assert Worker(ctx, "test-worker").work_once()  # classify, with the model resident
     classified = queue.claim(ctx.db, "test-reporter", lease_seconds=60, states=[StudyState.CLASSIFIED])
     assert classified is not None
@@ -135,7 +135,7 @@ def test_classify_draws_the_overlays_and_a_retry_replaces_them(db: Database, tmp
     stale = ctx.spool.overlay_path(stored.study_uid, 1, 99)
     stale.parent.mkdir(parents=True, exist_ok=True)
     stale.write_bytes(b"an earlier attempt's overlay")
-    queue.sweep_ready(ctx.db, quiet_seconds=0)
+    arrivals.sweep_ready(ctx.db, quiet_seconds=0)
     assert Worker(ctx, "test-worker").work_once()  # classify
     drawn = ctx.spool.overlay_paths(stored.study_uid, 1)
     assert drawn == [ctx.spool.overlay_path(stored.study_uid, 1, 0)]
@@ -146,7 +146,7 @@ def test_classify_draws_the_overlays_and_a_retry_replaces_them(db: Database, tmp
 def test_with_key_images_off_classify_draws_none(db: Database, tmp_path: Path) -> None:
     ctx = context(tmp_path, db)
     stored = receive_file(ctx, copy_as_new_study(CR_JLSL, tmp_path / "hip.dcm"))
-    queue.sweep_ready(ctx.db, quiet_seconds=0)
+    arrivals.sweep_ready(ctx.db, quiet_seconds=0)
     assert Worker(ctx, "test-worker").work_once()  # classify
     assert views.study_detail(db, stored.study_uid)["state"] == StudyState.CLASSIFIED
     assert ctx.spool.overlay_paths(stored.study_uid, 1) == []

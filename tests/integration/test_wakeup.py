@@ -9,7 +9,7 @@ import threading
 from datetime import timedelta
 from pathlib import Path
 
-from predictd.daemon import queue, views, wakeup
+from predictd.daemon import arrivals, queue, views, wakeup
 from predictd.daemon.db import Database, utcnow
 from predictd.daemon.wakeup import listen
 from predictd.daemon.worker import Worker
@@ -28,7 +28,7 @@ def test_the_sweep_wakes_an_idle_worker_and_each_stage_the_next(db: Database, tm
     worker.start()
     try:
         stored = receive_file(ctx, copy_as_new_study(CR_JLSL, tmp_path / "hip.dcm"))
-        assert queue.sweep_ready(db, quiet_seconds=0) == [stored.study_uid]  # the commit wakes the worker
+        assert arrivals.sweep_ready(db, quiet_seconds=0) == [stored.study_uid]  # the commit wakes the worker
         done = wait_until(lambda: _state(db, stored.study_uid) == "done", timeout=30, what="all stages, no poll")
         assert done
     finally:
@@ -70,7 +70,7 @@ def test_notify_reaches_another_process_listening_on_postgres(postgres_url: str,
 
         wait_until(settled, timeout=30, what="no NOTIFY in flight")
         seen = reader.work_available.generation
-        assert queue.sweep_ready(writer, quiet_seconds=0) == [stored.study_uid]
+        assert arrivals.sweep_ready(writer, quiet_seconds=0) == [stored.study_uid]
         assert reader.work_available.wait(seen, timeout=30)  # the sweep's commit told the other pool
     finally:
         stop.set()
@@ -83,7 +83,7 @@ def test_an_idle_worker_wakes_when_a_deferred_study_comes_due(db: Database, tmp_
     """A time coming due notifies nobody: an idle worker waits until the earliest (queue.next_due), not its poll."""
     ctx = context(tmp_path, db, workers={"poll_seconds": 60})
     stored = receive_file(ctx, copy_as_new_study(CR_JLSL, tmp_path / "hip.dcm"))
-    queue.sweep_ready(db, quiet_seconds=0)
+    arrivals.sweep_ready(db, quiet_seconds=0)
     held = queue.claim(db, "someone-else", lease_seconds=60)
     assert held is not None
     queue.defer(db, held, until=utcnow() + timedelta(seconds=1))
