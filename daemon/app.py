@@ -42,6 +42,7 @@ def load_engine(settings: Settings) -> Engine | None:
             device=m.device,
             batch_size=m.batch_size,
             decode_workers=m.decode_workers,
+            torch_threads=m.torch_threads,
             compile=m.compile,
             worker_setup=functools.partial(configure_logging, settings.log.level, settings.log.json_output),
         )

@@ -116,6 +116,9 @@ class ModelSettings(Section):
     decode_workers: int = Field(default=1, ge=1)
     """Processes that decode and preprocess images (at least one: a codec that crashes natively on a hostile file
     kills a decode process, never the daemon); on a GPU host give them most of the cores."""
+    torch_threads: int = Field(default=0, ge=0)
+    """torch's threads for the forward on CPU; 0: every CPU the process may use (the decode processes are idle while
+    a study's forward runs). Lower it where decoding dominates (many large compressed images per study)."""
     compile: bool = False
     """torch.compile each model: slower start, faster forward on a GPU."""
 

@@ -172,3 +172,19 @@ def test_install_demo(tmp_path: Path, images: list[pydicom.Dataset]) -> None:
     assert [p.region for p in predictions] == [None]
     assert all(p.task == "hip_hardware" and p.untrained for p in predictions)
     assert card.applies_to.body_parts == ("hip_pelvis", "femur") and card.bilateral
+
+
+def test_torch_gets_every_cpu_unless_told(tmp_path: Path) -> None:
+    import os
+
+    import torch
+
+    _model(tmp_path)
+    before = torch.get_num_threads()
+    try:
+        Engine.load(tmp_path, device="cpu", torch_threads=1)
+        assert torch.get_num_threads() == 1
+        Engine.load(tmp_path, device="cpu")  # 0: every CPU this process may use
+        assert torch.get_num_threads() == len(os.sched_getaffinity(0))
+    finally:
+        torch.set_num_threads(before)
