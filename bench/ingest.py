@@ -2,13 +2,15 @@
 
     python -m bench.ingest [--small 500] [--large 20] [--associations 1,8] [--rounds 3] [--only predictd,orthanc]
     python -m bench.ingest --predictd-tree ../before      # adds "predictd@before": the receiver of another checkout
+    python -m bench.ingest --only predictd --steps        # and where its C-STORE handler's time goes
 
 dcmtk storescu (TCP_NODELAY, as a modality) sends the same files to each receiver on 127.0.0.1: ``--small`` copies
 of the real CR (tests.support.CR_JLSL) at 512 x 512, 16-bit, explicit VR little endian, and ``--large`` copies at
 2800 x 2800 (15.7 MB). With 8 associations the files are split over 8 storescu processes started together, one
 study each. Every receiver starts afresh with empty storage for each measurement, and the receivers take turns
 within a round (the machine is shared and noisy); img/s is the file count over the wall time from starting the
-storescu processes to the last one's exit (association set-up included); min and median over the rounds.
+storescu processes to the last one's exit (association set-up included); min and median over the rounds. Dirty
+pages are written back (``sync``) before each measurement, so no receiver pays for the previous one's writes.
 
 The receivers: **predictd** (bench/ingest_receivers.py: the Receiver, spool and SQLite queue of `serve`, durable
 before the ACK: file fsync, rename, folder fsync, row committed), **pynetdicom** (the same library with the received
@@ -80,11 +82,10 @@ def python_receiver(
     env = dict(os.environ)
     if tree is not None:
         env["PYTHONPATH"] = str(_link_tree(tree, root.parent))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.ingest_receivers", kind, "--port", str(port), "--root", str(root),
-         *extra],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    root.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "bench.ingest_receivers", kind, "--port", str(port), "--root", str(root), *extra]
+    with open(root / "receiver.log", "w") as log:
+        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
     try:
         assert proc.stdout is not None
         if proc.stdout.readline().strip() != "listening":
@@ -92,7 +93,11 @@ def python_receiver(
         yield port, AE_TITLE
     finally:
         proc.terminate()
+        rest = proc.stdout.read() if proc.stdout else ""
         proc.wait(timeout=30)
+        for line in rest.splitlines():
+            if line.startswith("steps "):
+                print(f"{root.name}: {line}", flush=True)
 
 
 def _link_tree(tree: Path, where: Path) -> Path:
@@ -148,16 +153,17 @@ def send(port: int, aec: str, batches: list[list[Path]]) -> float:
 Receiver = Callable[[Path], contextlib.AbstractContextManager[tuple[int, str]]]
 
 
-def receivers(tree: Path | None) -> dict[str, Receiver]:
+def receivers(tree: Path | None, steps: bool) -> dict[str, Receiver]:
+    timing = ("--steps",) if steps else ()
     found: dict[str, Receiver] = {
-        "predictd": lambda root: python_receiver("predictd", root),
+        "predictd": lambda root: python_receiver("predictd", root, extra=timing),
         "pynetdicom": lambda root: python_receiver("pynetdicom", root),
         "pynetdicom-poll0.1ms": lambda root: python_receiver("pynetdicom", root, extra=("--poll", "0.0001")),
         "storescp": storescp,
         "orthanc": orthanc,
     }
     if tree is not None:
-        found[f"predictd@{tree.name}"] = lambda root: python_receiver("predictd", root, tree)
+        found[f"predictd@{tree.name}"] = lambda root: python_receiver("predictd", root, tree, timing)
     return found
 
 
@@ -169,8 +175,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", default="", help="comma-separated receiver names (default: all)")
     parser.add_argument("--predictd-tree", type=Path, help="another checkout whose predictd receiver runs too")
+    parser.add_argument("--steps", action="store_true", help="print where predictd's handler time went, per run")
     args = parser.parse_args()
-    chosen = receivers(args.predictd_tree)
+    chosen = receivers(args.predictd_tree, args.steps)
     if args.only:
         chosen = {k: v for k, v in chosen.items() if k in args.only.split(",")}
     fanouts = [int(a) for a in args.associations.split(",")]
@@ -188,6 +195,7 @@ def main() -> None:
                 count = sum(len(b) for b in batches)
                 for name, receiver in chosen.items():
                     root = work / f"{name}-{r}-{size}-{fan}"
+                    os.sync()  # the last receiver's dirty pages must not be flushed on this one's fsyncs
                     with receiver(root) as (port, aec):
                         rates.setdefault((name, size, fan), []).append(count / send(port, aec, batches))
                     shutil.rmtree(root, ignore_errors=True)

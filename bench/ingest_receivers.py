@@ -3,6 +3,7 @@
     python -m bench.ingest_receivers predictd --port P --root DIR      # Receiver + SQLite queue, as `serve` wires it
     python -m bench.ingest_receivers pynetdicom --port P --root DIR    # the floor: rename the received file, no more
     python -m bench.ingest_receivers pynetdicom --poll 0.0001 ...      # the same with pynetdicom's 1 ms polls cut
+    python -m bench.ingest_receivers predictd --steps ...              # prints where a C-STORE's handler time went
 
 Both print ``listening`` once the port is bound and serve until killed (SIGTERM). The bare SCP is what pynetdicom
 gives for free with the settings predictd uses (chunked receive, unlimited PDU, the same transfer syntaxes): the
@@ -10,14 +11,17 @@ received temporary file is renamed into a folder, with no fsync, no header check
 costs beyond it is predictd's own. ``--poll`` measures pynetdicom's own wall: its association thread sleeps a fixed
 1 ms between looks at its message queue (``Association._run_reactor``) and its DUL thread 1 ms when idle
 (``DULServiceProvider._run_loop_delay``); both are replaced by the given delay (an experiment, patched here only).
+``--steps`` times predictd's handler and its parts per call (wall time, in the receiving thread) and prints their
+medians as one JSON line when terminated.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
-import sys
+import statistics
 import threading
 import time
 import types
@@ -26,7 +30,12 @@ from typing import Any
 
 from pynetdicom import AE, _config, association, evt
 
-from predictd.daemon import incoming, queue
+from predictd.daemon import incoming, receive
+
+try:
+    from predictd.daemon import arrivals
+except ImportError:  # a checkout from before 06b01b4 (bench.ingest --predictd-tree): these lived in daemon.queue
+    from predictd.daemon import queue as arrivals  # type: ignore[no-redef]
 from predictd.daemon.config import ReceiveSettings
 from predictd.daemon.db import Database
 from predictd.daemon.log import configure_logging
@@ -36,9 +45,16 @@ from predictd.daemon.spool import Spool
 AE_TITLE = "PREDICTD"
 
 
-def run_predictd(port: int, root: Path) -> None:
-    """The receive path of `predictd serve` (receiver, spool, SQLite queue, completion on release), nothing else."""
-    configure_logging("WARNING")
+def run_predictd(port: int, root: Path, steps: bool = False) -> None:
+    """The receive path of `predictd serve` (receiver, spool, SQLite queue, completion on release), nothing else;
+    logging at serve's default level (a line per instance, to stderr)."""
+    configure_logging("INFO")
+    timings: dict[str, list[float]] = {}
+    if steps:
+        receive.handle_store = _timed(receive.handle_store, "handler", timings)  # type: ignore[assignment]
+        receive.read_header = _timed(receive.read_header, "header check", timings)  # type: ignore[assignment]
+        Spool.adopt_instance = _timed(Spool.adopt_instance, "spool (fsync, rename, fsync)", timings)  # type: ignore[method-assign]
+        arrivals.note_instance = _timed(arrivals.note_instance, "database row", timings)  # type: ignore[assignment]
     db = Database(f"sqlite:///{root / 'predictd.db'}")
     db.upgrade()
     settings = ReceiveSettings(
@@ -47,11 +63,25 @@ def run_predictd(port: int, root: Path) -> None:
     receiver = Receiver(
         settings,
         Spool(root / "spool"),
-        record=lambda inst: queue.note_instance(db, inst),
-        sender_done=lambda uids, ae: queue.sender_done(db, uids, grace_seconds=1.0, actor=f"receive:{ae}"),
+        record=lambda inst: arrivals.note_instance(db, inst),
+        sender_done=lambda uids, ae: arrivals.sender_done(db, uids, grace_seconds=1.0, actor=f"receive:{ae}"),
     )
     receiver.start()
     _serve_until_terminated(receiver.stop)
+    if steps:
+        medians = {name: round(statistics.median(values) * 1000, 3) for name, values in timings.items()}
+        print("steps " + json.dumps({"median ms": medians, "calls": len(timings.get("handler", []))}), flush=True)
+
+
+def _timed(fn: Any, name: str, into: dict[str, list[float]]) -> Any:
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            into.setdefault(name, []).append(time.perf_counter() - start)
+
+    return timed
 
 
 def run_pynetdicom(port: int, root: Path, poll: float | None = None) -> None:
@@ -95,7 +125,6 @@ def _serve_until_terminated(stop: Any) -> None:
     print("listening", flush=True)
     done.wait()
     stop()
-    sys.exit(0)
 
 
 def main() -> None:
@@ -104,10 +133,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--root", type=Path, required=True)
     parser.add_argument("--poll", type=float, help="pynetdicom only: its 1 ms polling sleeps become this (s)")
+    parser.add_argument("--steps", action="store_true", help="predictd only: print the handler's step times")
     args = parser.parse_args()
     args.root.mkdir(parents=True, exist_ok=True)
     if args.kind == "predictd":
-        run_predictd(args.port, args.root)
+        run_predictd(args.port, args.root, args.steps)
     else:
         run_pynetdicom(args.port, args.root, args.poll)
 
