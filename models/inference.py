@@ -54,7 +54,7 @@ def _configure_torch(device: torch.device, threads: int) -> None:
 
     On CPU torch gets every core this process may use (``threads`` 0) unless told otherwise: the decode processes
     are idle while a study's forward runs (its images are decoded first), and leaving them a core of two cost 19 %
-    of the studies per minute (76.6 vs 91.5, `bench/throughput.py` on 2 cores, one decode process).
+    of the studies per minute (76.6 vs 91.5, the pipeline as `bench/throughput.py` runs it, 2 cores; bench/README.md).
     """
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels once
