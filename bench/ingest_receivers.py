@@ -38,8 +38,9 @@ except ImportError:  # a checkout from before 06b01b4 (bench.ingest --predictd-t
     from predictd.daemon import queue as arrivals  # type: ignore[no-redef]
 from predictd.daemon.config import ReceiveSettings
 from predictd.daemon.db import Database
+from predictd.daemon.listeners import Receiver
 from predictd.daemon.log import configure_logging
-from predictd.daemon.receive import IMAGE_SOP_CLASSES, VERIFICATION, Receiver, accepted_transfer_syntaxes
+from predictd.daemon.receive import IMAGE_SOP_CLASSES, VERIFICATION, accepted_transfer_syntaxes
 from predictd.daemon.spool import Spool
 
 AE_TITLE = "PREDICTD"

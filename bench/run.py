@@ -22,8 +22,8 @@ from pydicom.uid import generate_uid
 from predictd.daemon import arrivals
 from predictd.daemon.config import ReceiveSettings
 from predictd.daemon.db import Database
+from predictd.daemon.listeners import Receiver
 from predictd.daemon.log import configure_logging
-from predictd.daemon.receive import Receiver
 from predictd.daemon.spool import Spool
 from predictd.models.demo import install_demo
 from predictd.models.inference import Engine

@@ -16,7 +16,8 @@ from typing import Protocol
 from sqlalchemy import bindparam, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 
-from predictd.daemon import lifecycle
+from predictd.daemon import audit, lifecycle
+from predictd.daemon.audit import Auditor, AuditRecord
 from predictd.daemon.db import Database, utcnow
 from predictd.daemon.lifecycle import StudyState
 from predictd.daemon.tables import Instance, Study, table
@@ -53,28 +54,43 @@ class IncomingInstance(Protocol):
     def study_date(self) -> str | None: ...
 
 
-def note_instance(db: Database, inst: IncomingInstance, *, now: datetime | None = None) -> bool:
+def note_instance(
+    db: Database, inst: IncomingInstance, *, now: datetime | None = None, auditor: Auditor | None = None
+) -> bool:
     """Record a durably stored instance; True if new, False for a repeated SOP Instance UID (idempotent).
 
     A study that already ended reopens as a new run; a ready study not yet claimed goes back to receiving, so its
-    quiet period starts again.
+    quiet period starts again. With an ``auditor`` the instance's audit record is written in the same transaction.
     """
+    now = now or utcnow()
     for attempt in range(3):
         try:
-            return _note_instance_once(db, inst, now or utcnow())
+            new = _note_instance_once(db, inst, now, auditor)
         except IntegrityError:
             # Two associations created the same study (or instance) at once on PostgreSQL: the retry sees it.
             if attempt == 2:
                 raise
+            continue
+        if auditor is not None:
+            auditor.forward(_audit_record(inst, new, now))
+        return new
     raise AssertionError("unreachable")
 
 
-def _note_instance_once(db: Database, inst: IncomingInstance, now: datetime) -> bool:
-    known = _note_instance_of_open_study(db, inst, now)
+def _audit_record(inst: IncomingInstance, new: bool, now: datetime) -> AuditRecord:
+    return audit.instance_received(
+        inst.calling_ae, inst.study_uid, inst.series_uid, inst.sop_instance_uid, inst.sop_class_uid, new=new, at=now
+    )
+
+
+def _note_instance_once(db: Database, inst: IncomingInstance, now: datetime, auditor: Auditor | None) -> bool:
+    known = _note_instance_of_open_study(db, inst, now, auditor)
     if known is not None:
         return known
     with db.transaction() as s:
         if s.scalar(select(Instance.id).where(Instance.sop_instance_uid == inst.sop_instance_uid)) is not None:
+            if auditor is not None:
+                auditor.insert(s, _audit_record(inst, False, now))
             return False
         study = s.scalar(select(Study).where(Study.study_uid == inst.study_uid))
         if study is None:
@@ -96,15 +112,21 @@ def _note_instance_once(db: Database, inst: IncomingInstance, now: datetime) -> 
             study_date=inst.study_date,
         )
         s.add(Instance(**_instance_row(inst, study.id, now)))
+        if auditor is not None:
+            auditor.insert(s, _audit_record(inst, True, now))
     return True
 
 
-def _note_instance_of_open_study(db: Database, inst: IncomingInstance, now: datetime) -> bool | None:
+def _note_instance_of_open_study(
+    db: Database, inst: IncomingInstance, now: datetime, auditor: Auditor | None
+) -> bool | None:
     """The common case (a further instance of a study that takes it without changing state) in Core statements:
     True if recorded, False for a repeated instance, None when the study is new or must change state (the caller's
     ORM path then does it, with its events)."""
     with db.connection() as conn:
         if conn.execute(_INSTANCE_BY_UID, {"uid": inst.sop_instance_uid}).first():
+            if auditor is not None:
+                auditor.insert(conn, _audit_record(inst, False, now))
             return False
         row = conn.execute(_OPEN_STUDY_BY_UID, {"uid": inst.study_uid}).first()
         if row is None or not _takes_instances_as_is(StudyState(row.state), row.claimed_by):
@@ -119,6 +141,8 @@ def _note_instance_of_open_study(db: Database, inst: IncomingInstance, now: date
             study_date=inst.study_date,
         )
         conn.execute(_INSERT_INSTANCE, _instance_row(inst, row.id, now))
+        if auditor is not None:
+            auditor.insert(conn, _audit_record(inst, True, now))
     return True
 
 

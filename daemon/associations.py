@@ -15,6 +15,8 @@ from typing import Any
 
 from pynetdicom import evt
 
+from predictd.daemon import audit, metrics, tls
+from predictd.daemon.audit import Auditor
 from predictd.daemon.config import AllowedCaller, ReceiveSettings
 from predictd.daemon.log import Event, get_logger
 
@@ -25,9 +27,10 @@ SERVICE_USER, PRESENTATION = 0x01, 0x03
 CALLING_AE_NOT_RECOGNISED, LOCAL_LIMIT_EXCEEDED = 0x03, 0x02
 
 
-@dataclass(frozen=True)
+@dataclass
 class CallerPolicy:
-    """The allowlist (title → networks; no networks: any host) and the per-title cap."""
+    """The allowlist (title → networks; no networks: any host) and the per-title cap; :meth:`update` replaces both
+    on SIGHUP (each assignment is atomic: a handler sees the old list or the new one)."""
 
     allowed: dict[str, tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]]
     per_ae: int
@@ -39,6 +42,10 @@ class CallerPolicy:
             caller = entry if isinstance(entry, AllowedCaller) else AllowedCaller(ae=entry)
             allowed[caller.ae.strip()] = tuple(caller.hosts)
         return cls(allowed, s.max_associations_per_ae)
+
+    def update(self, s: ReceiveSettings) -> None:
+        fresh = CallerPolicy.from_settings(s)
+        self.allowed, self.per_ae = fresh.allowed, fresh.per_ae
 
     @property
     def titles(self) -> list[str]:
@@ -56,14 +63,16 @@ class CallerPolicy:
         return not any(host in network for network in networks)
 
 
-def handle_requested(event: evt.Event, policy: CallerPolicy) -> None:
+def handle_requested(event: evt.Event, policy: CallerPolicy, auditor: Auditor | None, transport: str) -> None:
     """EVT_REQUESTED: reject a caller from a host its AE title is not allowed on, or over its association cap."""
     assoc = event.assoc
     rq: Any = assoc.requestor.primitive
     calling = str(rq.calling_ae_title).strip() if rq is not None else ""
     address = str(assoc.requestor.address)
     if policy.host_refused(calling, address):
-        _reject(assoc, (PERMANENT, SERVICE_USER, CALLING_AE_NOT_RECOGNISED), calling, "host not allowed for this AE")
+        reason = "host not allowed for this AE"
+        _reject(assoc, (PERMANENT, SERVICE_USER, CALLING_AE_NOT_RECOGNISED), calling, reason)
+        _audit(auditor, event, calling, transport, reason)
         return
     mine = [
         a
@@ -73,6 +82,7 @@ def handle_requested(event: evt.Event, policy: CallerPolicy) -> None:
     if len(mine) >= policy.per_ae:
         reason = f"this calling AE already holds {len(mine)} associations (receive.max_associations_per_ae)"
         _reject(assoc, (TRANSIENT, PRESENTATION, LOCAL_LIMIT_EXCEEDED), calling, reason)
+        _audit(auditor, event, calling, transport, reason)
 
 
 def _reject(assoc: Any, rsd: tuple[int, int, int], calling: str, reason: str) -> None:
@@ -83,7 +93,9 @@ def _reject(assoc: Any, rsd: tuple[int, int, int], calling: str, reason: str) ->
     assoc.kill()
 
 
-def handle_rejected(event: evt.Event, ae_title: str, policy: CallerPolicy) -> None:
+def handle_rejected(
+    event: evt.Event, ae_title: str, policy: CallerPolicy, auditor: Auditor | None, transport: str
+) -> None:
     """EVT_REJECTED (pynetdicom's own rejections): say which check refused the caller."""
     rq = event.assoc.requestor.primitive
     calling = str(rq.calling_ae_title).strip() if rq is not None else None
@@ -95,3 +107,26 @@ def handle_rejected(event: evt.Event, ae_title: str, policy: CallerPolicy) -> No
     else:
         reason = "association limit reached (receive.max_associations)"
     log.warning(Event.ASSOCIATION_REJECTED, calling_ae=calling, called_ae=called, reason=reason)
+    _audit(auditor, event, calling or "", transport, reason)
+
+
+def handle_accepted(event: evt.Event, auditor: Auditor | None, transport: str) -> None:
+    """EVT_ACCEPTED: the association goes into the audit trail (who, from where, over what)."""
+    _audit(auditor, event, str(event.assoc.requestor.ae_title).strip(), transport, None)
+
+
+def _audit(auditor: Auditor | None, event: evt.Event, calling: str, transport: str, refused: str | None) -> None:
+    """Counted in the metrics, and recorded in the audit trail."""
+    metrics.ASSOCIATIONS.labels(transport, "accepted" if refused is None else "refused").inc()
+    if auditor is None:
+        return
+    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+    record = audit.association(
+        calling,
+        str(event.assoc.requestor.address),
+        transport=transport,
+        accepted=refused is None,
+        reason=refused,
+        tls_peer=tls.peer_subject(sock),
+    )
+    auditor.record(record)

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 from pydicom.errors import InvalidDicomError
 
-from predictd.daemon import records
+from predictd.daemon import metrics, records
 from predictd.daemon.lifecycle import StudyState
 from predictd.daemon.log import Event, get_logger
 from predictd.daemon.queue import Claim
@@ -104,6 +104,8 @@ def _conclude(ctx: StageContext, claim: Claim, view: records.RunView, result: Cl
         return Advance(StudyState.CLASSIFIED)
     records.save_predictions(ctx.db, claim, own.predictions, engine.model_versions, cards=engine.cards)
     for p in own.predictions:
+        outcome = "not_assessed" if p.is_not_assessed else "indeterminate" if p.is_indeterminate else "finding"
+        metrics.PREDICTIONS.labels(p.model_name, outcome).inc()
         log.info(
             Event.PREDICTION_MADE,
             study_uid=claim.study_uid,

@@ -11,21 +11,27 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from predictd.daemon import cli_evaluate, cli_models, cli_training, queue, views
+from predictd.daemon import audit, cli_admin, cli_evaluate, cli_models, cli_training, queue, views
+from predictd.daemon.audit import Outcome
 from predictd.daemon.cli_common import (
     ConfigOption,
     JsonOption,
+    auditor_for,
+    config_path,
     console,
+    db_for,
     err,
+    fail,
     open_db,
     print_json,
+    require_database_file,
     root_config,
     settings_for,
 )
@@ -42,6 +48,8 @@ app.add_typer(db_app, name="db")
 app.add_typer(queue_app, name="queue")
 app.add_typer(registry_app, name="registry")
 app.add_typer(cli_models.models_app, name="models")
+app.add_typer(cli_admin.audit_app, name="audit")
+app.add_typer(cli_admin.config_app, name="config")
 app.command("dataset")(cli_training.dataset)
 app.command("train")(cli_training.train)
 app.command("evaluate")(cli_evaluate.evaluate)
@@ -64,16 +72,18 @@ def main(config: ConfigOption = None) -> None:
 @app.command()
 def serve(config: ConfigOption = None) -> None:
     """Run the daemon: DICOM receiver, workers and periodic jobs, until SIGTERM or Ctrl-C."""
-    from predictd.daemon.app import App  # imports torch: only the commands that need it pay for it
+    from predictd.daemon.app import App, StartError  # the app imports torch when it starts, not before
 
     settings = settings_for(config)
     configure_logging(settings.log.level, settings.log.json_output)
     try:
-        application = App(settings)
+        application = App(settings, config_path(config))
     except DatabaseNotAtHead as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    application.run_forever()
+        fail(str(exc))
+    try:
+        application.run_forever()
+    except StartError as exc:  # a port in use, a certificate that does not load, two models of one name
+        fail(str(exc))
 
 
 @db_app.command("upgrade")
@@ -81,14 +91,20 @@ def db_upgrade(config: ConfigOption = None, revision: str = "head") -> None:
     """Create or migrate the database schema to the version this predictd needs."""
     settings = settings_for(config)
     db = Database(settings.database.url)
+    before = db.current_revision()
     db.upgrade(revision)
-    console.print(f"database at {db.current_revision()}")
+    after = db.current_revision()
+    if after != before and after == db.head_revision():  # the trail exists from 0008 on
+        auditor_for(settings, db).record(audit.operator_action("db upgrade", from_revision=before, to_revision=after))
+    console.print(f"database at {after}")
 
 
 @db_app.command("current")
 def db_current(config: ConfigOption = None) -> None:
     """Show the schema revision of the database and the one this predictd needs."""
-    db = Database(settings_for(config).database.url)
+    settings = settings_for(config)
+    require_database_file(settings, config)
+    db = Database(settings.database.url)
     console.print(f"database: {db.current_revision() or 'empty'}; needed: {db.head_revision()}")
 
 
@@ -97,30 +113,52 @@ def db_current(config: ConfigOption = None) -> None:
 LIST_COLUMNS = ("study_uid", "state", "run_no", "modality", "instances", "attempts", "updated_at", "reason")
 
 
+IDENTIFIER_COLUMNS = ("accession_number", "patient_id", "study_date")
+TIME_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S"]
+
+
 @queue_app.command("ls")
 def queue_ls(
     config: ConfigOption = None,
     state: Annotated[StudyState | None, typer.Option(help="Only studies in this state.")] = None,
+    accession: Annotated[str | None, typer.Option("--accession", help="Only this accession number.")] = None,
+    patient_id: Annotated[str | None, typer.Option("--patient-id", help="Only this patient ID.")] = None,
+    modality: Annotated[str | None, typer.Option(help="Only this modality (CR, DX ...).")] = None,
+    since: Annotated[
+        datetime | None, typer.Option(formats=TIME_FORMATS, help="Received at or after (UTC, YYYY-MM-DD[ HH:MM]).")
+    ] = None,
+    until: Annotated[datetime | None, typer.Option(formats=TIME_FORMATS, help="Received before (UTC).")] = None,
+    identifiers: Annotated[
+        bool, typer.Option("--identifiers", help="Show accession number, patient ID and study date (PHI).")
+    ] = False,
     limit: int = 100,
     as_json: JsonOption = False,
 ) -> None:
-    """List studies, most recently changed first."""
-    rows = views.list_studies(open_db(settings_for(config)), state=state, limit=limit)
+    """List studies, most recently changed first. The patient's identifiers are shown with --identifiers, or
+    when a filter already names them; they are never logged."""
+    where = views.StudyFilter(state, accession, patient_id, modality, _utc(since), _utc(until))
+    show = identifiers or bool(accession or patient_id)
+    rows = views.list_studies(db_for(config), limit=limit, where=where, identifiers=show)
     if as_json:
         print_json(rows)
         return
+    columns = LIST_COLUMNS + (IDENTIFIER_COLUMNS if show else ())
     table = Table()
-    for column in LIST_COLUMNS:
+    for column in columns:
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(*(str(row[c]) if row[c] is not None else "" for c in LIST_COLUMNS))
+        table.add_row(*(str(row[c]) if row[c] is not None else "" for c in columns))
     console.print(table)
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
 
 
 @queue_app.command("show")
 def queue_show(study_uid: str, config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """One study: instances, state history, predictions, SR UID, deliveries."""
-    detail = views.study_detail(open_db(settings_for(config)), study_uid)
+    detail = views.study_detail(db_for(config), study_uid)
     if detail is None:
         err.print(f"[red]error:[/red] no study {study_uid}")
         raise typer.Exit(1)
@@ -165,32 +203,34 @@ def _show_human(detail: dict[str, Any]) -> None:
 
 
 @contextmanager
-def _operator_errors(study_uid: str) -> Iterator[None]:
-    """Unknown studies and moves the state machine forbids end the command with a message and exit code 1."""
+def _operator_action(config: Path | None, command: str, study_uid: str) -> Iterator[tuple[Database, dict[str, Any]]]:
+    """The database for an operator's change to one study, and its audit record (refusals too): an unknown study or
+    a move the state machine forbids ends the command with a message and exit code 1."""
+    settings = settings_for(config)
+    db = open_db(settings, config)
+    auditor = auditor_for(settings, db)
+    detail: dict[str, Any] = {}
     try:
-        yield
-    except queue.UnknownStudy as exc:
-        err.print(f"[red]error:[/red] no study {study_uid}")
-        raise typer.Exit(1) from exc
-    except IllegalTransition as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
+        yield db, detail
+    except (queue.UnknownStudy, IllegalTransition) as exc:
+        reason = f"no study {study_uid}" if isinstance(exc, queue.UnknownStudy) else str(exc)
+        auditor.record(audit.operator_action(command, study_uid=study_uid, outcome=Outcome.REFUSED, reason=reason))
+        fail(reason, 1)
+    auditor.record(audit.operator_action(command, study_uid=study_uid, **detail))
 
 
 @queue_app.command("retry")
 def queue_retry(study_uid: str, config: ConfigOption = None) -> None:
     """Run an ended (done, failed, skipped, cancelled) study again, as a new run."""
-    db = open_db(settings_for(config))
-    with _operator_errors(study_uid):
-        run_no = queue.retry(db, study_uid)
+    with _operator_action(config, "queue retry", study_uid) as (db, detail):
+        detail["run_no"] = run_no = queue.retry(db, study_uid)
     console.print(f"{study_uid}: queued again as run {run_no}")
 
 
 @queue_app.command("cancel")
 def queue_cancel(study_uid: str, config: ConfigOption = None) -> None:
     """Stop a study wherever it is; a worker holding it writes nothing more."""
-    db = open_db(settings_for(config))
-    with _operator_errors(study_uid):
+    with _operator_action(config, "queue cancel", study_uid) as (db, _detail):
         queue.cancel(db, study_uid)
     console.print(f"{study_uid}: cancelled")
 
@@ -198,7 +238,7 @@ def queue_cancel(study_uid: str, config: ConfigOption = None) -> None:
 @queue_app.command("stats")
 def queue_stats(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Studies per state, deliveries per state, and how long the oldest waiting study has waited."""
-    db = open_db(settings_for(config))
+    db = db_for(config)
     studies = {str(s): 0 for s in StudyState} | views.counts_by_state(db)
     deliveries = views.delivery_counts(db)
     oldest = views.oldest_waiting_seconds(db)
@@ -236,7 +276,7 @@ def registry_export(
     if fmt is ExportFormat.PARQUET and output is None:
         err.print("[red]error:[/red] --format parquet needs --output FILE")
         raise typer.Exit(2)
-    rows = registry.registry_rows(open_db(settings_for(config)), since=since.date() if since else None)
+    rows = registry.registry_rows(db_for(config), since=since.date() if since else None)
     writer = registry.write_csv if fmt is ExportFormat.CSV else registry.write_fhir
     if output is None:
         writer(rows, sys.stdout)
@@ -254,22 +294,41 @@ def registry_export(
 
 @app.command()
 def echo(
-    host: str,
-    port: int,
+    host: Annotated[str | None, typer.Argument(help="The peer's host; default receive.host (predictd itself).")] = None,
+    port: Annotated[int | None, typer.Argument(help="The peer's port; default receive.port.")] = None,
     config: ConfigOption = None,
     aet: Annotated[str | None, typer.Option(help="Our (calling) AE title; default receive.ae_title.")] = None,
-    aec: Annotated[str, typer.Option(help="The peer's (called) AE title.")] = "ANY-SCP",
+    aec: Annotated[
+        str | None,
+        typer.Option(help="The peer's (called) AE title; default receive.ae_title on our own port, else ANY-SCP."),
+    ] = None,
+    destination: Annotated[
+        str | None, typer.Option("--destination", "-d", help="C-ECHO a configured DICOM destination (its TLS too).")
+    ] = None,
 ) -> None:
-    """C-ECHO a DICOM peer (a PACS, or predictd itself) and print the status."""
+    """C-ECHO a DICOM peer (a PACS, predictd itself, or a configured destination) and print the status."""
+    from predictd.daemon.config_send import DicomDestination
     from predictd.daemon.destinations import SendError
     from predictd.daemon.destinations.dicom import echo as dicom_echo
 
-    calling = aet or settings_for(config).receive.ae_title
+    settings = settings_for(config)
+    receive, tls_settings, tls_name = settings.receive, None, "tls"
+    if destination is not None:
+        dest = next((d for d in settings.send.destinations if d.name == destination), None)
+        if not isinstance(dest, DicomDestination):
+            known = [d.name for d in settings.send.destinations if isinstance(d, DicomDestination)]
+            fail(f"no DICOM destination named {destination!r} in send.destinations (DICOM ones: {known})", 1)
+        host, port, aec = dest.host, dest.port, aec or dest.ae_title
+        aet, tls_settings, tls_name = aet or dest.calling_ae_title, dest.tls, f"send.destinations[{dest.name}].tls"
+    host = host or receive.host
+    port = port if port is not None else receive.port
+    ours = port == receive.port and host in (receive.host, "127.0.0.1", "localhost", "::1")
+    called = aec or (receive.ae_title if ours else "ANY-SCP")
+    calling = aet or receive.ae_title
     try:
-        status = dicom_echo(host, port, aec, calling_ae=calling)
+        status = dicom_echo(host, port, called, calling, 10, tls_settings, tls_name)
     except SendError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
-    console.print(f"C-ECHO {host}:{port} ({aec}): status 0x{status:04X}")
+        fail(str(exc), 1)
+    console.print(f"C-ECHO {host}:{port} ({called}): status 0x{status:04X}")
     if status != 0:
         raise typer.Exit(1)

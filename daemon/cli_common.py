@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 
 from predictd.daemon.config import ConfigError, Settings, load_settings
-from predictd.daemon.db import Database, DatabaseNotAtHead
+from predictd.daemon.db import Database, DatabaseNotAtHead, sqlite_file
+
+if TYPE_CHECKING:
+    from predictd.daemon.audit import Auditor, AuditRecord
 
 console = Console()
 err = Console(stderr=True)
@@ -26,22 +29,72 @@ root_config: dict[str, Path | None] = {"path": None}
 """The --config given before the sub-command (``predictd --config F queue ls``)."""
 
 
+def config_path(config: Path | None) -> Path | None:
+    """The config file a command reads: ``--config`` after the command, else before it, else PREDICTD_CONFIG."""
+    return config or root_config["path"]
+
+
 def settings_for(config: Path | None) -> Settings:
     try:
-        return load_settings(config or root_config["path"])
+        return load_settings(config_path(config))
     except ConfigError as exc:
-        sys.stderr.write(f"error: {exc}\n")  # one line, never wrapped: operators grep for it
-        raise typer.Exit(2) from None
+        fail(str(exc))
 
 
-def open_db(settings: Settings) -> Database:
+def fail(message: str, code: int = 2) -> NoReturn:
+    """One line on stderr, never wrapped (operators grep for it), and the exit code."""
+    sys.stderr.write(f"error: {message}\n")
+    raise typer.Exit(code)
+
+
+def db_for(config: Path | None) -> Database:
+    """The database of the command's settings, at the schema head (see :func:`open_db`)."""
+    return open_db(settings_for(config), config)
+
+
+def open_db(settings: Settings, config: Path | None = None) -> Database:
+    """The database at the schema head; an SQLite file that does not exist is named, never created empty here
+    (``db upgrade`` and ``serve`` create it)."""
+    require_database_file(settings, config)
     db = Database(settings.database.url, sqlite_busy_timeout_ms=settings.database.sqlite_busy_timeout_ms)
     try:
         db.require_head()
     except DatabaseNotAtHead as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        fail(str(exc))
     return db
+
+
+def require_database_file(settings: Settings, config: Path | None) -> None:
+    """An SQLite file that is not there: say which, and where the setting came from."""
+    missing = sqlite_file(settings.database.url)
+    if missing is None or missing.exists():
+        return
+    path = config_path(config)
+    where = f"database.url in {path}" if path else "the default database.url: no --config or PREDICTD_CONFIG given"
+    fail(f"no database at {missing} ({where}); point --config at your predictd.toml, or create it with "
+         "`predictd db upgrade`")  # fmt: skip
+
+
+def auditor_for(settings: Settings, db: Database) -> Auditor:
+    """The audit trail an operator's command writes to, with the site's syslog copy when configured."""
+    from predictd.daemon.audit import Auditor
+    from predictd.daemon.syslog import SyslogSender
+
+    return Auditor(db, SyslogSender(settings.audit.syslog) if settings.audit.syslog else None)
+
+
+def audit_if_possible(settings: Settings, record: AuditRecord) -> None:
+    """An operator action outside the queue (``models install``) goes into the trail when the database is there at
+    the schema head; the command itself never fails for it (on a first install the database may not exist yet)."""
+    path = sqlite_file(settings.database.url)
+    if path is not None and not path.exists():
+        return
+    try:
+        db = Database(settings.database.url, sqlite_busy_timeout_ms=settings.database.sqlite_busy_timeout_ms)
+        db.require_head()
+    except Exception:
+        return
+    auditor_for(settings, db).record(record)
 
 
 def print_json(data: Any) -> None:

@@ -11,7 +11,16 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from predictd.daemon.cli_common import ConfigOption, JsonOption, console, err, print_json, settings_for
+from predictd.daemon.cli_common import (
+    ConfigOption,
+    JsonOption,
+    audit_if_possible,
+    console,
+    err,
+    fail,
+    print_json,
+    settings_for,
+)
 
 models_app = typer.Typer(help="Installed models.", no_args_is_help=True)
 
@@ -45,7 +54,8 @@ def models_install(
     from predictd.models.card import CardError
     from predictd.models.install import install_shipped
 
-    models_dir = settings_for(config).models.dir
+    settings = settings_for(config)
+    models_dir = settings.models.dir
     try:
         installed = install_shipped(models_dir, models or (), overwrite=overwrite)
     except CardError as exc:
@@ -53,6 +63,11 @@ def models_install(
         raise typer.Exit(2) from exc
     for card in installed:
         console.print(f"installed {card.name}@{card.version} in {models_dir}")
+    if installed:
+        from predictd.daemon.audit import operator_action
+
+        models = [f"{card.name}@{card.version}" for card in installed]
+        audit_if_possible(settings, operator_action("models install", models=models, models_dir=str(models_dir)))
     if not installed:
         console.print(f"nothing to install: already in {models_dir} (--overwrite replaces them)")
 
@@ -169,12 +184,16 @@ def models_explain(
     """Grad-CAM of one model on one image, as a PNG overlay a person can look at."""
     import pydicom
 
+    from predictd.models.card import ModelCard, find_cards
     from predictd.models.explain import overlay_png
     from predictd.models.explain_engine import explain
     from predictd.models.inference import Engine
     from predictd.models.preprocess import to_gray
 
     settings = settings_for(config)
+    installed = sorted(ModelCard.load(folder).name for folder in find_cards(settings.models.dir))
+    if model not in installed:
+        fail(f"no model {model!r} in {settings.models.dir} (installed: {', '.join(installed) or 'none'})")
     ds = pydicom.dcmread(dicom_file)
     with Engine.load(settings.models.dir, [model], device=settings.models.device) as engine:
         card = next(c for c in engine.cards if c.name == model)

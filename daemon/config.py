@@ -9,23 +9,18 @@ from __future__ import annotations
 import difflib
 import os
 import tomllib
+import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, IPvAnyNetwork, Tag, ValidationError, field_validator
+from pydantic import BaseModel, Field, IPvAnyNetwork, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from predictd.daemon.config_base import ClientTls, ConfigError, ReceiveTls, Section
+from predictd.daemon.config_send import SendSettings
 
-class ConfigError(ValueError):
-    """A config file or PREDICTD_ variable that does not load: one line naming the key (never its value)."""
-
-
-class Section(BaseModel):
-    """A config table: an unknown key is an error, not a silently ignored typo (``alowed_calling_aets`` would
-    otherwise load as an empty allowlist and turn the AE check off)."""
-
-    model_config = ConfigDict(extra="forbid")
+__all__ = ["ConfigError", "Section", "Settings", "load_settings"]
 
 
 class AllowedCaller(Section):
@@ -61,6 +56,16 @@ class ReceiveSettings(Section):
     """Below this much free space in the spool, C-STORE answers 0xA700 (out of resources)."""
     max_pdu_size: int = 0
     network_timeout_seconds: float = 60.0
+    plain: bool = True
+    """Listen on ``port`` without TLS; false: only the TLS listener of ``[receive.tls]``."""
+    tls: ReceiveTls | None = None
+    """A DICOM TLS listener on ``tls.port`` (beside the plain one unless ``plain = false``)."""
+
+    @model_validator(mode="after")
+    def _some_listener(self) -> Self:
+        if not self.plain and self.tls is None:
+            raise ValueError("plain = false needs a [receive.tls] table: predictd would listen nowhere")
+        return self
 
 
 class SpoolSettings(Section):
@@ -123,87 +128,6 @@ class ModelSettings(Section):
     """torch.compile each model: slower start, faster forward on a GPU."""
 
 
-class DicomDestination(Section):
-    """A PACS (or any Storage SCP) that receives the SR and key images by C-STORE."""
-
-    type: Literal["dicom"] = "dicom"
-    name: str
-    ae_title: str
-    host: str
-    port: int
-    calling_ae_title: str | None = None
-    """AE title predictd presents; defaults to receive.ae_title."""
-    timeout_seconds: float = 30.0
-
-
-class StowDestination(Section):
-    """A DICOMweb server that receives the SR and key images by STOW-RS (one POST per object)."""
-
-    type: Literal["stow"]
-    name: str
-    url: str
-    """The service's base URL, e.g. ``http://pacs:8042/dicom-web``; objects are POSTed to ``{url}/studies``."""
-    username: str | None = None
-    """HTTP basic authentication, when the server asks for it."""
-    password: str | None = None
-    headers: dict[str, str] = Field(default_factory=dict)
-    """Extra request headers, e.g. ``{ Authorization = "Bearer ..." }``."""
-    timeout_seconds: float = 30.0
-
-
-class Hl7Destination(Section):
-    """A dictation or RIS system that receives the preliminary report text as HL7 v2 ORU^R01 over MLLP."""
-
-    type: Literal["hl7"]
-    name: str
-    host: str
-    port: int
-    sending_application: str = "PREDICTD"
-    sending_facility: str = ""
-    receiving_application: str = ""
-    receiving_facility: str = ""
-    timeout_seconds: float = 30.0
-
-
-def _destination_type(value: Any) -> str:
-    """Tables without ``type`` are DICOM destinations, as every destination was before STOW-RS and HL7."""
-    if isinstance(value, dict):
-        return str(value.get("type", "dicom"))
-    return str(getattr(value, "type", "dicom"))
-
-
-Destination = Annotated[
-    Annotated[DicomDestination, Tag("dicom")]
-    | Annotated[StowDestination, Tag("stow")]
-    | Annotated[Hl7Destination, Tag("hl7")],
-    Discriminator(_destination_type),
-]
-
-
-class SendSettings(Section):
-    destinations: list[Destination] = Field(default_factory=list)
-    outbox_dir: Path = Path("var/outbox")
-    """With no destination configured, documents are written here instead."""
-    give_up_after_hours: float = 72.0
-    """A delivery that keeps failing is given up (its study ends ``failed``) only this long after it was queued: a
-    weekend PACS outage must not lose results."""
-    max_attempts: int = 0
-    """Also give up after this many attempts; 0 (default): by age only."""
-    backoff_base_seconds: float = 5.0
-    backoff_cap_seconds: float = 900.0
-    probe_seconds: float = 5.0
-    """How often a destination with deliveries waiting out a backoff is probed (C-ECHO, HTTP OPTIONS, a TCP
-    connect); when it answers, its deliveries go at once instead of at their backoff time."""
-
-    @field_validator("destinations")
-    @classmethod
-    def _unique_names(cls, value: list[Destination]) -> list[Destination]:
-        names = [d.name for d in value]
-        if len(names) != len(set(names)):
-            raise ValueError("destination names must be unique")
-        return value
-
-
 class ReportSettings(Section):
     manufacturer: str = "predictd"
     institution_name: str | None = None
@@ -225,6 +149,34 @@ class ReportSettings(Section):
         return value
 
 
+class HttpSettings(Section):
+    """``[http]``: /healthz, /readyz and Prometheus /metrics, served by ``predictd serve`` (daemon/http.py)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535)
+    """0: no HTTP endpoint."""
+
+
+class SyslogSettings(Section):
+    """``[audit.syslog]``: each audit record also goes to a collector as an RFC 5424 message."""
+
+    host: str
+    port: int = 514
+    protocol: Literal["udp", "tcp", "tls"] = "udp"
+    """udp (RFC 5426), tcp with octet counting (RFC 6587), or tls (RFC 5425, port 6514 by convention)."""
+    tls: ClientTls | None = None
+    """With ``protocol = "tls"``: the collector's CA and, if it asks, our client certificate."""
+    app_name: str = "predictd"
+    timeout_seconds: float = 5.0
+
+
+class AuditSettings(Section):
+    """``[audit]``: the append-only audit trail (daemon/audit.py) is always kept in the database; optionally copied
+    to syslog."""
+
+    syslog: SyslogSettings | None = None
+
+
 class LogSettings(Section):
     level: str = "INFO"
     json_output: bool = True
@@ -244,6 +196,8 @@ class Settings(BaseSettings):
     send: SendSettings = Field(default_factory=SendSettings)
     report: ReportSettings = Field(default_factory=ReportSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -275,15 +229,23 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
         settings = Settings(**data)
     except ValidationError as exc:
         raise ConfigError(describe(exc, path)) from None
-    settings.spool.dir = _absolute(settings.spool.dir, base)
-    settings.models.dir = _absolute(settings.models.dir, base)
-    settings.send.outbox_dir = _absolute(settings.send.outbox_dir, base)
+    _absolute_paths(settings, base)
     settings.database.url = _absolute_sqlite_url(settings.database.url, base)
     return settings
 
 
-def _absolute(path: Path, base: Path) -> Path:
-    return path if path.is_absolute() else (base / path).resolve()
+def _absolute_paths(section: BaseModel, base: Path) -> None:
+    """Every Path setting, in every table and list of tables (certificates of destinations too), made absolute."""
+    for name in type(section).model_fields:
+        value = getattr(section, name)
+        if isinstance(value, Path):
+            setattr(section, name, value if value.is_absolute() else (base / value).resolve())
+        elif isinstance(value, BaseModel):
+            _absolute_paths(value, base)
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, BaseModel):
+                    _absolute_paths(item, base)
 
 
 def _absolute_sqlite_url(url: str, base: Path) -> str:
@@ -332,8 +294,10 @@ def _suggestion(loc: tuple[int | str, ...]) -> str:
     for part in loc[:-1]:
         field = model.model_fields.get(str(part))
         annotation = field.annotation if field is not None else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        candidates = (*typing.get_args(annotation), annotation)
+        tables = [t for t in candidates if isinstance(t, type) and issubclass(t, BaseModel)]
+        if not tables:
             return ""  # e.g. inside a destination list: the message still names the key
-        model = annotation
+        model = tables[0]  # a table, or the table of an optional one (``tls: ReceiveTls | None``)
     close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
     return f"; did you mean {close[0]!r}?" if close else ""

@@ -23,7 +23,7 @@ from predictd.daemon.wakeup import WorkAvailable, marked
 if TYPE_CHECKING:  # Alembic costs 0.4 s to import: only `db upgrade` and the schema tests need it
     from alembic.config import Config
 
-SCHEMA_HEAD = "0007"
+SCHEMA_HEAD = "0008"
 """The migration this code was written for. Checked against Alembic's own head by a test (they cannot drift), so
 every command can check the schema with one query instead of importing Alembic and reading every migration."""
 
@@ -32,6 +32,19 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 class DatabaseNotAtHead(RuntimeError):
     """The schema is older (or newer) than this code; the message names the fixing command."""
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of an SQLite URL (None for another database or an in-memory one)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database)
+
+
+def masked_url(url: str) -> str:
+    """The URL with its password replaced by ``***``, for printing."""
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def utcnow() -> datetime:

@@ -11,22 +11,24 @@ from __future__ import annotations
 
 import http.client
 import socket
-import ssl
 from datetime import datetime
 from urllib.parse import urlsplit
 
 from predictd.daemon import outbox
-from predictd.daemon.config import Destination, DicomDestination, Hl7Destination, StowDestination
+from predictd.daemon.config_send import Destination, DicomDestination, Hl7Destination, StowDestination
 from predictd.daemon.db import Database, utcnow
 from predictd.daemon.destinations import SendError
 from predictd.daemon.destinations.dicom import echo
+from predictd.daemon.destinations.stow import https_context
 
 
 def answers(dest: Destination, calling_ae: str) -> bool:
     """Whether ``dest`` answers a cheap request now (never sends a document)."""
     try:
         if isinstance(dest, DicomDestination):
-            return echo(dest.host, dest.port, dest.ae_title, dest.calling_ae_title or calling_ae, 5) == 0x0000
+            calling = dest.calling_ae_title or calling_ae
+            tls_name = f"send.destinations[{dest.name}].tls"
+            return echo(dest.host, dest.port, dest.ae_title, calling, 5, dest.tls, tls_name) == 0x0000
         if isinstance(dest, StowDestination):
             return _http_answers(dest)
         return _tcp_answers(dest)
@@ -41,7 +43,7 @@ def _http_answers(dest: StowDestination) -> bool:
         return False
     conn: http.client.HTTPConnection
     if parts.scheme == "https":
-        conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=5, context=ssl.create_default_context())
+        conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=5, context=https_context(dest))
     else:
         conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
     try:

@@ -56,6 +56,9 @@ class Event(StrEnum):
     MODELS_LOADED = "models_loaded"
     NO_MODELS = "no_models"
     JOB_FAILED = "job_failed"
+    HTTP_LISTENING = "http_listening"
+    CONFIG_RELOADED = "config_reloaded"
+    CONFIG_RELOAD_FAILED = "config_reload_failed"
 
 
 # Keys that could carry protected health information; dropped from every event, whatever the caller passed.

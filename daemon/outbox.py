@@ -20,7 +20,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from predictd.daemon import lifecycle
-from predictd.daemon.config import Destination
+from predictd.daemon.config_send import Destination
 from predictd.daemon.db import Database, utcnow
 from predictd.daemon.queue import Claim, RetryPolicy, held
 from predictd.daemon.tables import Delivery, Run

@@ -30,17 +30,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import pydicom
 from pydicom.uid import AllTransferSyntaxes, DeflatedExplicitVRLittleEndian
-from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_STORE
 
-from predictd.daemon import incoming
-from predictd.daemon.associations import CallerPolicy, handle_rejected, handle_requested
+from predictd.daemon import audit, incoming, metrics
+from predictd.daemon.audit import Auditor
 from predictd.daemon.completion import AssociationTracker
-from predictd.daemon.config import ReceiveSettings
 from predictd.daemon.dataset_check import Unreadable, Unusable, read_header
 from predictd.daemon.log import Event, get_logger
 from predictd.daemon.spool import Spool
@@ -132,6 +131,16 @@ class StoreContext:
     image_sop_classes: frozenset[str] = field(default_factory=lambda: frozenset(IMAGE_SOP_CLASSES))
     tracker: AssociationTracker | None = None
     """Which open associations brought which studies; None when nobody listens for releases."""
+    auditor: Auditor | None = None
+    """Where refused and discarded instances are audited (stored ones are audited with their row, by ``record``)."""
+
+    def audit_discarded(self, calling: str, sop_class: str, sop_instance: str, reason: str) -> None:
+        if self.auditor is not None:
+            self.auditor.record(audit.instance_discarded(calling, sop_class, sop_instance, reason))
+
+    def audit_refused(self, calling: str, sop_class: str, sop_instance: str, status: int, reason: str) -> None:
+        if self.auditor is not None:
+            self.auditor.record(audit.instance_refused(calling, sop_class, sop_instance, status, reason))
 
 
 ERROR_COMMENTS = {
@@ -159,96 +168,6 @@ class Rejected(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
-
-
-class Receiver:
-    """The DICOM Storage SCP; ``start`` returns at once, associations are served in pynetdicom's threads."""
-
-    def __init__(
-        self, settings: ReceiveSettings, spool: Spool, record: Record, sender_done: SenderDone | None = None
-    ) -> None:
-        """``sender_done``: called when a released association completed studies (see daemon.completion)."""
-        self.settings = settings
-        self.spool = spool
-        self.record = record
-        self.sender_done = sender_done
-        self._ae: AE | None = None
-        self._server: Any = None
-
-    @property
-    def port(self) -> int:
-        """The bound port once started (useful with ``settings.port == 0``), else the configured one."""
-        if self._server is not None:
-            return int(self._server.server_address[1])
-        return self.settings.port
-
-    def build_ae(self) -> AE:
-        """The application entity with its presentation contexts and AE title checks (nothing listens yet)."""
-        s = self.settings
-        ae = AE(ae_title=s.ae_title)
-        ae.require_called_aet = True
-        ae.require_calling_aet = CallerPolicy.from_settings(s).titles
-        ae.maximum_associations = s.max_associations
-        ae.maximum_pdu_size = s.max_pdu_size
-        ae.network_timeout = min(s.idle_timeout_seconds, s.network_timeout_seconds)  # silence on an association
-        ae.acse_timeout = s.idle_timeout_seconds  # connected, but no A-ASSOCIATE-RQ (or release) comes
-        ae.dimse_timeout = s.network_timeout_seconds
-        syntaxes = accepted_transfer_syntaxes()
-        ae.add_supported_context(VERIFICATION)
-        sop_classes = [*IMAGE_SOP_CLASSES, *RESULT_SOP_CLASSES]
-        if s.unsupported_sop_classes == "ignore":
-            # Accept everything so a PACS forwarding whole studies (SR, PR, ...) sees success; the handler discards.
-            sop_classes += [
-                str(cx.abstract_syntax)
-                for cx in AllStoragePresentationContexts
-                if cx.abstract_syntax not in sop_classes
-            ]
-        for uid in sop_classes:
-            ae.add_supported_context(uid, syntaxes)
-        return ae
-
-    def start(self) -> None:
-        """Listen on settings.host:settings.port; returns immediately."""
-        if self._server is not None:
-            raise RuntimeError("receiver already started")
-        s = self.settings
-        if not s.allowed_calling_aets:
-            log.warning(
-                Event.CONFIG_WARNING,
-                reason="receive.allowed_calling_aets is empty: every calling AE title may store images",
-                ae_title=s.ae_title,
-            )
-        # Datasets are streamed to a temporary file instead of memory: 15 MB DX images on many associations.
-        # A process-wide pynetdicom switch; the handler also copes with it being off. The files go to <spool>/tmp.
-        _config.STORE_RECV_CHUNKED_DATASET = True
-        swept = incoming.sweep(self.spool.root)
-        if swept:
-            log.info(Event.INCOMING_SWEPT, files=swept, reason="partial data sets left by an earlier process")
-        incoming.install(self.spool.root)
-        tracker = AssociationTracker() if self.sender_done is not None else None
-        ctx = StoreContext(spool=self.spool, record=self.record, min_free_bytes=s.min_free_bytes, tracker=tracker)
-        policy = CallerPolicy.from_settings(s)
-        handlers: list[Any] = [
-            (evt.EVT_C_STORE, handle_store, [ctx]),
-            (evt.EVT_C_ECHO, handle_echo),
-            (evt.EVT_REQUESTED, handle_requested, [policy]),
-            (evt.EVT_REJECTED, handle_rejected, [s.ae_title, policy]),
-            (evt.EVT_CONN_CLOSE, incoming.discard_partial),
-        ]
-        if tracker is not None and self.sender_done is not None:
-            handlers += [
-                (evt.EVT_RELEASED, handle_released, [tracker, self.sender_done]),
-                (evt.EVT_CONN_CLOSE, handle_closed, [tracker]),  # aborts and dropped connections: nothing is done
-            ]
-        self._ae = self.build_ae()
-        self._server = self._ae.start_server((s.host, s.port), block=False, evt_handlers=handlers)
-
-    def stop(self) -> None:
-        """Stop listening and end open associations (an unanswered C-STORE is resent by its sender)."""
-        if self._ae is not None:
-            self._ae.shutdown()
-        self._ae = None
-        self._server = None
 
 
 # --- event handlers (run in pynetdicom's association threads) -------------------------------------------------------
@@ -283,6 +202,8 @@ def handle_store(event: evt.Event, ctx: StoreContext) -> int | pydicom.Dataset:
     try:
         if sop_class not in ctx.image_sop_classes:
             log.info(Event.INSTANCE_IGNORED, sop_class_uid=sop_class, sop_instance_uid=sop_instance, calling_ae=calling)
+            ctx.audit_discarded(calling, sop_class, sop_instance, "a SOP class predictd does not classify")
+            metrics.INSTANCES.labels("discarded", "0x0000").inc()
             return SUCCESS
         free = ctx.spool.free_bytes()
         if free < ctx.min_free_bytes:
@@ -297,13 +218,16 @@ def handle_store(event: evt.Event, ctx: StoreContext) -> int | pydicom.Dataset:
             except Unusable as exc:
                 raise Rejected(DOES_NOT_MATCH_SOP_CLASS, exc.reason) from exc
             if header.made_by_predictd:
+                reason = "predictd's own output (its device UID), forwarded back"
                 log.info(
                     Event.INSTANCE_IGNORED,
-                    reason="predictd's own output (its device UID), forwarded back",
+                    reason=reason,
                     sop_class_uid=sop_class,
                     sop_instance_uid=sop_instance,
                     calling_ae=calling,
                 )
+                ctx.audit_discarded(calling, sop_class, sop_instance, reason)
+                metrics.INSTANCES.labels("discarded", "0x0000").inc()
                 return SUCCESS
             uids = (header.study_uid, header.series_uid, header.sop_instance_uid)
             if isinstance(source, bytes):
@@ -336,6 +260,8 @@ def handle_store(event: evt.Event, ctx: StoreContext) -> int | pydicom.Dataset:
             sop_instance_uid=sop_instance,
             calling_ae=calling,
         )
+        ctx.audit_refused(calling, sop_class, sop_instance, exc.status, exc.reason)
+        metrics.INSTANCES.labels("refused", f"0x{exc.status:04X}").inc()
         return failure(exc.status)
     except Exception as exc:
         log.error(
@@ -346,6 +272,8 @@ def handle_store(event: evt.Event, ctx: StoreContext) -> int | pydicom.Dataset:
             sop_instance_uid=sop_instance,
             calling_ae=calling,
         )
+        ctx.audit_refused(calling, sop_class, sop_instance, UNEXPECTED_ERROR, f"unexpected {exception_text(exc)}")
+        metrics.INSTANCES.labels("error", f"0x{UNEXPECTED_ERROR:04X}").inc()
         return failure(UNEXPECTED_ERROR)
     log.info(
         Event.INSTANCE_STORED if is_new else Event.INSTANCE_DUPLICATE,
@@ -356,4 +284,5 @@ def handle_store(event: evt.Event, ctx: StoreContext) -> int | pydicom.Dataset:
         size_bytes=size,
         calling_ae=calling,
     )
+    metrics.INSTANCES.labels("stored" if is_new else "repeat", "0x0000").inc()
     return SUCCESS

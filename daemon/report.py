@@ -19,7 +19,7 @@ import pydicom
 from PIL import Image
 
 from predictd.daemon import outbox, records
-from predictd.daemon.config import Hl7Destination
+from predictd.daemon.config_send import Hl7Destination
 from predictd.daemon.db import utcnow
 from predictd.daemon.lifecycle import StudyState
 from predictd.daemon.log import Event, get_logger

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from predictd.daemon import outbox, records
-from predictd.daemon.config import Destination
+from predictd.daemon import audit, metrics, outbox, records
+from predictd.daemon.config_send import Destination
 from predictd.daemon.db import utcnow
 from predictd.daemon.destinations import HANDLERS, FolderDestination, Parcel, SendError
 from predictd.daemon.lifecycle import StudyState
@@ -43,6 +43,8 @@ def run(ctx: StageContext, claim: Claim) -> Outcome:
                 permanent=not exc.retryable,
                 give_up_after=timedelta(hours=ctx.settings.send.give_up_after_hours),
             )
+            result = "retry" if state == outbox.DeliveryState.PENDING else "failed"
+            metrics.DELIVERY_ATTEMPTS.labels(delivery.destination, result).inc()
             log.warning(
                 Event.SEND_FAILED,
                 study_uid=claim.study_uid,
@@ -53,6 +55,12 @@ def run(ctx: StageContext, claim: Claim) -> Outcome:
                 reason=str(exc),
             )
             continue
+        # Before the row is marked: a crash in between resends the document, and the trail then says it went twice.
+        record = audit.document_sent(
+            delivery.destination, claim.study_uid, delivery.sop_instance_uid, str(delivery.kind), claim.run_no
+        )
+        ctx.auditor.record(record)
+        metrics.DELIVERY_ATTEMPTS.labels(delivery.destination, "sent").inc()
         outbox.mark_sent(ctx.db, claim, delivery.id)
         log.info(
             Event.SR_SENT,

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from predictd.daemon.audit import Auditor
 from predictd.daemon.config import Settings
 from predictd.daemon.db import Database
 from predictd.daemon.lifecycle import StudyState
@@ -62,6 +63,12 @@ class StageContext:
     """One forward pass at a time: the model is resident once and batches already fill the device."""
     destinations_answered: dict[str, bool] = field(default_factory=dict)
     """Each destination's last health probe (daemon.health): a queue is flushed when its destination answers again."""
+    audit_with: InitVar[Auditor | None] = None
+    auditor: Auditor = field(init=False)
+    """Where documents sent are audited: ``audit_with`` (the daemon's, with its syslog copy) or one on ``db``."""
+
+    def __post_init__(self, audit_with: Auditor | None) -> None:
+        self.auditor = audit_with or Auditor(self.db)
 
     @property
     def study_policy(self) -> RetryPolicy:

@@ -1,4 +1,4 @@
-"""SQLAlchemy 2.0 tables: studies, instances, runs, predictions, outbox, study_events.
+"""SQLAlchemy 2.0 tables: studies, instances, runs, predictions, outbox, study_events, audit_events.
 
 A study row carries its state ("last stage completed") and, while a worker holds it, a claim (claimed_by,
 lease_until). Each processing of a study is a run; instances that arrive after a run open the next one.
@@ -192,6 +192,29 @@ class StudyEvent(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     """When the study is due again: a deferral's or a scheduled retry's time (migration 0005)."""
+
+
+class AuditEvent(Base):
+    """One record of the audit trail (daemon.audit): who did what, when, from where. Append-only: triggers refuse
+    UPDATE and DELETE (migration 0008), and no foreign key ties it to rows the retention purge may delete."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    """audit.AuditKind: association, instance_received, document_sent, operator_action, config_loaded ..."""
+    outcome: Mapped[str] = mapped_column(String(16))
+    """success, refused (a policy said no) or failed (an error)."""
+    actor: Mapped[str] = mapped_column(String(128))
+    """Who: the calling AE title (and TLS certificate name) for DICOM, the OS user for an operator command."""
+    peer: Mapped[str | None] = mapped_column(String(128))
+    """Where from or to: the caller's address, or the destination's name."""
+    study_uid: Mapped[str | None] = mapped_column(UID, index=True)
+    source: Mapped[str] = mapped_column(String(128))
+    """The predictd process that wrote it (host:pid)."""
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON)
+    """UIDs, reasons, TLS, hashes: never a patient's name, ID, birth date or accession number."""
 
 
 def table(model: type[Base]) -> Table:

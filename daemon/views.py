@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from predictd.daemon.db import Database, utcnow
@@ -13,11 +14,49 @@ from predictd.daemon.lifecycle import WORK, StudyEventKind, StudyState
 from predictd.daemon.tables import Delivery, Instance, PredictionRow, Run, Study, StudyEvent
 
 
-def list_studies(db: Database, *, state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class StudyFilter:
+    """How a PACS administrator asks for studies: by state, accession, patient, modality, time received (UTC)."""
+
+    state: str | None = None
+    accession_number: str | None = None
+    patient_id: str | None = None
+    modality: str | None = None
+    since: datetime | None = None
+    """Received (first instance) at or after."""
+    until: datetime | None = None
+    """Received before."""
+
+    def apply(self, stmt: Select[Any]) -> Select[Any]:
+        conditions = {
+            Study.state: self.state,
+            Study.accession_number: self.accession_number,
+            Study.patient_id: self.patient_id,
+            Study.modality: self.modality.upper() if self.modality else None,
+        }
+        for column, value in conditions.items():
+            if value:
+                stmt = stmt.where(column == value)
+        if self.since is not None:
+            stmt = stmt.where(Study.first_instance_at >= self.since)
+        if self.until is not None:
+            stmt = stmt.where(Study.first_instance_at < self.until)
+        return stmt
+
+
+def list_studies(
+    db: Database,
+    *,
+    state: str | None = None,
+    limit: int = 100,
+    where: StudyFilter | None = None,
+    identifiers: bool = False,
+) -> list[dict[str, Any]]:
+    """Studies, most recently changed first; with ``identifiers`` each row also holds the accession number, patient
+    ID and study date, for the CLI's own user who asked for them (never for a log)."""
+    where = where or StudyFilter(state=state)
     with db.transaction() as s:
-        stmt = select(Study).order_by(Study.updated_at.desc(), Study.id.desc()).limit(limit)
-        if state:
-            stmt = stmt.where(Study.state == state)
+        stmt = where.apply(select(Study).order_by(Study.updated_at.desc(), Study.id.desc()).limit(limit))
         studies = s.scalars(stmt).all()
         counts = dict(
             s.execute(
@@ -26,7 +65,9 @@ def list_studies(db: Database, *, state: str | None = None, limit: int = 100) ->
                 .group_by(Instance.study_id)
             ).all()
         )
-        return [_study_dict(st, int(counts.get(st.id, 0))) for st in studies]
+        return [
+            _study_dict(st, int(counts.get(st.id, 0))) | (_identifiers(st) if identifiers else {}) for st in studies
+        ]
 
 
 def _study_dict(st: Study, n_instances: int) -> dict[str, Any]:
@@ -41,8 +82,13 @@ def _study_dict(st: Study, n_instances: int) -> dict[str, Any]:
         "claimed_by": st.claimed_by,
         "next_attempt_at": _iso(st.next_attempt_at),
         "updated_at": _iso(st.updated_at),
+        "received_at": _iso(st.first_instance_at),
         "reason": st.reason,
     }
+
+
+def _identifiers(st: Study) -> dict[str, Any]:
+    return {"accession_number": st.accession_number, "patient_id": st.patient_id, "study_date": st.study_date}
 
 
 def study_detail(db: Database, study_uid: str) -> dict[str, Any] | None:
@@ -166,9 +212,21 @@ def delivery_counts(db: Database) -> dict[str, int]:
     return {str(state): int(n) for state, n in rows}
 
 
-def oldest_waiting_seconds(db: Database, now: datetime | None = None) -> float | None:
-    """Age of the oldest study waiting in a claimable state (how far behind the workers are)."""
-    now = now or utcnow()
+def deliveries_by_destination(db: Database) -> dict[tuple[str, str], int]:
+    """Outbox rows per (destination, state), for the metrics."""
     with db.transaction() as s:
-        oldest = s.scalar(select(func.min(Study.updated_at)).where(Study.state.in_([str(x) for x in WORK])))
+        rows = s.execute(
+            select(Delivery.destination, Delivery.state, func.count()).group_by(Delivery.destination, Delivery.state)
+        ).all()
+    return {(str(dest), str(state)): int(n) for dest, state, n in rows}
+
+
+def oldest_waiting_seconds(
+    db: Database, now: datetime | None = None, states: list[StudyState] | None = None
+) -> float | None:
+    """Age of the oldest study waiting in a claimable state, or in ``states`` (how far behind the workers are)."""
+    now = now or utcnow()
+    waiting = [str(x) for x in (states if states is not None else WORK)]
+    with db.transaction() as s:
+        oldest = s.scalar(select(func.min(Study.updated_at)).where(Study.state.in_(waiting)))
     return None if oldest is None else (now - (oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC))).total_seconds()

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Mapping
 from functools import partial
 
-from predictd.daemon import classify, queue, report, send
+from predictd.daemon import classify, metrics, queue, report, send
 from predictd.daemon.db import utcnow
 from predictd.daemon.lifecycle import StudyState
 from predictd.daemon.log import Event, get_logger
@@ -135,7 +135,7 @@ class Worker:
                 worker=self.name,
                 attempt=c.attempts + 1,
             )
-        with contextlib.ExitStack() as beats:
+        with contextlib.ExitStack() as beats, metrics.timed(stage.name):
             for c in claims:
                 beats.enter_context(Heartbeat(self.ctx, c))
             if stage.run_batch is None or len(claims) == 1:
@@ -170,6 +170,8 @@ class Worker:
             self._fail(claim, exception_text(exc), permanent=False)
 
     def _apply(self, claim: queue.Claim, outcome: Outcome) -> None:
+        stage = self.pipeline[claim.state].name
+        metrics.STAGE_OUTCOMES.labels(stage, "advanced" if isinstance(outcome, Advance) else "deferred").inc()
         if isinstance(outcome, Advance):
             ended = queue.finish(self.ctx.db, claim, outcome.to, reason=outcome.reason)
             event = Event.STUDY_SKIPPED if outcome.to is StudyState.SKIPPED else Event.STATE_CHANGED
@@ -191,6 +193,8 @@ class Worker:
             log.warning(Event.LEASE_EXPIRED, study_uid=claim.study_uid, reason=exception_text(exc))
             return
         event = Event.STAGE_FAILED if state is StudyState.FAILED else Event.STAGE_RETRY_SCHEDULED
+        outcome = "failed" if state is StudyState.FAILED else "retry"
+        metrics.STAGE_OUTCOMES.labels(self.pipeline[claim.state].name, outcome).inc()
         log.warning(
             event,
             study_uid=claim.study_uid,

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from predictd.daemon.config import DicomDestination, Hl7Destination, StowDestination
+from predictd.daemon.config_send import DicomDestination, Hl7Destination, StowDestination
 from predictd.daemon.destinations import dicom, folder, hl7, stow
 from predictd.daemon.destinations.base import Handler, Parcel, SendError
 from predictd.daemon.destinations.folder import FolderDestination

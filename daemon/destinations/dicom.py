@@ -6,6 +6,8 @@ owns the retry policy and the outbox rows.
 
 from __future__ import annotations
 
+import socket
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,9 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 
-from predictd.daemon.config import DicomDestination
+from predictd.daemon import tls
+from predictd.daemon.config_base import ClientTls
+from predictd.daemon.config_send import DicomDestination
 from predictd.daemon.destinations.base import Parcel, SendError
 
 VERIFICATION = "1.2.840.10008.1.1"
@@ -48,7 +52,7 @@ def store_file(path: Path | str, dest: DicomDestination, calling_ae: str) -> Non
     if syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
         ae.add_requested_context(sop_class, [syntax])
     ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    assoc = _associate(ae, dest.host, dest.port, dest.ae_title, where)
+    assoc = _associate(ae, dest.host, dest.port, dest.ae_title, where, _tls(dest.tls, dest.name))
     try:
         if not any(cx.abstract_syntax == sop_class for cx in assoc.accepted_contexts):
             raise SendError(
@@ -75,12 +79,22 @@ def store_file(path: Path | str, dest: DicomDestination, calling_ae: str) -> Non
         _close(assoc)
 
 
-def echo(host: str, port: int, ae_title: str, calling_ae: str = "PREDICTD", timeout: float = 10) -> int:
-    """C-ECHO a peer and return its status (0x0000 is success); SendError when no association or no answer."""
+def echo(
+    host: str,
+    port: int,
+    ae_title: str,
+    calling_ae: str = "PREDICTD",
+    timeout: float = 10,
+    tls_settings: ClientTls | None = None,
+    tls_setting: str = "tls",
+) -> int:
+    """C-ECHO a peer and return its status (0x0000 is success); SendError when no association or no answer.
+    ``tls_settings``: over DICOM TLS (``tls_setting`` names the table in errors)."""
     ae = _ae(calling_ae, timeout)
     ae.add_requested_context(VERIFICATION)
     where = f"{ae_title}@{host}:{port}"
-    assoc = _associate(ae, host, port, ae_title, where)
+    context = _tls(tls_settings, tls_setting) if tls_settings is not None else None
+    assoc = _associate(ae, host, port, ae_title, where, context)
     try:
         rsp = assoc.send_c_echo()
         status = rsp.get("Status") if rsp is not None else None
@@ -109,13 +123,27 @@ def _ae(calling_ae: str, timeout: float) -> AE:
     return ae
 
 
-def _associate(ae: AE, host: str, port: int, ae_title: str, where: str) -> Association:
+def _tls(settings: ClientTls | None, name: str) -> ssl.SSLContext | None:
+    """The destination's TLS context, or None for plain TCP; a certificate file that does not load is a setting
+    to fix, not a passing failure."""
+    if settings is None:
+        return None
+    try:
+        return tls.client_context(settings, f"send.destinations[{name}].tls")
+    except tls.TlsConfigError as exc:
+        raise SendError(str(exc), retryable=False) from None
+
+
+def _associate(
+    ae: AE, host: str, port: int, ae_title: str, where: str, context: ssl.SSLContext | None = None
+) -> Association:
     connected: list[bool] = []
 
     def on_open(_event: Any) -> None:
         connected.append(True)
 
-    assoc = ae.associate(host, port, ae_title=ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, on_open)])
+    tls_args = (context, host) if context is not None else None
+    assoc = ae.associate(host, port, ae_title=ae_title, tls_args=tls_args, evt_handlers=[(evt.EVT_CONN_OPEN, on_open)])
     if assoc.is_established:
         return assoc
     if assoc.is_rejected:
@@ -130,12 +158,32 @@ def _associate(ae: AE, host: str, port: int, ae_title: str, where: str) -> Assoc
             f"{where} rejected the association ({'transient' if transient else 'permanent'}: {detail})",
             retryable=transient,
         )
+    if not connected and context is not None:
+        _raise_tls_failure(context, host, port, where, ae.connection_timeout)
     if not connected:
         raise SendError(
             f"cannot connect to {where} (connection refused, unreachable or timed out after {ae.connection_timeout}s)",
             retryable=True,
         )
-    raise SendError(f"association with {where} was aborted or timed out during negotiation", retryable=True)
+    hint = " (over TLS: does the peer accept our client certificate?)" if context is not None else ""
+    raise SendError(f"association with {where} was aborted or timed out during negotiation{hint}", retryable=True)
+
+
+def _raise_tls_failure(context: ssl.SSLContext, host: str, port: int, where: str, timeout: float | None) -> None:
+    """pynetdicom only logs why a TLS connection failed; one handshake of our own finds the reason, so that an
+    untrusted certificate (fix the settings) is told apart from a peer that is down (try again later)."""
+    try:
+        with (
+            socket.create_connection((host, port), timeout=timeout) as raw,
+            context.wrap_socket(raw, server_hostname=host),
+        ):
+            return  # it works now: the association's failure was a passing one
+    except ssl.SSLCertVerificationError as exc:
+        raise SendError(f"{where}: TLS {tls.handshake_reason(exc)}", retryable=False) from None
+    except ssl.SSLError as exc:
+        raise SendError(f"{where}: TLS handshake failed ({tls.handshake_reason(exc)})", retryable=True) from None
+    except OSError:
+        return  # not reachable: the caller says so
 
 
 def _close(assoc: Association) -> None:

@@ -25,10 +25,12 @@ the cases it fails. The ACK is parsed with python-hl7 (``reporting.hl7.parse_ack
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 from pathlib import Path
 
-from predictd.daemon.config import Hl7Destination
+from predictd.daemon import tls
+from predictd.daemon.config_send import Hl7Destination
 from predictd.daemon.destinations.base import Parcel, SendError
 from predictd.reporting.hl7 import parse_ack
 
@@ -67,11 +69,15 @@ def send_hl7(message: str, dest: Hl7Destination) -> None:
     what = f"HL7 message {control_id} to {where}"
     frame = START_BLOCK + message.encode("utf-8") + END_BLOCK
     try:
-        with socket.create_connection((dest.host, dest.port), timeout=dest.timeout_seconds) as sock:
+        with _connect(dest) as sock:
             sock.sendall(frame)
             reply = _read_frame(sock, time.monotonic() + dest.timeout_seconds, what, dest.timeout_seconds)
     except SendError:
         raise
+    except ssl.SSLCertVerificationError as exc:  # a setting to fix, not a passing failure
+        raise SendError(f"{what}: TLS {tls.handshake_reason(exc)}", retryable=False) from exc
+    except ssl.SSLError as exc:
+        raise SendError(f"{what}: TLS failed ({tls.handshake_reason(exc)})", retryable=True) from exc
     except ConnectionRefusedError as exc:
         raise SendError(f"cannot connect to {where}: connection refused", retryable=True) from exc
     except ConnectionResetError as exc:
@@ -81,6 +87,24 @@ def send_hl7(message: str, dest: Hl7Destination) -> None:
     except OSError as exc:  # broken pipe, unreachable network, name resolution ...
         raise SendError(f"{what}: {type(exc).__name__}: {exc.strerror or exc}", retryable=True) from exc
     _check_ack(reply, control_id, what)
+
+
+def _connect(dest: Hl7Destination) -> socket.socket:
+    """A connected socket, TLS-wrapped (handshake done) when the destination has a ``tls`` table."""
+    context = None
+    if dest.tls is not None:
+        try:
+            context = tls.client_context(dest.tls, f"send.destinations[{dest.name}].tls")
+        except tls.TlsConfigError as exc:
+            raise SendError(str(exc), retryable=False) from None
+    sock = socket.create_connection((dest.host, dest.port), timeout=dest.timeout_seconds)
+    if context is None:
+        return sock
+    try:
+        return context.wrap_socket(sock, server_hostname=dest.host)
+    except BaseException:
+        sock.close()
+        raise
 
 
 def _control_id(message: str) -> str:

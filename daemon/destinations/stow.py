@@ -21,7 +21,8 @@ from urllib.parse import urlsplit
 
 import pydicom
 
-from predictd.daemon.config import StowDestination
+from predictd.daemon import tls
+from predictd.daemon.config_send import StowDestination
 from predictd.daemon.destinations.base import Parcel, SendError
 
 FAILED_SOP_SEQUENCE = "00081198"
@@ -69,7 +70,7 @@ def stow_file(path: Path, dest: StowDestination) -> None:
     conn: http.client.HTTPConnection
     if parts.scheme == "https":
         conn = http.client.HTTPSConnection(
-            parts.hostname, parts.port, timeout=dest.timeout_seconds, context=ssl.create_default_context()
+            parts.hostname, parts.port, timeout=dest.timeout_seconds, context=https_context(dest)
         )
     else:
         conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=dest.timeout_seconds)
@@ -88,6 +89,14 @@ def stow_file(path: Path, dest: StowDestination) -> None:
     finally:
         conn.close()
     _check_response(status, body, sop_uid, where)
+
+
+def https_context(dest: StowDestination) -> ssl.SSLContext:
+    """The destination's ``tls`` table (CAs, client certificate), or the system's trust store without one."""
+    try:
+        return tls.client_context(dest.tls, f"send.destinations[{dest.name}].tls")
+    except tls.TlsConfigError as exc:
+        raise SendError(str(exc), retryable=False) from None
 
 
 def _check_response(status: int, body: bytes, sop_uid: str, where: str) -> None:

@@ -45,11 +45,13 @@ class PredictdServer:
         cwd: Path | None = None,
         shipped_send: bool = False,
         serve_defaults: bool = False,
+        extra_toml: str = "",
     ) -> None:
         """``shipped``: the models predictd ships, installed as `make serve` installs them, instead of a tiny one.
         ``env`` adds to the daemon's environment; ``cwd`` is its working folder (default: the repository).
         ``shipped_send``: the shipped delivery backoff and probe, instead of the tests' fast retries.
-        ``serve_defaults``: the queue's and workers' shipped timings (sweep, poll, backoff), not the tests' ones."""
+        ``serve_defaults``: the queue's and workers' shipped timings (sweep, poll, backoff), not the tests' ones.
+        ``extra_toml``: more tables, appended to the config file (``[http]``, ``[audit.syslog]`` ...)."""
         self.root, self.ae_title, self.port = root, ae_title, port or free_port()
         self.env, self.cwd = env or {}, cwd or REPO
         self.config = root / "predictd.toml"
@@ -84,6 +86,7 @@ class PredictdServer:
         for dest in destinations or []:
             lines.append("[[send.destinations]]")
             lines += [f"{key} = {_toml_value(value)}" for key, value in dest.items()]
+        lines.append(extra_toml)
         root.mkdir(parents=True, exist_ok=True)
         self.config.write_text("\n".join(lines) + "\n")
         if shipped:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from predictd.daemon.config import StowDestination
+from predictd.daemon.config_send import StowDestination
 from predictd.daemon.destinations import SendError
 from predictd.daemon.destinations.stow import stow_file
 from predictd.models.card import Label, ModelCard

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from predictd.daemon import arrivals
 from predictd.daemon.config import ReceiveSettings
 from predictd.daemon.db import Database
-from predictd.daemon.receive import Receiver
+from predictd.daemon.listeners import Receiver
 from predictd.daemon.spool import Spool
 from predictd.daemon.tables import Instance, Study
 from tests.support import free_port

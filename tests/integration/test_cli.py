@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from predictd.daemon.cli import app
 from predictd.daemon.config import load_settings
 from predictd.daemon.db import Database
-from predictd.daemon.receive import Receiver
+from predictd.daemon.listeners import Receiver
 from predictd.daemon.spool import Spool
 from tests.integration.pipeline_helpers import context, copy_as_new_study, drain, receive_file
 from tests.support import CR_JLSL, free_port

@@ -12,10 +12,11 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from predictd.daemon.config import DicomDestination, ReceiveSettings
+from predictd.daemon.config import ReceiveSettings
+from predictd.daemon.config_send import DicomDestination
 from predictd.daemon.destinations import SendError
 from predictd.daemon.destinations.dicom import echo, store_file
-from predictd.daemon.receive import Receiver
+from predictd.daemon.listeners import Receiver
 from predictd.daemon.spool import Spool
 from tests.support import CR_JLSL, free_port, pydicom_data_file, wait_until
 

@@ -7,21 +7,25 @@ every branch of the ACK handling runs over a real socket.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import hl7
 import hl7.mllp
 import pytest
 from pydicom.dataset import Dataset
 
-from predictd.daemon.config import Hl7Destination
+from predictd.daemon.config_base import ClientTls
+from predictd.daemon.config_send import Hl7Destination
 from predictd.daemon.destinations import SendError
 from predictd.daemon.destinations.hl7 import send_hl7
 from predictd.reporting.hl7 import message_control_id, oru_r01
 from tests.support import free_port, wait_until
+from tests.support.certs import make_pki
 
 SR_UID = "1.2.826.0.1.3680043.8.498.777"
 CONTROL_ID = message_control_id(SR_UID)
@@ -34,8 +38,9 @@ Answer = Callable[[str, hl7.mllp.HL7StreamWriter], Awaitable[None]]
 class MllpListener:
     """python-hl7's ``start_hl7_server`` running on its own event loop in a daemon thread."""
 
-    def __init__(self, answer: Answer) -> None:
+    def __init__(self, answer: Answer, ssl_context: ssl.SSLContext | None = None) -> None:
         self.port = free_port()
+        self._ssl = ssl_context
         self.received: list[str] = []
         self.connections = 0
         self._answer = answer
@@ -56,7 +61,9 @@ class MllpListener:
 
     async def _start(self) -> None:
         # Awaited on the listener's loop, so python-hl7's get_event_loop() finds that loop.
-        self._server = await hl7.mllp.start_hl7_server(self._handle, "127.0.0.1", self.port, encoding="utf-8")
+        self._server = await hl7.mllp.start_hl7_server(
+            self._handle, "127.0.0.1", self.port, encoding="utf-8", ssl=self._ssl
+        )
 
     async def _shutdown(self) -> None:
         if self._server is not None:
@@ -131,8 +138,8 @@ async def unframed(message: str, writer: hl7.mllp.HL7StreamWriter) -> None:
 def listen() -> Iterator[Callable[[Answer], MllpListener]]:
     started: list[MllpListener] = []
 
-    def start(answer: Answer) -> MllpListener:
-        listener = MllpListener(answer).start()
+    def start(answer: Answer, ssl_context: ssl.SSLContext | None = None) -> MllpListener:
+        listener = MllpListener(answer, ssl_context).start()
         started.append(listener)
         return listener
 
@@ -141,8 +148,8 @@ def listen() -> Iterator[Callable[[Answer], MllpListener]]:
         listener.stop()
 
 
-def _dest(port: int, timeout: float = 5.0) -> Hl7Destination:
-    return Hl7Destination(type="hl7", name="dictation", host="127.0.0.1", port=port, timeout_seconds=timeout)
+def _dest(port: int, timeout: float = 5.0, tls: ClientTls | None = None) -> Hl7Destination:
+    return Hl7Destination(type="hl7", name="dictation", host="127.0.0.1", port=port, timeout_seconds=timeout, tls=tls)
 
 
 def _message() -> str:
@@ -256,3 +263,34 @@ def test_message_without_control_id_is_not_sent(listen: Callable[[Answer], MllpL
         send_hl7("PID|1||X", _dest(listener.port))
     assert not caught.value.retryable
     assert listener.connections == 0
+
+
+def _tls_server_context(tmp_path: Path) -> tuple[ssl.SSLContext, ClientTls, ClientTls]:
+    """A listener context requiring client certificates, our trusted client settings, and settings trusting a rogue
+    CA instead."""
+    pki = make_pki(tmp_path / "pki")
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(pki.server.certificate, pki.server.private_key)
+    server.load_verify_locations(pki.ca)
+    server.verify_mode = ssl.CERT_REQUIRED
+    ours = ClientTls(ca_bundle=pki.ca, certificate=pki.client.certificate, private_key=pki.client.private_key)
+    wrong = ClientTls(ca_bundle=pki.rogue_ca, certificate=pki.client.certificate, private_key=pki.client.private_key)
+    return server, ours, wrong
+
+
+def test_mllp_over_tls_is_delivered(listen: Callable[..., MllpListener], tmp_path: Path) -> None:
+    server, ours, _ = _tls_server_context(tmp_path)
+    listener = listen(ack("AA"), server)
+    send_hl7(_message(), _dest(listener.port, tls=ours))
+    assert listener.received == [_message()]
+
+
+def test_mllp_to_an_untrusted_server_is_permanent_and_sends_nothing(
+    listen: Callable[..., MllpListener], tmp_path: Path
+) -> None:
+    server, _, wrong = _tls_server_context(tmp_path)
+    listener = listen(ack("AA"), server)
+    with pytest.raises(SendError, match="certificate not trusted") as caught:
+        send_hl7(_message(), _dest(listener.port, tls=wrong))
+    assert not caught.value.retryable
+    assert listener.received == []

@@ -17,7 +17,8 @@ from pynetdicom.dsutils import split_dataset
 from structlog.testing import capture_logs
 
 from predictd.daemon.config import ReceiveSettings
-from predictd.daemon.receive import Receiver, accepted_transfer_syntaxes
+from predictd.daemon.listeners import Receiver
+from predictd.daemon.receive import accepted_transfer_syntaxes
 from predictd.daemon.spool import Spool
 from predictd.reporting.uids import device_uid
 from tests.integration.receive_helpers import (

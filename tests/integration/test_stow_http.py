@@ -10,6 +10,7 @@ import email
 import email.policy
 import json
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -22,10 +23,11 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from predictd.daemon.config import StowDestination
+from predictd.daemon.config_send import StowDestination
 from predictd.daemon.destinations import SendError
 from predictd.daemon.destinations.stow import stow_file
 from tests.support import CR_JLSL, free_port
+from tests.support.certs import make_pki
 
 SOURCE = pydicom.dcmread(CR_JLSL, stop_before_pixels=True)
 SOP_UID = str(SOURCE.SOPInstanceUID)
@@ -59,15 +61,19 @@ class Received:
 class StowServer(ThreadingHTTPServer):
     """Answers every POST with ``status`` and ``reply`` and keeps what arrived in ``received``."""
 
-    def __init__(self) -> None:
+    def __init__(self, context: ssl.SSLContext | None = None) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
+        self.scheme = "http"
+        if context is not None:  # HTTPS: the handshake runs in the request's thread
+            self.socket = context.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
+            self.scheme = "https"
         self.status = 200
         self.reply = b""
         self.received: list[Received] = []
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/dicom-web"
+        return f"{self.scheme}://127.0.0.1:{self.server_address[1]}/dicom-web"
 
     def dest(self, **kwargs: object) -> StowDestination:
         return StowDestination.model_validate({"type": "stow", "name": "pacs", "url": self.url, **kwargs})
@@ -90,9 +96,10 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def serving() -> Iterator[StowServer]:
-    """A StowServer answering on a free port in a thread, shut down on exit (also used by test_destinations)."""
-    srv = StowServer()
+def serving(context: ssl.SSLContext | None = None) -> Iterator[StowServer]:
+    """A StowServer answering on a free port in a thread, shut down on exit (also used by test_destinations);
+    HTTPS with ``context``."""
+    srv = StowServer(context)
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
@@ -267,3 +274,21 @@ def test_unreadable_file_is_permanent(tmp_path: Path, server: StowServer) -> Non
         stow_file(junk, server.dest())
     assert not info.value.retryable
     assert server.received == []
+
+
+def test_https_with_the_destinations_ca_and_client_certificate(tmp_path: Path) -> None:
+    """The server requires a client certificate from the test CA; the destination's tls table brings both."""
+    pki = make_pki(tmp_path / "pki")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki.server.certificate, pki.server.private_key)
+    context.load_verify_locations(pki.ca)
+    context.verify_mode = ssl.CERT_REQUIRED
+    with serving(context) as srv:
+        srv.reply = answer(referenced=[SOP_UID])
+        tls = {"ca_bundle": pki.ca, "certificate": pki.client.certificate, "private_key": pki.client.private_key}
+        stow_file(CR_JLSL, srv.dest(tls=tls))
+        assert len(srv.received) == 1
+        with pytest.raises(SendError, match="certificate not trusted") as caught:
+            stow_file(CR_JLSL, srv.dest(tls={**tls, "ca_bundle": pki.rogue_ca}))
+        assert not caught.value.retryable
+        assert len(srv.received) == 1

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from predictd.daemon.config import Destination, DicomDestination, SendSettings
+from predictd.daemon.config_send import Destination, DicomDestination, SendSettings
 from predictd.daemon.destinations import HANDLERS, FolderDestination, Parcel
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from predictd.daemon import outbox
-from predictd.daemon.config import DicomDestination, Hl7Destination, StowDestination
+from predictd.daemon.config_send import DicomDestination, Hl7Destination, StowDestination
 from predictd.daemon.outbox import OUTBOX_FOLDER, Document, DocumentKind
 
 SR_DOC = Document(DocumentKind.SR, "1.2.3.1", Path("sr.dcm"))
