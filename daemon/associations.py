@@ -60,6 +60,8 @@ class CallerPolicy:
             host = ipaddress.ip_address(address)
         except ValueError:
             return True
+        if isinstance(host, ipaddress.IPv6Address) and host.ipv4_mapped is not None:
+            host = host.ipv4_mapped  # a dual-stack listener (host = "::") sees an IPv4 caller as ::ffff:a.b.c.d
         return not any(host in network for network in networks)
 
 
