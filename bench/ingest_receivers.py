@@ -36,9 +36,15 @@ try:
     from predictd.daemon import arrivals
 except ImportError:  # a checkout from before 06b01b4 (bench.ingest --predictd-tree): these lived in daemon.queue
     from predictd.daemon import queue as arrivals  # type: ignore[no-redef]
+try:
+    from predictd.daemon.audit import Auditor
+    from predictd.daemon.listeners import Receiver
+except ImportError:  # a checkout from before 07b9e4b (no audit trail; the Receiver lived in daemon.receive)
+    from predictd.daemon.receive import Receiver  # type: ignore[attr-defined,no-redef]
+
+    Auditor = None  # type: ignore[assignment,misc]
 from predictd.daemon.config import ReceiveSettings
 from predictd.daemon.db import Database
-from predictd.daemon.listeners import Receiver
 from predictd.daemon.log import configure_logging
 from predictd.daemon.receive import IMAGE_SOP_CLASSES, VERIFICATION, accepted_transfer_syntaxes
 from predictd.daemon.spool import Spool
@@ -61,12 +67,20 @@ def run_predictd(port: int, root: Path, steps: bool = False) -> None:
     settings = ReceiveSettings(
         ae_title=AE_TITLE, host="127.0.0.1", port=port, min_free_bytes=0, allowed_calling_aets=["STORESCU"]
     )
-    receiver = Receiver(
-        settings,
-        Spool(root / "spool"),
-        record=lambda inst: arrivals.note_instance(db, inst),
-        sender_done=lambda uids, ae: arrivals.sender_done(db, uids, grace_seconds=1.0, actor=f"receive:{ae}"),
-    )
+    done = lambda uids, ae: arrivals.sender_done(db, uids, grace_seconds=1.0, actor=f"receive:{ae}")  # noqa: E731
+    if Auditor is None:
+        receiver = Receiver(
+            settings, Spool(root / "spool"), record=lambda i: arrivals.note_instance(db, i), sender_done=done
+        )
+    else:  # as `serve` wires it: each instance's audit record in its row's transaction, associations audited
+        auditor = Auditor(db)
+        receiver = Receiver(
+            settings,
+            Spool(root / "spool"),
+            record=lambda inst: arrivals.note_instance(db, inst, auditor=auditor),
+            sender_done=done,
+            auditor=auditor,
+        )
     receiver.start()
     _serve_until_terminated(receiver.stop)
     if steps:
