@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from predictd.daemon.config import ReceiveSettings
 from predictd.daemon.config_base import ClientTls, ReceiveTls
 from predictd.daemon.config_send import DicomDestination
 from predictd.daemon.destinations import SendError
@@ -204,3 +205,38 @@ def test_a_missing_certificate_file_is_one_line_naming_the_setting(pki: Pki, tmp
     tls = ReceiveTls(certificate=tmp_path / "nope.crt", private_key=pki.server.private_key, ca_bundle=pki.ca)
     with pytest.raises(TlsConfigError, match=r"^receive\.tls: no such file .*nope\.crt$"):
         server_context(tls)
+
+
+def test_tls_associations_are_audited_with_the_certificates_name(pki: Pki, tmp_path: Path) -> None:
+    from predictd.daemon import arrivals, audit
+    from predictd.daemon.audit import Auditor
+    from predictd.daemon.db import Database
+    from predictd.daemon.listeners import Receiver
+    from predictd.daemon.spool import Spool
+
+    db = Database(f"sqlite:///{tmp_path / 'q.db'}")
+    db.upgrade()
+    auditor = Auditor(db)
+    tls = ReceiveTls(
+        port=free_port(), certificate=pki.server.certificate, private_key=pki.server.private_key, ca_bundle=pki.ca
+    )
+    settings = ReceiveSettings(ae_title=CALLED, host="127.0.0.1", port=free_port(), tls=tls, min_free_bytes=0)
+    spool = Spool(tmp_path / "spool")
+    receiver = Receiver(
+        settings, spool, record=lambda i: arrivals.note_instance(db, i, auditor=auditor), auditor=auditor
+    )
+    receiver.start()
+    try:
+        trusted = ["+tls", str(pki.client.private_key), str(pki.client.certificate), "+cf", str(pki.ca)]
+        assert storescu_tls(tls.port, new_copy(CR_JLSL, tmp_path / "a.dcm"), *trusted).returncode == 0
+        rogue = ["+tls", str(pki.rogue.private_key), str(pki.rogue.certificate), "+cf", str(pki.ca)]
+        assert storescu_tls(tls.port, new_copy(CR_JLSL, tmp_path / "b.dcm"), *rogue).returncode != 0
+        wait_until(lambda: len(audit.recent(db, kind="association")) == 2, timeout=10, what="both audited")
+    finally:
+        receiver.stop()
+    refused, accepted = audit.recent(db, kind="association")
+    assert accepted["outcome"] == "success" and accepted["actor"] == f"{CALLING} (MODALITY1)"
+    assert accepted["detail"] == {"transport": "tls", "tls_peer": "MODALITY1"}
+    assert refused["outcome"] == "refused" and refused["detail"]["transport"] == "tls"
+    assert refused["detail"]["reason"] == "certificate not trusted: unable to get local issuer certificate"
+    assert [r["actor"] for r in audit.recent(db, kind="instance_received")] == [CALLING]

@@ -85,6 +85,42 @@ def test_a_typo_in_a_destination_is_an_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("toml", "expected"),
+    [
+        (
+            '[receive.tls]\ncertificate = "c.pem"\nprivate_key = "k.pem"\nca_bundle = "ca.pem"\n'
+            "require_client_certs = 1\n",
+            "unknown key 'receive.tls.require_client_certs'; did you mean 'require_client_cert'?",
+        ),
+        ("[http]\nprot = 9112\n", "unknown key 'http.prot'; did you mean 'port'?"),
+        (
+            '[audit.syslog]\nhost = "h"\nprotocl = "tcp"\n',
+            "unknown key 'audit.syslog.protocl'; did you mean 'protocol'?",
+        ),
+        (
+            '[[send.destinations]]\nname = "p"\nae_title = "P"\nhost = "h"\nport = 1\n'
+            '[send.destinations.tls]\ncabundle = "x"\n',
+            "unknown key 'send.destinations.0.dicom.tls.cabundle'",
+        ),
+        ("[receive]\nplain = false\n", "plain = false needs a [receive.tls] table"),
+        ('[receive.tls]\ncertificate = "c.pem"\nprivate_key = "k.pem"\n', "require_client_cert needs ca_bundle"),
+        (
+            '[[send.destinations]]\ntype = "stow"\nname = "w"\nurl = "http://x"\n[send.destinations.tls]\n',
+            "tls is set, so url must start with https://",
+        ),
+    ],
+)
+def test_a_typo_or_contradiction_in_the_tls_http_and_audit_tables_is_named(
+    tmp_path: Path, toml: str, expected: str
+) -> None:
+    config = tmp_path / "p.toml"
+    config.write_text(toml)
+    with pytest.raises(ConfigError, match=re.escape(expected)) as caught:
+        load_settings(config)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
     ("name", "expected"),
     [
         ("PREDICTD_RECEIVE__ALOWED_CALLING_AETS", "did you mean 'allowed_calling_aets'"),
