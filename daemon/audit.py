@@ -206,7 +206,7 @@ def config_loaded(path: Path | None, settings_json: str, *, reload: bool = False
     """The settings a daemon runs with, as hashes: the file's bytes and the effective settings (environment
     overrides included), so a change shows without a secret ever entering the trail."""
     detail: dict[str, Any] = {
-        "path": str(path) if path else None,
+        "path": str(path.resolve()) if path else None,
         "file_sha256": hashlib.sha256(path.read_bytes()).hexdigest() if path else None,
         "settings_sha256": hashlib.sha256(settings_json.encode()).hexdigest(),
         "reload": reload,

@@ -6,7 +6,6 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from predictd.daemon.cli_common import ConfigOption, JsonOption, console, db_for, fail, print_json, settings_for
 from predictd.daemon.config import Settings
@@ -39,11 +38,14 @@ def audit_ls(
     if as_json:
         print_json(rows)
         return
-    table = Table("at", "kind", "outcome", "actor", "peer", "study_uid", "detail")
-    for r in rows:
-        detail = ", ".join(f"{k}={v}" for k, v in r["detail"].items())
-        table.add_row(r["at"], r["kind"], r["outcome"], r["actor"], r["peer"] or "", r["study_uid"] or "", detail)
-    console.print(table)
+    for r in rows:  # one line a record, whole (a table folds UIDs into unreadable columns on a terminal)
+        at = r["at"][:19].replace("T", " ")
+        where = f" {r['peer']}" if r["peer"] else ""
+        study = f" study={r['study_uid']}" if r["study_uid"] else ""
+        detail = " ".join(f"{k}={v}" for k, v in r["detail"].items())
+        console.print(
+            f"{at} {r['kind']} {r['outcome']} {r['actor']}{where}{study} {detail}", highlight=False, soft_wrap=True
+        )
 
 
 @config_app.command("check")
