@@ -175,7 +175,7 @@ def instance_refused(
     calling_ae: str, sop_class_uid: str, sop_instance_uid: str, status: int, reason: str
 ) -> AuditRecord:
     detail = {"sop_instance_uid": sop_instance_uid, "sop_class_uid": sop_class_uid, "status": f"0x{status:04X}"}
-    outcome = Outcome.FAILED if status == 0xC211 else Outcome.REFUSED
+    outcome = Outcome.FAILED if status == 0x0110 else Outcome.REFUSED  # a processing failure: ours, not the data's
     return AuditRecord(AuditKind.INSTANCE_RECEIVED, calling_ae, outcome, detail={**detail, "reason": reason})
 
 

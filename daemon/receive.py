@@ -17,7 +17,8 @@ C-STORE statuses answered:
         as a file name, the data set's SOP Class/Instance UID differs from the C-STORE request's, or the image
         has no Pixel Data
 0xC210  cannot understand: the data set cannot be parsed, or it is truncated (Pixel Data runs past the end)
-0xC211  an unexpected error (database down, disk error ...); logged, the server keeps serving
+0x0110  processing failure: an unexpected error (database down, disk error ...); logged, the server keeps serving.
+        Not 0xC2xx ("cannot understand"), which tells the sender its data set is at fault and not worth resending
 ======  ===================================================================================================
 
 The header check is :func:`predictd.daemon.dataset_check.read_header`: its ``Unreadable`` problems are answered
@@ -51,7 +52,7 @@ SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC210
-UNEXPECTED_ERROR = 0xC211
+UNEXPECTED_ERROR = 0x0110
 
 VERIFICATION = "1.2.840.10008.1.1"
 

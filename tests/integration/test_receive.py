@@ -258,7 +258,7 @@ def test_full_spool_answers_out_of_resources(start_receiver: Callable[..., Runni
     assert any(e["event"] == "instance_rejected" and "min_free_bytes" in e["reason"] for e in logs)
 
 
-def test_unexpected_error_answers_c211_and_the_server_keeps_serving(tmp_path: Path) -> None:
+def test_unexpected_error_answers_a_processing_failure_and_the_server_keeps_serving(tmp_path: Path) -> None:
     calls: list[str] = []
 
     def flaky_record(inst: Any) -> bool:
@@ -273,7 +273,7 @@ def test_unexpected_error_answers_c211_and_the_server_keeps_serving(tmp_path: Pa
     try:
         ds = pydicom.dcmread(pydicom_data_file("RG1_UNCR.dcm"))
         comments: list[str | None] = []
-        assert c_store(receiver.port, [ds, ds], comments=comments) == [0xC211, 0x0000]
+        assert c_store(receiver.port, [ds, ds], comments=comments) == [0x0110, 0x0000]
         assert comments == ["predictd: unexpected error, see its log", None]  # the exception's text stays in the log
     finally:
         receiver.stop()
