@@ -1,5 +1,5 @@
 -- Orthanc auto-forward of stable studies to predictd (deploy/compose.yaml mounts it; orthanc.json loads it).
--- The same rules as tests/e2e/forward_to_predictd.lua, which the end-to-end tests run against a real Orthanc:
+-- The end-to-end tests run this very script against a real Orthanc (tests/e2e/orthanc.py). Why each rule exists:
 --  * predictd sends its Comprehensive SR (and, with [report] key_images, its overlays) back into the same study.
 --    That makes the study unstable and, StableAge seconds later, stable again, so this callback runs once more for
 --    the same study. Without the ForwardedToPredictd marker the images would be re-sent and reported again, forever.

@@ -43,7 +43,7 @@ from typing import Any
 
 from tests.support import free_port, wait_until
 
-FORWARD_SCRIPT = Path(__file__).with_name("forward_to_predictd.lua")
+FORWARD_SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "orthanc" / "forward.lua"
 """Lua auto-forward of stable studies to the PREDICTD modality; logs one ``predictd-forward: study <id>: ...`` line
 per stable event."""
 

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,38 +15,18 @@ from predictd.daemon.destinations.dicom import echo, store_file
 from predictd.daemon.listeners import Receiver
 from predictd.daemon.spool import Spool
 from tests.support import CR_JLSL, free_port, pydicom_data_file, wait_until
+from tests.support import storescp as running_storescp
 
 PEER_AE = "PEER"
 OUR_AE = "PREDICTD"
 
 
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
 @pytest.fixture
 def storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """dcmtk storescp on a free port, accepting every transfer syntax, writing into a temp folder."""
-    exe = shutil.which("storescp")
-    if exe is None:
-        pytest.skip("dcmtk storescp not installed")
-    port, out = free_port(), tmp_path / "peer"
-    out.mkdir()
-    proc = subprocess.Popen(
-        [exe, "+xa", "-aet", PEER_AE, "-od", str(out), str(port)],
-        env={**os.environ, "TCP_NODELAY": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        wait_until(lambda: _listening(port) or proc.poll() is not None, timeout=20, what="storescp listening")
-        assert proc.poll() is None, f"storescp exited: {proc.stderr.read() if proc.stderr else ''!r}"
+    out = tmp_path / "peer"
+    with running_storescp(out, PEER_AE, "+xa") as port:
         yield port, out
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @pytest.fixture

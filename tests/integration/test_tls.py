@@ -20,7 +20,7 @@ from predictd.daemon.destinations import SendError
 from predictd.daemon.destinations.dicom import echo, store_file
 from predictd.daemon.tls import TlsConfigError, client_context, server_context
 from tests.integration.receivers import CALLED, CALLING, Running
-from tests.support import CR_JLSL, free_port, new_copy, wait_until
+from tests.support import CR_JLSL, free_port, new_copy, storescp, wait_until
 from tests.support.certs import Pki, make_pki
 
 PEER_AE = "TLSPEER"
@@ -127,30 +127,10 @@ def test_plain_false_leaves_only_the_tls_port(start_receiver: Callable[..., Runn
 @pytest.fixture
 def storescp_tls(tmp_path: Path, pki: Pki) -> Iterator[tuple[int, Path]]:
     """dcmtk storescp +tls with the server certificate, requiring a client certificate from the test CA."""
-    port, out = free_port(), tmp_path / "peer"
-    out.mkdir()
-    proc = subprocess.Popen(
-        [
-            _dcmtk("storescp"), "+tls", str(pki.server.private_key), str(pki.server.certificate),
-            "+cf", str(pki.ca), "-rc", "+xa", "-aet", PEER_AE, "-od", str(out), str(port),
-        ],
-        env={**os.environ, "TCP_NODELAY": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        wait_until(lambda: _listening(port) or proc.poll() is not None, timeout=20, what="storescp +tls listening")
-        assert proc.poll() is None, f"storescp exited: {proc.stderr.read() if proc.stderr else ''!r}"
+    out = tmp_path / "peer"
+    tls = ["+tls", str(pki.server.private_key), str(pki.server.certificate), "+cf", str(pki.ca), "-rc", "+xa"]
+    with storescp(out, PEER_AE, *tls) as port:
         yield port, out
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _dest(port: int, tls: ClientTls) -> DicomDestination:

@@ -7,7 +7,8 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -91,3 +92,38 @@ def assert_dciodvfy_clean(path: Path) -> str:
     errors = [line for line in output.splitlines() if line.startswith("Error")]
     assert not errors, f"dciodvfy reported errors:\n{output}"
     return output
+
+
+def listening(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:``port``."""
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@contextmanager
+def storescp(out: Path, ae_title: str, *options: str) -> Iterator[int]:
+    """dcmtk storescp on a free port writing into ``out`` (``options`` before the AE title: TLS, syntaxes ...);
+    yields the port once it listens. Skipped where dcmtk is missing, except under CI, where that fails."""
+    import pytest
+
+    exe = shutil.which("storescp")
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("dcmtk storescp is not installed, and CI must run this test: apt-get install dcmtk")
+        pytest.skip("dcmtk storescp not installed")
+    port = free_port()
+    out.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [exe, *options, "-aet", ae_title, "-od", str(out), str(port)],
+        env={**os.environ, "TCP_NODELAY": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_until(lambda: listening(port) or proc.poll() is not None, timeout=20, what="storescp listening")
+        assert proc.poll() is None, f"storescp exited: {proc.stderr.read() if proc.stderr else ''!r}"
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
