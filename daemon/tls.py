@@ -116,6 +116,7 @@ class HandshakeInThreadServer(ThreadedAssociationServer):
             request.do_handshake()
             request.settimeout(None)
         except (OSError, ValueError) as exc:  # SSLError and timeouts are OSErrors; the connection ends here
+            self.shutdown_request(request)  # pynetdicom's thread closes a socket only when an association ran on it
             self.on_handshake_failed(client_address, handshake_reason(exc))
             return
         super().finish_request(request, client_address)

@@ -220,3 +220,16 @@ def test_tls_associations_are_audited_with_the_certificates_name(pki: Pki, tmp_p
     assert refused["outcome"] == "refused" and refused["detail"]["transport"] == "tls"
     assert refused["detail"]["reason"] == "certificate not trusted: unable to get local issuer certificate"
     assert [r["actor"] for r in audit.recent(db, kind="instance_received")] == [CALLING]
+
+
+def test_a_refused_handshake_leaves_no_connection_open(tls_receiver: Running, pki: Pki, tmp_path: Path) -> None:
+    """The caller sees the connection closed at once, not held until its own timeout."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(pki.ca)  # trusts the server, presents no certificate
+    port = tls_receiver.receiver.tls_port or 0
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        try:
+            with context.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+                assert conn.recv(1) == b""  # TLS 1.3: the refusal arrives after the client's side of the handshake
+        except (ssl.SSLError, ConnectionResetError):
+            pass  # TLS 1.2, or the alert read as an error: refused either way
