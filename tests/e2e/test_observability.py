@@ -140,3 +140,25 @@ def test_two_models_of_one_name_stop_serve_with_one_line(tmp_path: Path) -> None
     (line,) = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
     assert "model name 'tiny_hip' is used by both" in line and "tiny_hip_copy" in line
     assert "Traceback" not in result.stderr
+
+
+def test_sighup_loads_a_newly_enabled_model_without_a_restart(tmp_path: Path) -> None:
+    from predictd.models.card import Label
+    from predictd.models.demo import write_model
+
+    http = free_port()
+    server = PredictdServer(tmp_path, extra_toml=f"[http]\nport = {http}\n")
+    labels = (Label("none", "no hardware"), Label("tha", "total hip arthroplasty"))
+    write_model(tmp_path / "models" / "tiny_two", name="tiny_two", task="hip_hardware", labels=labels)
+    only_one = server.config.read_text().replace("[models]\n", '[models]\nenabled = ["tiny_hip"]\n')
+    server.config.write_text(only_one)
+    with server as p:
+        assert p.proc is not None
+        wait_until(lambda: get(f"http://127.0.0.1:{http}/readyz")[0] == 200, timeout=60, what="ready")
+        assert value(samples(http), "predictd_models_loaded") == 1
+        p.config.write_text(only_one.replace('enabled = ["tiny_hip"]', 'enabled = ["tiny_hip", "tiny_two"]'))
+        p.proc.send_signal(signal.SIGHUP)
+        line = wait_until(lambda: _log_event(p, "config_reloaded"), timeout=60, what="config_reloaded")
+        assert line["applied"] == ["models.enabled"] and line["needs_restart"] == []
+        assert value(samples(http), "predictd_models_loaded") == 2
+        assert p._echo_ok()
