@@ -134,6 +134,7 @@ def test_phi_reaches_no_log_line_no_cli_answer_and_no_stray_file(tmp_path: Path)
         wait_until(lambda: not list((root / "var/spool/tmp").glob("*")), timeout=30, what="the partial file gone")
         answers = [server.cli("queue", "ls", "--json").stdout]
         answers += [server.cli("queue", "show", uid, "--json").stdout for uid in studies.values()]
+        answers += [server.cli("audit", "ls", "--json").stdout, server.cli("audit", "ls").stdout]
         logs = server.log_text()
 
     assert (root / "outbox" / studies["good.dcm"]).is_dir()  # the invalid date and the long LO cost no SR
@@ -144,6 +145,8 @@ def test_phi_reaches_no_log_line_no_cli_answer_and_no_stray_file(tmp_path: Path)
     assert '"event": "instance_rejected"' in logs  # the unparseable one was seen ...
     assert MARK not in logs  # ... and no log line quotes a value
     assert not [a for a in answers if MARK in a], answers
+    audited = {r["kind"] for r in json.loads(answers[-2])}
+    assert {"association", "instance_received", "document_sent"} <= audited  # the trail saw them, without values
     stray = {str(p.relative_to(root)) for p in _stray_files(root) if MARK.encode() in p.read_bytes()}
     assert not stray, stray
     assert not [p for p in system_tmp.rglob("*") if p.is_file()] and not list(cwd.rglob("*"))
