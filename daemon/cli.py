@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,19 +21,20 @@ from rich.table import Table
 from predictd.daemon import audit, cli_admin, cli_evaluate, cli_models, cli_training, queue, views
 from predictd.daemon.audit import Outcome
 from predictd.daemon.cli_common import (
+    TIME_FORMATS,
     ConfigOption,
     JsonOption,
     auditor_for,
     config_path,
     console,
     db_for,
-    err,
     fail,
     open_db,
     print_json,
     require_database_file,
     root_config,
     settings_for,
+    utc,
 )
 from predictd.daemon.db import Database, DatabaseNotAtHead
 from predictd.daemon.lifecycle import IllegalTransition, StudyState
@@ -114,7 +115,6 @@ LIST_COLUMNS = ("study_uid", "state", "run_no", "modality", "instances", "attemp
 
 
 IDENTIFIER_COLUMNS = ("accession_number", "patient_id", "study_date")
-TIME_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S"]
 
 
 @queue_app.command("ls")
@@ -136,7 +136,7 @@ def queue_ls(
 ) -> None:
     """List studies, most recently changed first. The patient's identifiers are shown with --identifiers, or
     when a filter already names them; they are never logged."""
-    where = views.StudyFilter(state, accession, patient_id, modality, _utc(since), _utc(until))
+    where = views.StudyFilter(state, accession, patient_id, modality, utc(since), utc(until))
     show = identifiers or bool(accession or patient_id)
     rows = views.list_studies(db_for(config), limit=limit, where=where, identifiers=show)
     if as_json:
@@ -151,17 +151,12 @@ def queue_ls(
     console.print(table)
 
 
-def _utc(moment: datetime | None) -> datetime | None:
-    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
-
-
 @queue_app.command("show")
 def queue_show(study_uid: str, config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """One study: instances, state history, predictions, SR UID, deliveries."""
     detail = views.study_detail(db_for(config), study_uid)
     if detail is None:
-        err.print(f"[red]error:[/red] no study {study_uid}")
-        raise typer.Exit(1)
+        fail(f"no study {study_uid}", 1)
     if as_json:
         print_json(detail)
         return
@@ -274,8 +269,7 @@ def registry_export(
     from predictd.daemon import registry
 
     if fmt is ExportFormat.PARQUET and output is None:
-        err.print("[red]error:[/red] --format parquet needs --output FILE")
-        raise typer.Exit(2)
+        fail("--format parquet needs --output FILE")
     rows = registry.registry_rows(db_for(config), since=since.date() if since else None)
     writer = registry.write_csv if fmt is ExportFormat.CSV else registry.write_fhir
     if output is None:

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 import typer
 
-from predictd.daemon.cli_common import ConfigOption, JsonOption, console, db_for, fail, print_json, settings_for
+from predictd.daemon.cli_common import (
+    TIME_FORMATS,
+    ConfigOption,
+    JsonOption,
+    console,
+    db_for,
+    fail,
+    print_json,
+    settings_for,
+    utc,
+)
 from predictd.daemon.config import Settings
 
 audit_app = typer.Typer(help="The audit trail: associations, instances, documents sent, operator actions.")
 config_app = typer.Typer(help="Check a configuration file.", no_args_is_help=True)
 
-TIME_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S"]
 MASK = "********"
 
 
@@ -33,8 +42,7 @@ def audit_ls(
 
     if kind is not None and kind not in set(AuditKind):
         fail(f"unknown audit kind {kind!r}; one of {[str(k) for k in AuditKind]}")
-    moment = since.replace(tzinfo=UTC) if since is not None and since.tzinfo is None else since
-    rows = recent(db_for(config), since=moment, kind=kind, study_uid=study, limit=limit)
+    rows = recent(db_for(config), since=utc(since), kind=kind, study_uid=study, limit=limit)
     if as_json:
         print_json(rows)
         return

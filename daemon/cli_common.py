@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -25,6 +26,9 @@ ConfigOption = Annotated[
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
+TIME_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S"]
+"""What ``--since``/``--until`` take; a time without a zone is UTC, as every time the CLI prints."""
+
 root_config: dict[str, Path | None] = {"path": None}
 """The --config given before the sub-command (``predictd --config F queue ls``)."""
 
@@ -39,6 +43,10 @@ def settings_for(config: Path | None) -> Settings:
         return load_settings(config_path(config))
     except ConfigError as exc:
         fail(str(exc))
+
+
+def utc(moment: datetime | None) -> datetime | None:
+    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
