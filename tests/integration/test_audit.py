@@ -192,3 +192,39 @@ def test_syslog_tcp_frames_by_octet_count_and_survives_a_dead_collector(sqlite_u
     assert [RFC5424.match(m.decode())["msgid"] for m in messages] == ["operator_action", "operator_action"]  # type: ignore[index]
     auditor.record(audit.operator_action("queue retry", study_uid="1.2.4"))  # nobody listens now: logged, not raised
     assert len(audit.recent(db)) == 3
+
+
+def test_syslog_over_tls_reaches_a_collector_that_trusts_nobody_else(sqlite_url: str, tmp_path: Path) -> None:
+    """RFC 5425: the same octet-counted frames inside TLS; the collector requires our client certificate."""
+    import ssl
+
+    from predictd.daemon.config_base import ClientTls
+    from tests.support.certs import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki.server.certificate, pki.server.private_key)
+    context.load_verify_locations(pki.ca)
+    context.verify_mode = ssl.CERT_REQUIRED
+    db = Database(sqlite_url)
+    db.upgrade()
+    server = socket.create_server(("127.0.0.1", 0))
+    port = int(server.getsockname()[1])
+    received: list[bytes] = []
+
+    def accept() -> None:
+        conn, _ = server.accept()
+        with context.wrap_socket(conn, server_side=True) as tls_conn:
+            while data := tls_conn.recv(65535):
+                received.append(data)
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    client = ClientTls(ca_bundle=pki.ca, certificate=pki.client.certificate, private_key=pki.client.private_key)
+    sender = SyslogSender(SyslogSettings(host="127.0.0.1", port=port, protocol="tls", tls=client))
+    Auditor(db, sender).record(audit.operator_action("queue retry", study_uid="1.2.3"))
+    sender.close()
+    thread.join(5)
+    server.close()
+    length, _, message = b"".join(received).partition(b" ")
+    assert int(length) == len(message) and RFC5424.match(message.decode())
