@@ -49,10 +49,10 @@ USER predictd
 WORKDIR /var/lib/predictd
 
 # Healthy when /readyz answers 200: database at the schema head, receiver listening, models loaded, spool above its
-# free-space watermark. urllib raises on 503 or no answer (no curl in the slim image). start-period covers the
-# migration and the model load.
+# free-space watermark. urllib raises on 503 or no answer (no curl in the slim image); the port follows
+# PREDICTD_HTTP__PORT when it is set. start-period covers the migration and the model load.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
-  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9112/readyz', timeout=4)"]
+  CMD ["python", "-c", "import os, urllib.request; port = os.environ.get('PREDICTD_HTTP__PORT', '9112'); urllib.request.urlopen(f'http://127.0.0.1:{port}/readyz', timeout=4)"]
 
 # SIGTERM (docker stop) reaches `predictd serve` directly: the entrypoint execs it. Allow it time to finish a stage
 # (docker stop -t 60; compose.yaml sets stop_grace_period).
