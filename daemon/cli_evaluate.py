@@ -94,7 +94,8 @@ def _record(model: Path, report: dict[str, Any], split: str) -> None:
             evaluation[f"{split}_accuracy_assessed"] = report["domain_gate"]["accuracy_assessed"]
         if report.get("ood"):
             found = report["ood"]
-            evaluation["ood"] = {key: found[key] for key in ("n", "refused", "labelled", "labelled_confident")}
+            kept = ("n", "refused", "refused_pixels", "refused_by", "labelled", "labelled_confident")
+            evaluation["ood"] = {key: found[key] for key in kept}
             evaluation["ood"]["by_category"] = found["by_category"]
         card = replace(card, gate={**card.gate, "evaluation": evaluation})
     card.save(model)
@@ -113,7 +114,9 @@ def _print(report: dict[str, Any], split: str) -> None:
         table.add_row("accuracy assessed", _fmt(gate["accuracy_assessed"]), f"n = {gate['n_assessed']}")
     found = report.get("ood")
     if found:
-        table.add_row("out-of-domain refused", _fmt(found["refused"]), f"n = {found['n']}")
+        by = ", ".join(f"{n} by {reason}" for reason, n in found["refused_by"].items())
+        table.add_row("out-of-domain refused", _fmt(found["refused"]), f"n = {found['n']}: {by}")
+        table.add_row("refused on pixels alone", _fmt(found["refused_pixels"]), "content check or gate")
         table.add_row("out-of-domain labelled ≥ 0.9", str(found["labelled_confident"]), "")
     console.print(table)
     for warning in report["warnings"]:

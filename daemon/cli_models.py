@@ -108,7 +108,8 @@ def models_shipped(as_json: JsonOption = False) -> None:
             shown += f" ({low:.3f}–{high:.3f})"
         refused = _three(r["ood_refused"])
         if r["ood_n"]:
-            refused += f" of {r['ood_n']}, {r['ood_labelled_confident']} labelled ≥ 0.9"
+            refused += f" of {r['ood_n']} ({_three(r['ood_refused_pixels'])} on pixels alone)"
+            refused += f", {r['ood_labelled_confident']} labelled ≥ 0.9"
         table.add_row(
             r["name"], r["version"], r["arch"], str(r["test_n"]), shown, _three(r["test_ece"]),
             _three(r["gate_test_coverage"]), refused,
@@ -129,6 +130,7 @@ def _gate_figures(card: Any) -> dict[str, Any]:
         "gate_test_coverage": evaluation.get("test_coverage"),
         "ood_n": ood.get("n"),
         "ood_refused": ood.get("refused"),
+        "ood_refused_pixels": ood.get("refused_pixels"),
         "ood_labelled_confident": ood.get("labelled_confident"),
     }
 

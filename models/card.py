@@ -62,24 +62,33 @@ class Applicability:
     """Canonical body-part keys (models.body_part.BODY_PARTS). A restricted card is skipped when the part is unknown."""
     views: tuple[str, ...] = ()
     """ViewPosition (0018,5101) values, e.g. "AP", "PA", "LAT". A restricted card is skipped when the view is unset."""
+    modalities: tuple[str, ...] = ()
+    """Modality (0008,0060) values, e.g. "CR", "DX": a CT of the pelvis is no hip radiograph, whatever its body part.
+    Unlike body parts and views, an image without Modality (a film digitiser's Secondary Capture) is read: the
+    content check and the domain gate judge its pixels."""
 
     def to_dict(self) -> dict[str, list[str]]:
-        return {"body_parts": list(self.body_parts), "views": list(self.views)}
+        return {"body_parts": list(self.body_parts), "views": list(self.views), "modalities": list(self.modalities)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Applicability:
         """Lists (as JSON has them) become tuples; unknown body parts and non-string values are a CardError."""
         if not isinstance(data, dict):
             raise CardError(f"applies_to must be an object, not {type(data).__name__}")
-        unknown_keys = set(data) - {"body_parts", "views"}
+        unknown_keys = set(data) - {"body_parts", "views", "modalities"}
         if unknown_keys:
             raise CardError(f"applies_to has unknown fields {sorted(unknown_keys)}")
         body_parts = _strings(data.get("body_parts", ()), "applies_to.body_parts")
         views = _strings(data.get("views", ()), "applies_to.views")
+        modalities = _strings(data.get("modalities", ()), "applies_to.modalities")
         unknown = [part for part in body_parts if part not in BODY_PARTS]
         if unknown:
             raise CardError(f"applies_to.body_parts: unknown body parts {unknown}; known: {list(BODY_PARTS)}")
-        return cls(body_parts=body_parts, views=tuple(view.upper() for view in views))
+        return cls(
+            body_parts=body_parts,
+            views=tuple(view.upper() for view in views),
+            modalities=tuple(modality.upper() for modality in modalities),
+        )
 
 
 def _strings(value: Any, what: str) -> tuple[str, ...]:

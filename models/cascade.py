@@ -2,9 +2,11 @@
 
 The body part comes from the body_part (router) model when it gave an answer, else from the header tags
 (models.body_part.body_part_from_tags), which are wrong in about 15% of studies. A finding card applies when its
-``applies_to.body_parts`` is empty or holds the body part, and its ``applies_to.views`` is empty or holds the image's
-ViewPosition. A card restricted to body parts (or views) does not apply when the body part (or view) is unknown: running
-a hip model on an unidentified image would put a hip finding into a report that may not be about a hip.
+``applies_to.body_parts`` is empty or holds the body part, its ``applies_to.views`` is empty or holds the image's
+ViewPosition, and its ``applies_to.modalities`` is empty or holds the image's Modality (an image without one is
+read: the content check and the domain gate judge its pixels). A card restricted to body parts (or views) does not
+apply when the body part (or view) is unknown: running a hip model on an unidentified image would put a hip finding
+into a report that may not be about a hip.
 Router cards are never selected as findings; running the router first is the caller's job.
 """
 
@@ -40,9 +42,19 @@ def _view(ds: pydicom.Dataset) -> str:
     return str(ds.get("ViewPosition", "") or "").strip().upper()
 
 
-def applies(card: ModelCard, body_part: str | None, view: str) -> bool:
-    """Whether a finding card applies to an image of ``body_part`` (None: unknown) seen in ``view`` ("": unknown)."""
-    if card.role == "router":
+def _modality(ds: pydicom.Dataset) -> str:
+    return str(ds.get("Modality", "") or "").strip().upper()
+
+
+def reads_modality(card: ModelCard, modality: str) -> bool:
+    """Whether ``card`` reads images of ``modality`` ("": none given, read; the pixels are judged instead)."""
+    return not card.applies_to.modalities or not modality or modality in card.applies_to.modalities
+
+
+def applies(card: ModelCard, body_part: str | None, view: str, modality: str = "") -> bool:
+    """Whether a finding card applies to an image of ``body_part`` (None: unknown) seen in ``view`` ("": unknown),
+    of ``modality`` ("": none given)."""
+    if card.role == "router" or not reads_modality(card, modality):
         return False
     parts, views = card.applies_to.body_parts, card.applies_to.views
     if parts and body_part not in parts:
@@ -82,10 +94,13 @@ def select_cards(cards: Sequence[ModelCard], ds: pydicom.Dataset, body_part_from
     if body_part_from_model not in (None, INDETERMINATE) and body_part_from_model not in BODY_PARTS:
         notes.append(f"body_part model answer {body_part_from_model!r} is not a known body part")
 
-    view = _view(ds)
+    view, modality = _view(ds), _modality(ds)
     findings = [card for card in cards if card.role != "router"]
-    chosen = tuple(card for card in findings if applies(card, body_part, view))
+    chosen = tuple(card for card in findings if applies(card, body_part, view, modality))
     for card in findings:
+        if not reads_modality(card, modality):
+            notes.append(f"{card.name} reads {'/'.join(card.applies_to.modalities)}, image is {modality}")
+            continue
         views = card.applies_to.views
         part_ok = not card.applies_to.body_parts or body_part in card.applies_to.body_parts
         if part_ok and views and view not in views:

@@ -48,7 +48,7 @@ def run_cascade(cards: Sequence[ModelCard], items: Sequence[Prepared], read: Rea
         probs, verdicts = read(card, np.stack([it.inputs[card.preprocessing] for it in items]))
         for i, item in enumerate(items):
             uids = item.sop_instance_uid, item.series_instance_uid
-            p = _prediction(card, *uids, probs[i], None, None, verdicts[i])
+            p = _prediction(card, *uids, probs[i], None, None, verdicts[i], item.content_problem)
             rows.append((i, card.name, 0, p))
             if p.is_decided:
                 body_parts.setdefault(i, p.label)
@@ -70,7 +70,8 @@ def run_cascade(cards: Sequence[ModelCard], items: Sequence[Prepared], read: Rea
             item = items[i]
             region = HALVES[half] if card.bilateral and item.halves else None
             uids = item.sop_instance_uid, item.series_instance_uid
-            rows.append((i, card.name, half, _prediction(card, *uids, row, side, region, gated)))
+            p = _prediction(card, *uids, row, side, region, gated, item.content_problem)
+            rows.append((i, card.name, half, p))
     rows.sort(key=lambda r: (r[0], r[1], r[2]))
     return Classification(
         predictions=[r[3] for r in rows],
@@ -86,14 +87,17 @@ def _prediction(
     laterality: str | None,
     region: str | None,
     gated: GateVerdict = None,
+    content_problem: str | None = None,
 ) -> Prediction:
-    """The card's answer for one input: a label, "indeterminate" below threshold, "not_assessed" past the gate."""
+    """The card's answer for one input: a label, "indeterminate" below threshold, "not_assessed" past the gate or
+    when the pixels hold no radiograph (``content_problem``, models.content_check)."""
     keys = card.label_keys
     top = int(np.argmax(probs))
     top_p = float(probs[top])
     label = keys[top] if top_p >= card.thresholds.get(keys[top], 0.0) else Prediction.INDETERMINATE
     score, threshold = gated if gated is not None else (None, None)
-    if score is not None and threshold is not None and not score <= threshold:  # NaN fails the gate too
+    refused = score is not None and threshold is not None and not score <= threshold  # NaN fails the gate too
+    if refused or content_problem is not None:
         label = Prediction.NOT_ASSESSED
     return Prediction(
         model_name=card.name,
@@ -109,4 +113,5 @@ def _prediction(
         untrained=card.untrained,
         gate_score=score,
         gate_threshold=threshold,
+        content_problem=content_problem,
     )

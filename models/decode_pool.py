@@ -29,6 +29,7 @@ from PIL import Image
 from pydicom.pixels import pixel_array
 
 from predictd.models.card import Preprocessing
+from predictd.models.content_check import content_problem
 from predictd.models.decoders import preferred_plugins
 from predictd.models.preprocess import (
     PixelDecodeError,
@@ -89,12 +90,14 @@ class Prepared:
     """(patient side or None, inputs) of the image-left and image-right half, for bilateral cards."""
     display: Display | None = None
     """For key images, when the plan asks (``Plan.display_side``): a few hundred KB, not the full pixels."""
+    content_problem: str | None = None
+    """Why the pixels hold no radiograph at all (models.content_check): every model then answers "not assessed"."""
 
 
 # --- what a worker runs: module-level functions, unpickled by name ------------------------------------------
 
 
-_HEADER_TAGS = ("BodyPartExamined", "StudyDescription", "SeriesDescription", "ProtocolName", "ViewPosition")
+_HEADER_TAGS = ("BodyPartExamined", "StudyDescription", "SeriesDescription", "ProtocolName", "ViewPosition", "Modality")
 
 
 def _header(ds: pydicom.Dataset) -> pydicom.Dataset:
@@ -154,6 +157,8 @@ def prepare(ds: pydicom.Dataset, plan: Plan) -> Prepared:
             side = split[plan.halves[0]][i][0]
             halves.append((side, {p: read(p, split[p][i][1]) for p in plan.halves}))
     display = _display(gray, box, plan) if plan.display_side > 0 else None
+    first = next(iter((*plan.whole, *plan.halves)), None)
+    problem = None if first is None else content_problem(gray(first.window)[box(first)], cropped=first.crop_content)
     return Prepared(
         str(ds.get("SOPInstanceUID", "")),
         str(ds.get("SeriesInstanceUID", "")),
@@ -162,6 +167,7 @@ def prepare(ds: pydicom.Dataset, plan: Plan) -> Prepared:
         laterality=laterality_of(ds),
         halves=tuple(halves),
         display=display,
+        content_problem=problem,
     )
 
 

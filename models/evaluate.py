@@ -18,6 +18,8 @@ import torch
 
 from predictd.models.calibrate import outputs
 from predictd.models.card import ModelCard
+from predictd.models.cascade import reads_modality
+from predictd.models.content_check import content_problem
 from predictd.models.data import Record, load_images, manifest_sha256
 from predictd.models.features import Features
 from predictd.models.gate import DomainGate
@@ -163,7 +165,12 @@ def report_warnings(report: dict[str, Any], y: np.ndarray, split: str) -> list[s
 
 
 def evaluate_ood(model_dir: Path, probes: Sequence[Probe], *, device: str = "cpu") -> dict[str, Any]:
-    """How the model treats images it must refuse: the share refused, and any labelled with probability ≥ 0.9."""
+    """How the model treats images it must refuse: the share refused, and any labelled with probability ≥ 0.9.
+
+    Refused as the daemon refuses, first reason first: routing (a DICOM probe of a modality the card does not read,
+    models.cascade), the content check (no radiograph in the pixels, models.content_check), the domain gate.
+    ``refused_pixels`` leaves routing out: what the pixels alone get, as for a mislabelled or untagged image.
+    """
     resident = load_verified_resident(Path(model_dir), device)
     card = resident.card
     if not probes:
@@ -174,7 +181,11 @@ def evaluate_ood(model_dir: Path, probes: Sequence[Probe], *, device: str = "cpu
     top = probs.max(axis=1)
     gate = resident.gate
     scores = gate.scores(out.features) if gate is not None else np.full(len(probes), -math.inf)
-    refused = ~gate.passes(scores) if gate is not None else np.zeros(len(probes), dtype=bool)
+    by_gate = ~gate.passes(scores) if gate is not None else np.zeros(len(probes), dtype=bool)
+    by_content = np.array([content_problem(p.gray) is not None for p in probes])
+    by_routing = np.array([not reads_modality(card, p.modality) for p in probes])
+    refused = by_routing | by_content | by_gate
+    why = np.where(by_routing, "routing", np.where(by_content, "content check", np.where(by_gate, "gate", "")))
     labelled = ~refused & np.array([top[i] >= card.thresholds.get(card.label_keys[int(probs[i].argmax())], 0.0)
                                     for i in range(len(probes))])  # fmt: skip
     by_category: dict[str, dict[str, Any]] = {}
@@ -185,6 +196,8 @@ def evaluate_ood(model_dir: Path, probes: Sequence[Probe], *, device: str = "cpu
     return {
         "n": len(probes),
         "refused": float(refused.mean()),
+        "refused_pixels": float((by_content | by_gate).mean()),
+        "refused_by": {reason: int((why == reason).sum()) for reason in ("routing", "content check", "gate")},
         "labelled": int(labelled.sum()),
         "labelled_confident": int((labelled & (top >= CONFIDENT)).sum()),
         "max_probability_labelled": float(top[labelled].max()) if labelled.any() else None,
@@ -195,10 +208,11 @@ def evaluate_ood(model_dir: Path, probes: Sequence[Probe], *, device: str = "cpu
                 "image": p.name,
                 "gate_score": _finite(s),
                 "refused": bool(r),
+                "refused_by": w or None,
                 "predicted": card.label_keys[int(pr.argmax())],
                 "probability": round(float(pr.max()), 4),
             }
-            for p, s, r, pr in zip(probes, scores, refused, probs, strict=True)
+            for p, s, r, w, pr in zip(probes, scores, refused, why, probs, strict=True)
         ],
     }
 

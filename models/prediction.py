@@ -37,6 +37,9 @@ class Prediction:
     """The domain gate's score for this image (higher: less like the training images); None without a gate."""
     gate_threshold: float | None = None
     """The score above which the gate refuses; None without a gate."""
+    content_problem: str | None = None
+    """Why the pixels hold no radiograph at all (blank, noise, text; models.content_check), found before any model:
+    the image is then not assessed whatever the gate says. None when the image passed that check."""
 
     INDETERMINATE = "indeterminate"
     NOT_ASSESSED = "not_assessed"
@@ -57,7 +60,10 @@ class Prediction:
 
     @property
     def not_assessed_reason(self) -> str:
-        """The sentence reports carry for a refused image, with the gate's score and threshold."""
+        """The sentence reports carry for a refused image: why the pixels hold no radiograph, or the gate's score
+        and threshold."""
+        if self.content_problem is not None:
+            return f"{self.NOT_ASSESSED_REASON} ({self.content_problem})"
         if self.gate_score is None or self.gate_threshold is None:
             return self.NOT_ASSESSED_REASON
         return f"{self.NOT_ASSESSED_REASON} (domain score {self.gate_score:.2f} > {self.gate_threshold:.2f})"

@@ -34,6 +34,8 @@ class Probe:
     name: str
     gray: np.ndarray
     """Float32 2-D in [0, 1], as models.preprocess.to_gray gives it."""
+    modality: str = ""
+    """The DICOM Modality of a DICOM probe ("" for the others): the daemon's routing reads it before any model."""
 
 
 def _text_page(rng: np.random.Generator, dark_text: bool) -> np.ndarray:
@@ -79,7 +81,7 @@ def _dicom_probe(path: Path, category: str) -> Probe | None:
         return None  # not an image predictd could read: the receiver would refuse it before any model
     if min(gray.shape) < 32:
         return None
-    return Probe(category, path.name, gray)
+    return Probe(category, path.name, gray, str(ds.get("Modality", "") or "").strip().upper())
 
 
 def pydicom_data(

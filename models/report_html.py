@@ -234,8 +234,11 @@ def _domain(report: dict[str, Any]) -> str:
             [_e(category), _e(c["n"]), _num(c["refused"] / c["n"] if c["n"] else None)]
             for category, c in sorted(ood.get("by_category", {}).items())
         ]
+        by = ", ".join(f"{_e(n)} by {_e(reason)}" for reason, n in ood.get("refused_by", {}).items())
         parts.append(
-            f"<p>Out-of-domain probes: {_num(ood.get('refused'))} refused of {_e(ood.get('n'))}; "
+            f"<p>Out-of-domain probes: {_num(ood.get('refused'))} refused of {_e(ood.get('n'))}"
+            f"{f' ({by})' if by else ''}; {_num(ood.get('refused_pixels'))} on the pixels alone (content check or "
+            f"gate, as for an image whose modality is mislabelled); "
             f"{_e(ood.get('labelled_confident'))} labelled with probability ≥ 0.9.</p>"
         )
         parts.append(_table(["Probe category", "n", "Refused"], rows))

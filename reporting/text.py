@@ -128,7 +128,8 @@ def not_assessed_text(reason: str, considered: Sequence[ModelCard]) -> str:
 def _scope(card: ModelCard) -> str:
     parts = [p.replace("_", " ") for p in card.applies_to.body_parts] or ["any body part"]
     views = f", views {'/'.join(card.applies_to.views)}" if card.applies_to.views else ""
-    return f"{' or '.join(parts)}{views}"
+    modalities = f", {'/'.join(card.applies_to.modalities)}" if card.applies_to.modalities else ""
+    return f"{' or '.join(parts)}{views}{modalities}"
 
 
 def check_templates(templates: Mapping[str, str]) -> None:

@@ -94,7 +94,7 @@ def test_new_fields_round_trip(tmp_path: Path) -> None:
         task="t",
         arch="x",
         labels=(Label("a", "A"),),
-        applies_to=Applicability(body_parts=("knee", "femur"), views=("AP", "LAT")),
+        applies_to=Applicability(body_parts=("knee", "femur"), views=("AP", "LAT"), modalities=("CR", "DX")),
         bilateral=True,
         role="router",
     )
@@ -102,6 +102,7 @@ def test_new_fields_round_trip(tmp_path: Path) -> None:
     loaded = ModelCard.load(tmp_path)
     assert loaded == card
     assert loaded.applies_to.body_parts == ("knee", "femur") and loaded.applies_to.views == ("AP", "LAT")
+    assert loaded.applies_to.modalities == ("CR", "DX")
 
 
 def test_a_card_written_before_the_cascade_still_loads(tmp_path: Path) -> None:
@@ -125,6 +126,7 @@ def test_a_card_written_before_the_cascade_still_loads(tmp_path: Path) -> None:
         ({"applies_to": {"body_parts": ["hipp"]}}, "unknown body parts"),
         ({"applies_to": {"body_parts": "hip_pelvis"}}, "list of strings"),
         ({"applies_to": {"parts": []}}, "unknown fields"),
+        ({"applies_to": {"modalities": "CR"}}, "list of strings"),
         ({"role": "boss"}, "role"),
         ({"bilateral": "yes"}, "bilateral"),
     ],
@@ -279,6 +281,24 @@ def test_view_restriction() -> None:
     lat = select_cards(cards, _ds(BodyPartExamined="HIP", ViewPosition="LL"))
     assert [card.name for card in lat.cards] == ["any_view"]
     assert "ap_only needs view AP, image has LL" in lat.reason
+
+
+def test_a_card_reads_only_its_modalities_and_images_that_name_none() -> None:
+    only = Applicability(body_parts=("hip_pelvis",), modalities=("CR", "DX"))
+    radiograph_only = replace(_finding("hip", ("hip_pelvis",)), applies_to=only)
+    cards = [radiograph_only, _finding("any")]
+    ct = select_cards(cards, _ds(BodyPartExamined="PELVIS", Modality="CT"))
+    assert [card.name for card in ct.cards] == ["any"]
+    assert "hip reads CR/DX, image is CT" in ct.reason
+    for tags in ({"Modality": "DX"}, {"Modality": "CR "}, {}):  # none given: a film digitiser's Secondary Capture
+        selection = select_cards(cards, _ds(BodyPartExamined="PELVIS", **tags))
+        assert [card.name for card in selection.cards] == ["hip", "any"], tags
+
+
+def test_shipped_radiograph_cards_do_not_read_ct_mr_or_ultrasound() -> None:
+    findings = [card for card in catalog().values() if card.role == "finding"]
+    assert findings and all({"CR", "DX"} <= set(card.applies_to.modalities) for card in findings)
+    assert not any({"CT", "MR", "US"} & set(card.applies_to.modalities) for card in findings)
 
 
 def test_router_cards_are_never_findings() -> None:

@@ -85,6 +85,20 @@ def test_nothing_applies_gives_no_prediction_and_a_reason(tmp_path: Path, chest:
     assert "chest" in result.skip_reason
 
 
+def test_a_blank_image_is_not_assessed_by_every_model_and_says_why(tmp_path: Path, pelvis: pydicom.Dataset) -> None:
+    install(tmp_path, "hipcard", applies_to=Applicability(body_parts=("hip_pelvis",)), bilateral=True)
+    install(tmp_path, "anycard")
+    blank = copy.deepcopy(pelvis)
+    blank.PixelData = np.full((blank.Rows, blank.Columns), 700, np.uint16).tobytes()
+    blank.SOPInstanceUID = generate_uid()
+    result = Engine.load(tmp_path, device="cpu").classify([blank, pelvis])
+    refused = [p for p in result.predictions if p.sop_instance_uid == blank.SOPInstanceUID]
+    assert [p.model_name for p in refused] == ["anycard", "hipcard", "hipcard"]
+    assert all(p.is_not_assessed and "blank" in p.not_assessed_reason for p in refused), refused
+    read = [p for p in result.predictions if p.sop_instance_uid == pelvis.SOPInstanceUID]
+    assert read and not any(p.is_not_assessed for p in read)
+
+
 def test_router_answer_overrides_the_tags(tmp_path: Path, hip: pydicom.Dataset) -> None:
     # A router with a single class always answers "chest", whatever the hip file's tags say.
     install(tmp_path, "router", labels=(Label("chest", "chest"),), role="router")

@@ -135,5 +135,7 @@ def test_shipped_gate_figures_are_what_evaluate_measures(name: str, other: str) 
     report = evaluate_ood(folder, found)
     assert report["n"] == recorded["n"]
     assert report["refused"] == pytest.approx(recorded["refused"])
+    assert report["refused_pixels"] == pytest.approx(recorded["refused_pixels"])
+    assert report["refused_by"] == recorded["refused_by"]
     assert report["labelled_confident"] == recorded["labelled_confident"]
     assert report["by_category"] == recorded["by_category"]
