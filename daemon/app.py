@@ -58,6 +58,7 @@ def load_engine(settings: Settings) -> Engine | None:
             decode_workers=m.decode_workers,
             torch_threads=m.torch_threads,
             compile=m.compile,
+            channels_last=m.channels_last,
             worker_setup=functools.partial(configure_logging, settings.log.level, settings.log.json_output),
         )
     except NoModelsError as exc:

@@ -65,6 +65,20 @@ def test_batching_does_not_change_results(tmp_path: Path, images: list[pydicom.D
         assert a.probabilities == pytest.approx(b.probabilities, abs=1e-5)
 
 
+def test_channels_last_is_the_default_on_cpu_and_changes_no_answer(
+    tmp_path: Path, images: list[pydicom.Dataset]
+) -> None:
+    import torch
+
+    _model(tmp_path)
+    default, contiguous = Engine.load(tmp_path, device="cpu"), Engine.load(tmp_path, device="cpu", channels_last=False)
+    weight = next(p for p in default.resident("tiny").model.parameters() if p.ndim == 4 and p.shape[1] > 1)
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    for a, b in zip(default.predict(images), contiguous.predict(images), strict=True):
+        assert a.label == b.label
+        assert a.probabilities == pytest.approx(b.probabilities, abs=1e-5)
+
+
 def test_same_seed_same_weights(tmp_path: Path) -> None:
     assert _model(tmp_path / "x").sha256 == _model(tmp_path / "y").sha256
     assert _model(tmp_path / "x").sha256 != _model(tmp_path / "z", seed=3).sha256
