@@ -128,7 +128,7 @@ class ModelSettings(Section):
     """torch.compile each model: slower start, faster forward on a GPU."""
     channels_last: bool = True
     """Weights and inputs in channels-last memory layout: on CPU too, where oneDNN's convolutions run faster in it
-    (the shipped ensemble 1.8x, EfficientNet-B0 1.3x; python -m bench.channels_last); outputs are the same."""
+    (the shipped ensemble 1.9x, EfficientNet-B0 1.3x; python -m bench.channels_last); outputs are the same."""
 
 
 class ReportSettings(Section):

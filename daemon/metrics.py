@@ -64,7 +64,7 @@ DELIVERY_ATTEMPTS = Counter(
 PREDICTIONS = Counter(
     "predictd_predictions",
     "Predictions saved, by model and result: finding, indeterminate (no class reached its threshold) or "
-    "not_assessed (refused by the model's domain gate).",
+    "not_assessed (no radiograph in the pixels, or refused by the model's domain gate).",
     ["model", "result"],
     registry=REGISTRY,
 )
