@@ -153,7 +153,7 @@ def train(
     """Train a card's timm model on the manifest's train split (early stopping, temperature and gate on val)."""
     from predictd.models import data
     from predictd.models.card import CardError, ModelCard
-    from predictd.models.catalog import catalog
+    from predictd.models.catalog import catalog, trained_description
     from predictd.models.train import Trainer, TrainError, TrainOptions
 
     records = data.read_manifest(data_path)
@@ -206,6 +206,7 @@ def train(
             arch=arch or chosen.get("arch", card.arch),
             arch_kwargs=kwargs,
             preprocessing=prep,
+            description=trained_description(card.description),
         )
         if folds > 1:
             _train_folds(card, records, out, options, folds, root)

@@ -27,6 +27,16 @@ from predictd.models.card import CardError, ModelCard
 
 SITE_SPECIFIC_LABELS = frozenset({"femoral_fixation_model"})
 """Tasks whose template labels are placeholders; training builds the labels from the site's data."""
+TEMPLATE_NOTE = (
+    "Card template: no weights ship with predictd. Train it on your site's labelled data with the training toolkit, "
+    "which writes this card (with version, sha256 and calibrated thresholds) next to the weights."
+)
+"""How every template's description begins; a trained card has weights, so its description drops it."""
+
+
+def trained_description(description: str) -> str:
+    """A template's description for a card trained from it: without :data:`TEMPLATE_NOTE`."""
+    return description.removeprefix(TEMPLATE_NOTE).lstrip()
 
 
 @cache

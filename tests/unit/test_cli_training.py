@@ -45,6 +45,7 @@ def test_dataset_train_evaluate_export(tmp_path: Path) -> None:
     assert card.arch == "test_efficientnet" and card.preprocessing.input_size == 32
     assert card.name == "hip_arthroplasty_site", "a site's model must not collide with the shipped one of its task"
     assert card.preprocessing.crop_content and card.gated
+    assert not card.description.startswith("Card template") and "hip_tha_radiologyai" in card.description
 
     report_json, report_html = tmp_path / "eval.json", tmp_path / "eval.html"
     output = _ok(
